@@ -1,0 +1,5 @@
+"""``python -m vncompile`` is the ``vncompile`` command."""
+
+from .cli import main
+
+main()

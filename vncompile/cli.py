@@ -1,0 +1,309 @@
+"""The ``vncompile`` command line: thin click wrappers over the pipeline.
+
+Every failure a user can cause ends as one line on stderr and a non-zero exit:
+2 for bad input, 1 for a build or verification that failed, 3 for a bug (set
+``VNCOMPILE_DEBUG=1`` to see its traceback). Heavy modules (torch, the runtimes)
+are imported inside the commands, so ``vncompile --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import InputError, VncompileError
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI and turn every failure into one line."""
+    try:
+        cli.main(args=argv, prog_name="vncompile", standalone_mode=False)
+    except VncompileError as exc:
+        _fail(str(exc), exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        _fail("aborted", 130)
+    except click.ClickException as exc:
+        where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) else ""
+        _fail(f"{where}{exc.format_message()}", exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:  # a bug: still one line, unless the user asks for the traceback
+        if os.environ.get("VNCOMPILE_DEBUG"):
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (set VNCOMPILE_DEBUG=1 for the traceback)", 3)
+    sys.exit(0)
+
+
+def _print_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vncompile")
+def cli() -> None:
+    """Compile VanillaNet checkpoints into verified device artifacts, and profile them.
+
+    \b
+    vncompile build --target openvino ckpt.pth      checkpoint -> verified artifact
+    vncompile profile --sizes 256,384,512            memory/latency table (paper Table 1)
+    vncompile inspect ckpt.pth                       what a checkpoint holds
+    """
+
+
+# ---------------------------------------------------------------- shared options
+
+MODEL_HELP = "network when no checkpoint is given (random weights), or to disambiguate one"
+
+
+def model_options(f):
+    """Options naming the network: a checkpoint argument and/or --model/--width/--weights."""
+    f = click.option("--weights", type=click.Choice(["auto", "model", "model_ema"]), default="auto",
+                     show_default=True, help="which weights of a training checkpoint (auto: model_ema if present)")(f)
+    f = click.option("--width", type=float, default=1.0, show_default=True,
+                     help="width multiplier of a --model network (narrow models for quick tests)")(f)
+    f = click.option("--model", "model_name", metavar="NAME", help=MODEL_HELP)(f)
+    f = click.argument("checkpoint", required=False, type=click.Path(path_type=Path))(f)
+    return f
+
+
+def _source(checkpoint: Path | None, model_name: str | None, width: float, weights: str,
+            act_learn: float | None = None):
+    from .pipeline.request import ModelSource
+
+    return ModelSource(checkpoint=checkpoint, model_name=model_name, width=width, weights=weights,
+                       act_learn=act_learn)
+
+
+# ---------------------------------------------------------------- inspect / deploy
+
+
+@cli.command()
+@model_options
+@click.option("--size", type=int, default=224, show_default=True, help="input size for the MAC count")
+@click.option("--json", "as_json", is_flag=True, help="print the facts as JSON on stdout")
+def inspect(checkpoint, model_name, width, weights, size, as_json) -> None:
+    """What a checkpoint (or --model) is: variant, form, act_learn, params and MACs."""
+    from .pipeline.console import render_description
+    from .pipeline.inspection import describe
+    from .pipeline.stages import load_model
+
+    if size < 1:
+        raise InputError(f"--size must be a positive integer, got {size}")
+    loaded = load_model(_source(checkpoint, model_name, width, weights))
+    facts = describe(loaded, size)
+    if as_json:
+        _print_json(facts)
+    else:
+        render_description(facts)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="OUT.safetensors or OUT.pth (the official {'model': state_dict} layout)")
+@click.option("--model", "model_name", metavar="NAME", help="disambiguate the variant")
+@click.option("--weights", type=click.Choice(["auto", "model", "model_ema"]), default="auto", show_default=True)
+@click.option("--force", is_flag=True, help="replace an existing output")
+def deploy(checkpoint, output, model_name, weights, force) -> None:
+    """Write the fused deploy checkpoint (the official --switch_to_deploy)."""
+    from .pipeline.artifacts import atomic_file
+    from .pipeline.request import ModelSource
+    from .pipeline.stages import fuse, load_model
+    from .vanillanet.checkpoint import deploy_payload, write_deploy_checkpoint
+
+    formats = {".safetensors": "safetensors", ".pth": "torch", ".pt": "torch"}
+    fmt = formats.get(output.suffix)
+    if fmt is None:
+        raise InputError(f"{output}: the output must end in .safetensors, .pth or .pt")
+    loaded = load_model(ModelSource(checkpoint=checkpoint, model_name=model_name, weights=weights))
+    fused = fuse(loaded)
+    tensors, metadata = deploy_payload(fused.network, fused.spec)
+    with atomic_file(output, force=force) as tmp:
+        write_deploy_checkpoint(tensors, metadata, tmp, fmt)
+    click.echo(f"wrote {output} ({fused.spec.label}, deploy form, {len(tensors)} tensors)", err=True)
+
+
+# ---------------------------------------------------------------- build / targets
+
+
+def _input_shape(size: int | None, input_shape: str | None, batch: int):
+    from .pipeline.request import InputShape
+
+    if size is not None and input_shape is not None:
+        raise InputError("give --size or --input-shape, not both")
+    if input_shape is not None:
+        if batch != 1:
+            raise InputError("--batch goes with --size; --input-shape carries its own batch")
+        return InputShape.parse(input_shape)
+    return InputShape.square(224 if size is None else size, batch)
+
+
+@cli.command()
+@model_options
+@click.option("-t", "--target", required=True, help="backend (see 'vncompile targets')")
+@click.option("--precision", default="fp32", show_default=True, help="fp32 | fp16 | bf16 | int8")
+@click.option("--size", type=int, help="square input size  [default: 224]")
+@click.option("--input-shape", metavar="NxCxHxW", help="explicit input shape, e.g. 1x3x224x224")
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--dynamic", is_flag=True, help="dynamic batch, height and width")
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--simplifier", default="onnxslim", show_default=True, help="onnxslim | onnxsim | none")
+@click.option("--device", help="target device, e.g. CPU, GPU, NPU, CUDA  [default: the target's first]")
+@click.option("--calibration", type=click.Path(path_type=Path, file_okay=False),
+              help="int8: directory of images or .npy inputs (default: a seeded synthetic set)")
+@click.option("--act-learn", type=float, help="export the unfused network with this leaky-ReLU slope, on purpose")
+@click.option("--platform", help="rknn: Rockchip SoC (rk3588, rk3576, rk3568, rk3566, rk3562, rv1106, rv1103, rv1126b)")
+@click.option("--quant-algorithm", help="rknn int8: normal | mmse | kl_divergence")
+@click.option("--rknn-target", "board", help="rknn: a connected board's device id, to measure on it")
+@click.option("--workspace", "workspace_mb", type=int, help="tensorrt: workspace pool limit in MiB")
+@click.option("--profile-sizes", help="tensorrt --dynamic: min,opt,max square sizes, e.g. 256,384,512")
+@click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False),
+              help="tensorrt: persistent timing cache file, reused across builds")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="output directory")
+@click.option("--force", is_flag=True, help="replace an existing, different output")
+@click.option("--no-verify", is_flag=True, help="skip verification (a failed one fails the build)")
+@click.option("--json", "as_json", is_flag=True, help="print the manifest on stdout and nothing else there")
+def build(checkpoint, model_name, width, weights, target, precision, size, input_shape, batch, dynamic, opset,
+          simplifier, device, calibration, act_learn, platform, quant_algorithm, board, workspace_mb, profile_sizes,
+          timing_cache, output, force, no_verify, as_json) -> None:
+    """Checkpoint (or --model) -> fused -> ONNX -> simplified -> target artifact, verified."""
+    from .pipeline.build import build as run_build
+    from .pipeline.request import BuildRequest, TargetOptions
+
+    options = TargetOptions(device=device, calibration=calibration, platform=platform, quant_algorithm=quant_algorithm,
+                            board=board, workspace_mb=workspace_mb,
+                            profile_sizes=_sizes(profile_sizes, "--profile-sizes"),
+                            timing_cache=timing_cache)
+    request = BuildRequest(
+        source=_source(checkpoint, model_name, width, weights, act_learn), target=target, precision=precision,
+        shape=_input_shape(size, input_shape, batch), dynamic=dynamic, opset=opset, simplifier=simplifier,
+        verify=not no_verify, options=_with_calibration_hash(options),
+    )
+    _run_build(run_build, request, output, force, as_json)
+
+
+def _sizes(text: str | None, option: str) -> tuple[int, ...] | None:
+    """``256,384,512`` -> (256, 384, 512), each a positive integer."""
+    if text is None:
+        return None
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"{option} takes comma-separated integers, got '{text}'") from None
+    if not sizes or min(sizes) < 1:
+        raise InputError(f"{option} takes positive integers, got '{text}'")
+    return sizes
+
+
+def _with_calibration_hash(options):
+    """The calibration set's content is part of what a build depends on."""
+    import dataclasses
+
+    from .pipeline.calibration import directory_sha256
+
+    if options.calibration is None:
+        return options
+    return dataclasses.replace(options, calibration_sha256=directory_sha256(options.calibration))
+
+
+def _run_build(run_build, request, output, force, as_json) -> None:
+    from .pipeline.console import RichStageReporter, render_verification, stderr
+
+    outcome = run_build(request, output, force=force, reporter=RichStageReporter())
+    manifest = outcome.manifest
+    if outcome.up_to_date:
+        stderr.print(f"{outcome.out_dir} is up to date")
+    elif outcome.cached:
+        stderr.print(f"served from the cache -> {outcome.out_dir}")
+    else:
+        render_verification(manifest["verification"])
+        if manifest.get("notice"):
+            stderr.print(f"[yellow]notice:[/] {manifest['notice']}")
+        stderr.print(f"[bold]{manifest['status']}[/] -> {outcome.out_dir}")
+    if as_json:
+        _print_json(manifest)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print the list as JSON")
+def targets(as_json) -> None:
+    """Every target: whether it runs here, its version, devices, and why not."""
+    from .targets import get_target, target_names
+
+    rows = []
+    for name in target_names():
+        target = get_target(name)
+        availability = target.availability()
+        rows.append({"name": name, "available": availability.available, "version": availability.version,
+                     "devices": list(availability.devices), "precisions": list(target.precisions),
+                     "reason": availability.reason, "description": target.description})
+    if as_json:
+        _print_json(rows)
+    else:
+        from rich.console import Console
+
+        from .pipeline.console import render_targets
+
+        render_targets(rows, Console())
+
+
+# ---------------------------------------------------------------- toolchains (vendor SDKs in their own venvs)
+
+
+@cli.group()
+def toolchain() -> None:
+    """Vendor toolchains that pin old packages, each in its own virtual environment."""
+
+
+@toolchain.command("install")
+@click.argument("name")
+@click.option("--dir", "root", type=click.Path(path_type=Path, file_okay=False),
+              help="where toolchains live  [default: $VNCOMPILE_TOOLCHAIN_DIR or the user data directory]")
+@click.option("--force", is_flag=True, help="recreate the environment from scratch")
+def toolchain_install(name, root, force) -> None:
+    """Create (or verify) the pinned environment for a toolchain, e.g. rknn."""
+    from . import toolchains
+    from .pipeline.console import stderr
+
+    installed = toolchains.install(name, root=root, force=force, console=stderr)
+    stderr.print(f"[green]ok[/] {installed.name} {installed.version} in {installed.path}")
+
+
+@toolchain.command("list")
+@click.option("--dir", "root", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def toolchain_list(root, as_json) -> None:
+    """What is installed, where, and which version."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import toolchains
+
+    rows = [t.as_dict() for t in toolchains.list_toolchains(root=root)]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="toolchains")
+    for column in ("name", "installed", "version", "path"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], "[green]yes[/]" if row["installed"] else "[red]no[/]", row["version"] or "-",
+                      row["path"])
+    Console().print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,103 @@
+"""The build cache: finished build directories keyed by the hash of everything that made them.
+
+An entry is trusted only if every artifact its manifest lists still has the recorded
+size and sha256; an altered entry is dropped and rebuilt. A per-key file lock makes
+two concurrent identical builds do the work once: the second waits, then hits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .artifacts import atomic_directory, sha256_file
+
+log = logging.getLogger("vncompile")
+
+
+def default_cache_root() -> Path:
+    if os.environ.get("VNCOMPILE_CACHE_DIR"):
+        return Path(os.environ["VNCOMPILE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vncompile"
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def intact(directory: Path, manifest: dict[str, Any]) -> bool:
+    """Every listed artifact present with its recorded size and hash."""
+    for artifact in manifest.get("artifacts", []):
+        path = directory / artifact["path"]
+        if not path.is_file() or path.stat().st_size != artifact["bytes"]:
+            return False
+        if sha256_file(path) != artifact["sha256"]:
+            return False
+    return True
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Copy a build directory's files into an (empty) directory."""
+    for item in src.iterdir():
+        if item.is_dir():
+            shutil.copytree(item, dst / item.name)
+        else:
+            shutil.copy2(item, dst / item.name)
+
+
+class BuildCache:
+    def __init__(self, root: Path | None = None, enabled: bool = True) -> None:
+        self.root = Path(root) if root is not None else default_cache_root()
+        self.enabled = enabled
+
+    def entry(self, key: str) -> Path:
+        return self.root / "builds" / key
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f"{key}.lock", "w") as handle:
+            try:
+                import fcntl
+            except ImportError:  # pragma: no cover - Windows: no cross-process lock, still correct
+                yield
+                return
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def lookup(self, key: str) -> dict[str, Any] | None:
+        """The cached manifest, or None (an altered entry is removed so it gets rebuilt)."""
+        if not self.enabled:
+            return None
+        entry = self.entry(key)
+        if not entry.is_dir():
+            return None
+        manifest = read_manifest(entry)
+        if manifest is not None and manifest.get("cache_key") == key and intact(entry, manifest):
+            return manifest
+        log.warning("cache entry %s was altered; rebuilding", key[:12])
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+
+    def store(self, key: str, build_dir: Path) -> None:
+        if not self.enabled:
+            return
+        with atomic_directory(self.entry(key), force=True) as tmp:
+            copy_tree(build_dir, tmp)

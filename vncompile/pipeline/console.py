@@ -1,0 +1,101 @@
+"""Terminal output: stage progress and tables, all on stderr so stdout stays for data."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+stderr = Console(stderr=True, highlight=False)
+
+
+def _si(value: float, unit: str) -> str:
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}{unit}"
+    return f"{value:g} {unit}"
+
+
+class RichStageReporter:
+    """One progress bar over a build's stages, with the running stage's name and elapsed time."""
+
+    def __init__(self, console: Console = stderr) -> None:
+        self._console = console
+        self._progress: Progress | None = None
+        self._task = None
+
+    def start(self, title: str, stages: list[str]) -> None:
+        self._progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                                  console=self._console, transient=True)
+        self._progress.start()
+        self._title = title
+        self._task = self._progress.add_task(title, total=len(stages))
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        assert self._progress is not None
+        self._progress.update(self._task, description=f"{self._title}: {name}")
+        yield
+        self._progress.advance(self._task)
+        self._console.print(f"[green]✓[/] {name}")
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def render_description(facts: dict[str, Any], console: Console = stderr) -> None:
+    act = facts["act_learn"]
+    table = Table(show_header=False, box=None)
+    table.add_row("model", facts["model"] + (f" (width x{facts['width']:g})" if facts["width"] != 1 else ""))
+    table.add_row("form", facts["form"])
+    if facts["act_num"] is not None:
+        table.add_row("act_num", str(facts["act_num"]))
+    table.add_row("classes", str(facts["num_classes"]) if facts["num_classes"] else "none (backbone)")
+    fusable = "[green]fusable[/]" if act["fusable"] else "[red]not fusable[/]"
+    table.add_row("act_learn", f"{act['value']:.4g} ({act['source']}: {act['detail']}) {fusable}")
+    if facts["checkpoint"]:
+        ckpt = facts["checkpoint"]
+        table.add_row("checkpoint", f"{ckpt['path']} (weights: {ckpt['weights'] or 'state_dict'}"
+                      + (f", epoch {ckpt['epoch']}" if ckpt["epoch"] is not None else "") + ")")
+        for note in ckpt["notes"]:
+            table.add_row("", note)
+    console.print(table)
+    counts = Table(title=f"complexity at {facts['input_size']}x{facts['input_size']}")
+    counts.add_column("")
+    counts.add_column("train form", justify="right")
+    counts.add_column("deploy form", justify="right")
+    counts.add_row("params", _si(facts["train"]["params"], ""), _si(facts["deploy"]["params"], ""))
+    counts.add_row("MACs", _si(facts["train"]["macs"], ""), _si(facts["deploy"]["macs"], ""))
+    console.print(counts)
+
+
+def render_verification(verification: dict[str, Any], console: Console = stderr) -> None:
+    if verification.get("skipped"):
+        console.print("verification skipped (--no-verify)")
+        return
+    table = Table(title="verification against the float64 reference")
+    for column in ("stage", "precision", "max abs", "rel", "cosine", "top-1", ""):
+        table.add_column(column, justify="left" if column in ("stage", "precision") else "right")
+    for s in verification["stages"]:
+        top1 = "-" if s["top1_agreement"] is None else f"{s['top1_agreement']:.0%}"
+        table.add_row(s["stage"], s["precision"], f"{s['max_abs']:.2e}", f"{s['rel']:.2e}", f"{s['cosine']:.6f}",
+                      top1, "[green]ok[/]" if s["passed"] else "[red]FAIL[/]")
+    console.print(table)
+
+
+def render_targets(rows: list[dict[str, Any]], console: Console) -> None:
+    table = Table(title="targets")
+    for column in ("target", "available", "version", "devices", "precisions", "notes"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], "[green]yes[/]" if row["available"] else "[red]no[/]", row["version"] or "-",
+                      ", ".join(row["devices"]) or "-", ", ".join(row["precisions"]),
+                      row["reason"] or row["description"])
+    console.print(table)

@@ -1,0 +1,192 @@
+"""What a build is asked to do, as plain data (no torch): the cache key is a hash of it."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .. import __version__
+from ..errors import InputError
+from ..vanillanet.archs import MODEL_NAMES, ModelSpec, has_adaptive_pooling, min_input_size
+
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+SIMPLIFIERS: tuple[str, ...] = ("onnxslim", "onnxsim", "none")
+DEFAULT_OPSET = 18
+RANDOM_SEED = 0  # untrained builds use seeded random weights, so they are reproducible
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the network comes from: a checkpoint, or a model name with random weights."""
+
+    checkpoint: Path | None = None
+    model_name: str | None = None
+    width: float = 1.0
+    weights: str = "auto"  # auto | model | model_ema
+    act_learn: float | None = None  # override: export the unfused network with this slope
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is None and self.model_name is None:
+            raise InputError("give a checkpoint or --model NAME")
+        if self.model_name is not None and self.model_name not in MODEL_NAMES:
+            raise InputError(f"unknown model '{self.model_name}'; choose from {', '.join(MODEL_NAMES)}")
+        if self.checkpoint is not None:
+            if self.width != 1.0:
+                raise InputError("--width applies to --model networks; a checkpoint's width comes from its tensors")
+            if not Path(self.checkpoint).is_file():
+                raise InputError(f"{self.checkpoint}: no such checkpoint file")
+        if self.act_learn is not None and not (0.0 <= self.act_learn <= 1.0):
+            raise InputError(f"--act-learn must be in [0, 1], got {self.act_learn:g}")
+
+    def identity(self, checkpoint_sha256: str | None) -> dict[str, Any]:
+        """What determines the weights: the checkpoint's bytes, or the name and seed."""
+        if self.checkpoint is not None:
+            return {"checkpoint_sha256": checkpoint_sha256, "model": self.model_name, "weights": self.weights,
+                    "act_learn": self.act_learn}
+        return {"model": self.model_name, "width": self.width, "seed": RANDOM_SEED, "act_learn": self.act_learn}
+
+    def spec_without_checkpoint(self) -> ModelSpec:
+        assert self.model_name is not None
+        return ModelSpec(self.model_name, width=self.width)
+
+
+@dataclass(frozen=True)
+class InputShape:
+    batch: int
+    channels: int
+    height: int
+    width: int
+
+    @classmethod
+    def parse(cls, text: str) -> InputShape:
+        """``NxCxHxW``, e.g. ``1x3x224x224``."""
+        match = re.fullmatch(r"\s*(\d+)x(\d+)x(\d+)x(\d+)\s*", text)
+        if not match:
+            raise InputError(f"--input-shape must look like 1x3x224x224, got '{text}'")
+        shape = cls(*(int(g) for g in match.groups()))
+        if min(shape.as_tuple()) < 1:
+            raise InputError(f"--input-shape needs positive dimensions, got '{text}'")
+        return shape
+
+    @classmethod
+    def square(cls, size: int, batch: int = 1, channels: int = 3) -> InputShape:
+        if size < 1:
+            raise InputError(f"--size must be a positive integer, got {size}")
+        if batch < 1:
+            raise InputError(f"--batch must be a positive integer, got {batch}")
+        return cls(batch, channels, size, size)
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.channels, self.height, self.width)
+
+    @property
+    def label(self) -> str:
+        return "x".join(map(str, self.as_tuple()))
+
+    @property
+    def size_label(self) -> str:
+        return str(self.height) if self.height == self.width else f"{self.height}x{self.width}"
+
+    def resized(self, height: int, width: int) -> InputShape:
+        return dataclasses.replace(self, height=height, width=width)
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """Target-specific settings, typed, in one place (device configs set the same fields)."""
+
+    device: str | None = None  # OpenVINO CPU/GPU/NPU; ONNX Runtime CPU/CUDA
+    platform: str | None = None  # Rockchip SoC, e.g. rk3588
+    quant_algorithm: str | None = None  # rknn: normal | mmse | kl_divergence
+    calibration: Path | None = None  # int8: a directory of images or .npy arrays
+    calibration_sha256: str | None = None  # content hash of the calibration set (filled in)
+    board: str | None = None  # rknn: a connected board's device id (measures instead of estimating)
+    workspace_mb: int | None = None  # TensorRT workspace pool limit
+    profile_sizes: tuple[int, ...] | None = None  # TensorRT dynamic profile min/opt/max square sizes
+    timing_cache: Path | None = field(default=None, compare=False)  # speeds builds, changes nothing
+
+    def key_fields(self) -> dict[str, Any]:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
+        fields.pop("calibration")  # its content hash stands for it
+        return fields
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    source: ModelSource
+    target: str
+    precision: str = "fp32"
+    shape: InputShape = InputShape(1, 3, 224, 224)
+    dynamic: bool = False
+    opset: int = DEFAULT_OPSET
+    simplifier: str = "onnxslim"
+    verify: bool = True
+    options: TargetOptions = TargetOptions()
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InputError(f"unknown precision '{self.precision}'; choose from {', '.join(PRECISIONS)}")
+        if self.simplifier not in SIMPLIFIERS:
+            raise InputError(f"unknown simplifier '{self.simplifier}'; choose from {', '.join(SIMPLIFIERS)}")
+        if not 7 <= self.opset <= 23:
+            raise InputError(f"--opset must be between 7 and 23, got {self.opset}")
+
+    def cache_key(self, checkpoint_sha256: str | None, toolchain: dict[str, str | None]) -> str:
+        document = {
+            "vncompile": __version__,
+            "source": self.source.identity(checkpoint_sha256),
+            "target": self.target,
+            "precision": self.precision,
+            "shape": self.shape.as_tuple(),
+            "dynamic": self.dynamic,
+            "opset": self.opset,
+            "simplifier": self.simplifier,
+            "verify": self.verify,
+            "options": self.options.key_fields(),
+            "toolchain": toolchain,
+        }
+        canonical = json.dumps(document, sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_input_shape(spec: ModelSpec, shape: InputShape, dynamic: bool, memory_bytes: int | None) -> None:
+    """Refuse sizes the network cannot take, or that would exhaust this machine."""
+    smallest = min_input_size(spec)
+    if min(shape.height, shape.width) < smallest:
+        raise InputError(f"{spec.label} needs inputs of at least {smallest}x{smallest} "
+                         f"(its pooling strides), got {shape.height}x{shape.width}")
+    if shape.channels != 3:
+        raise InputError(f"{spec.label} takes 3 input channels, got {shape.channels}")
+    if dynamic and has_adaptive_pooling(spec):
+        raise InputError(
+            f"{spec.name} cannot export with dynamic H/W: its adaptive max pools (to 38/19/10) have windows that "
+            "depend on the input size and ONNX has no adaptive pooling; export a static size (native: 224, any "
+            "fixed size works)"
+        )
+    if memory_bytes:
+        needed = activation_bytes_estimate(spec, shape)
+        if needed > memory_bytes // 2:
+            raise InputError(
+                f"input {shape.label} is too large for this machine: {spec.label} would need about "
+                f"{needed / 2**30:.1f} GiB for its largest feature maps, over half of the "
+                f"{memory_bytes / 2**30:.0f} GiB here"
+            )
+
+
+def activation_bytes_estimate(spec: ModelSpec, shape: InputShape) -> int:
+    """float64 reference input + output of the widest full-resolution layer, times a margin.
+
+    A VanillaNet's largest map is its first stage's output at 1/4 resolution; a ResNet's
+    the 4*base-width map at 1/4. Verification runs the float64 training form, so 8 bytes.
+    """
+    arch = spec.arch()
+    channels = max(arch.dims[:2]) if spec.is_vanillanet else arch.base_width * 4  # type: ignore[union-attr]
+    stride = arch.stem_stride if spec.is_vanillanet else 4  # type: ignore[union-attr]
+    pixels = (shape.height // stride + 1) * (shape.width // stride + 1)
+    return 3 * 8 * shape.batch * channels * pixels
