@@ -151,6 +151,40 @@ def _input_shape(size: int | None, input_shape: str | None, batch: int):
     return InputShape.square(224 if size is None else size, batch)
 
 
+TARGET_OPTION_NAMES = ("device", "calibration", "io_dtype", "platform", "quant_algorithm", "board", "workspace_mb",
+                       "profile_sizes", "timing_cache")
+
+
+def target_options(f):
+    """Options that configure a target (device configs set the same fields)."""
+    options = [
+        click.option("--device", help="target device, e.g. CPU, GPU, NPU, CUDA  [default: the target's first]"),
+        click.option("--calibration", type=click.Path(path_type=Path, file_okay=False),
+                     help="int8: directory of images or .npy inputs (default: a seeded synthetic set)"),
+        click.option("--io-dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+                     help="fp16 builds: the dtype of the network's inputs and outputs"),
+        click.option("--platform", help="rknn: Rockchip SoC (rk3588, rk3576, rk3568, rk3566, rk3562, rv1106, ...)"),
+        click.option("--quant-algorithm", help="rknn int8: normal | mmse | kl_divergence"),
+        click.option("--rknn-target", "board", help="rknn: a connected board's device id, to measure on it"),
+        click.option("--workspace", "workspace_mb", type=int, help="tensorrt: workspace pool limit in MiB"),
+        click.option("--profile-sizes", help="tensorrt --dynamic: min,opt,max square sizes, e.g. 256,384,512"),
+        click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False),
+                     help="tensorrt: persistent timing cache file, reused across builds"),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _target_options(kwargs: dict[str, Any]):
+    """Pop the target options out of a command's keyword arguments."""
+    from .pipeline.request import TargetOptions
+
+    values = {name: kwargs.pop(name) for name in TARGET_OPTION_NAMES}
+    values["profile_sizes"] = _sizes(values["profile_sizes"], "--profile-sizes")
+    return _with_calibration_hash(TargetOptions(**values))
+
+
 @cli.command()
 @model_options
 @click.option("-t", "--target", required=True, help="backend (see 'vncompile targets')")
@@ -161,36 +195,22 @@ def _input_shape(size: int | None, input_shape: str | None, batch: int):
 @click.option("--dynamic", is_flag=True, help="dynamic batch, height and width")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--simplifier", default="onnxslim", show_default=True, help="onnxslim | onnxsim | none")
-@click.option("--device", help="target device, e.g. CPU, GPU, NPU, CUDA  [default: the target's first]")
-@click.option("--calibration", type=click.Path(path_type=Path, file_okay=False),
-              help="int8: directory of images or .npy inputs (default: a seeded synthetic set)")
+@target_options
 @click.option("--act-learn", type=float, help="export the unfused network with this leaky-ReLU slope, on purpose")
-@click.option("--platform", help="rknn: Rockchip SoC (rk3588, rk3576, rk3568, rk3566, rk3562, rv1106, rv1103, rv1126b)")
-@click.option("--quant-algorithm", help="rknn int8: normal | mmse | kl_divergence")
-@click.option("--rknn-target", "board", help="rknn: a connected board's device id, to measure on it")
-@click.option("--workspace", "workspace_mb", type=int, help="tensorrt: workspace pool limit in MiB")
-@click.option("--profile-sizes", help="tensorrt --dynamic: min,opt,max square sizes, e.g. 256,384,512")
-@click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False),
-              help="tensorrt: persistent timing cache file, reused across builds")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="output directory")
 @click.option("--force", is_flag=True, help="replace an existing, different output")
 @click.option("--no-verify", is_flag=True, help="skip verification (a failed one fails the build)")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest on stdout and nothing else there")
 def build(checkpoint, model_name, width, weights, target, precision, size, input_shape, batch, dynamic, opset,
-          simplifier, device, calibration, act_learn, platform, quant_algorithm, board, workspace_mb, profile_sizes,
-          timing_cache, output, force, no_verify, as_json) -> None:
+          simplifier, act_learn, output, force, no_verify, as_json, **kwargs) -> None:
     """Checkpoint (or --model) -> fused -> ONNX -> simplified -> target artifact, verified."""
     from .pipeline.build import build as run_build
-    from .pipeline.request import BuildRequest, TargetOptions
+    from .pipeline.request import BuildRequest
 
-    options = TargetOptions(device=device, calibration=calibration, platform=platform, quant_algorithm=quant_algorithm,
-                            board=board, workspace_mb=workspace_mb,
-                            profile_sizes=_sizes(profile_sizes, "--profile-sizes"),
-                            timing_cache=timing_cache)
     request = BuildRequest(
         source=_source(checkpoint, model_name, width, weights, act_learn), target=target, precision=precision,
         shape=_input_shape(size, input_shape, batch), dynamic=dynamic, opset=opset, simplifier=simplifier,
-        verify=not no_verify, options=_with_calibration_hash(options),
+        verify=not no_verify, options=_target_options(kwargs),
     )
     _run_build(run_build, request, output, force, as_json)
 

@@ -186,7 +186,8 @@ def _run_pipeline(request: BuildRequest, target: Target, key: str, toolchain: di
             exported_onnx = work / "exported.onnx"
             with timings.stage("export"):
                 stages.export_onnx(exported, request.shape, exported_onnx, opset=request.opset,
-                                   dynamic=request.dynamic, compute="fp16" if form == "fp16" else "fp32")
+                                   dynamic=request.dynamic, compute="fp16" if form == "fp16" else "fp32",
+                                   io_dtype=request.options.io_dtype)
             simplified_onnx = work / "simplified.onnx"
             with timings.stage("simplify"):
                 if request.simplifier == "none":

@@ -106,6 +106,7 @@ class TargetOptions:
     quant_algorithm: str | None = None  # rknn: normal | mmse | kl_divergence
     calibration: Path | None = None  # int8: a directory of images or .npy arrays
     calibration_sha256: str | None = None  # content hash of the calibration set (filled in)
+    io_dtype: str = "fp32"  # fp16 graphs: the dtype of the network's inputs and outputs (fp32 | fp16)
     board: str | None = None  # rknn: a connected board's device id (measures instead of estimating)
     workspace_mb: int | None = None  # TensorRT workspace pool limit
     profile_sizes: tuple[int, ...] | None = None  # TensorRT dynamic profile min/opt/max square sizes

@@ -12,6 +12,7 @@ import copy
 import io
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,8 +243,15 @@ def run_onnx(path: Path, batches: np.ndarray) -> list[list[np.ndarray]]:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return [[np.asarray(o, dtype=np.float32) for o in session.run(None, {name: b})] for b in batches]
+    feed = onnx_feed(session)
+    return [[np.asarray(o, dtype=np.float32) for o in session.run(None, feed(b))] for b in batches]
+
+
+def onnx_feed(session) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """Feeds for an ONNX Runtime session, cast to its input dtype (fp16 I/O graphs take float16)."""
+    first = session.get_inputs()[0]
+    dtype = np.float16 if first.type == "tensor(float16)" else np.float32
+    return lambda x: {first.name: np.asarray(x, dtype=dtype)}
 
 
 def run_torch(network: nn.Module, batches: np.ndarray, dtype: torch.dtype = torch.float32) -> list[list[np.ndarray]]:

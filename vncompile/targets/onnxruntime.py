@@ -23,11 +23,13 @@ OPTIMIZED_MODEL = "model.optimized.onnx"
 
 class OnnxRuntimeSession:
     def __init__(self, session: Any) -> None:
+        from ..pipeline.stages import onnx_feed
+
         self._session = session
-        self._input = session.get_inputs()[0].name
+        self._feed = onnx_feed(session)
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
-        return [np.asarray(o, dtype=np.float32) for o in self._session.run(None, {self._input: x})]
+        return [np.asarray(o, dtype=np.float32) for o in self._session.run(None, self._feed(x))]
 
 
 class OnnxRuntimeTarget(Target):
