@@ -50,7 +50,8 @@ def test_build_runs_every_stage_and_writes_a_verified_bundle(tmp_path, run_cli, 
     assert {a["role"] for a in manifest["artifacts"]} == roles
     for artifact in manifest["artifacts"]:
         assert (out / artifact["path"]).stat().st_size == artifact["bytes"]
-    assert [s["name"] for s in manifest["stages"]] == ["load", "fuse", "export", "simplify", "compile", "verify"]
+    assert [s["name"] for s in manifest["stages"]] == ["load", "fuse", "export", "simplify", "reference", "compile",
+                                                      "verify"]
     verification = manifest["verification"]
     assert verification["passed"] and verification["tolerance"] == {"fp32": {"rel": 1e-4}}
     stages = [s["stage"] for s in verification["stages"]]
@@ -110,7 +111,8 @@ def test_failed_verification_fails_the_build_and_writes_nothing(tmp_path, run_cl
     kept = narrow_build(run_cli, out, "--no-verify")
     assert kept.code == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["verification"]["skipped"] and "verify" not in [s["name"] for s in manifest["stages"]]
+    assert manifest["verification"]["skipped"]
+    assert not {"verify", "reference"} & {s["name"] for s in manifest["stages"]}
 
 
 def test_existing_different_output_needs_force(tmp_path, run_cli):
@@ -273,4 +275,15 @@ def test_input_shape_and_batch(tmp_path):
 
 
 def test_stage_names_are_the_pipeline_in_order():
-    assert build_module.STAGE_NAMES == ["load", "fuse", "export", "simplify", "quantize", "compile", "verify"]
+    assert build_module.STAGE_NAMES == ["load", "fuse", "export", "simplify", "quantize", "reference", "compile",
+                                        "verify"]
+
+
+def test_targets_share_the_prepared_onnx_stages(tmp_path, isolated_cache):
+    source = ModelSource(model_name="vanillanet_5", width=NARROW)
+    first = build(BuildRequest(source, "onnxruntime"), tmp_path / "a")
+    second = build(BuildRequest(source, "openvino"), tmp_path / "b")
+    assert not any(s["cached"] for s in first.manifest["stages"] if s["name"] in ("export", "reference"))
+    assert all(s["cached"] for s in second.manifest["stages"] if s["name"] in ("export", "reference"))
+    assert (tmp_path / "a" / "model.onnx").read_bytes() == (tmp_path / "b" / "model.onnx").read_bytes()
+    assert len(list((isolated_cache / "onnx").iterdir())) == 1

@@ -1,5 +1,8 @@
-"""The build cache: finished build directories keyed by the hash of everything that made them.
+"""The build cache: directories keyed by the hash of everything that made them.
 
+Two kinds of entry: ``onnx`` holds the target-independent stages (exported,
+simplified and target-ready ONNX, the float64 reference outputs), shared by every
+target built from the same network and shape; ``builds`` holds finished bundles.
 An entry is trusted only if every artifact its manifest lists still has the recorded
 size and sha256; an altered entry is dropped and rebuilt. A per-key file lock makes
 two concurrent identical builds do the work once: the second waits, then hits.
@@ -60,8 +63,8 @@ class BuildCache:
         self.root = Path(root) if root is not None else default_cache_root()
         self.enabled = enabled
 
-    def entry(self, key: str) -> Path:
-        return self.root / "builds" / key
+    def entry(self, key: str, kind: str = "builds") -> Path:
+        return self.root / kind / key
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -82,11 +85,11 @@ class BuildCache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def lookup(self, key: str) -> dict[str, Any] | None:
+    def lookup(self, key: str, kind: str = "builds") -> dict[str, Any] | None:
         """The cached manifest, or None (an altered entry is removed so it gets rebuilt)."""
         if not self.enabled:
             return None
-        entry = self.entry(key)
+        entry = self.entry(key, kind)
         if not entry.is_dir():
             return None
         manifest = read_manifest(entry)
@@ -96,8 +99,11 @@ class BuildCache:
         shutil.rmtree(entry, ignore_errors=True)
         return None
 
-    def store(self, key: str, build_dir: Path) -> None:
+    def store(self, key: str, directory: Path, kind: str = "builds") -> Path:
+        """Copy ``directory`` into the cache; returns the entry (or ``directory`` when disabled)."""
         if not self.enabled:
-            return
-        with atomic_directory(self.entry(key), force=True) as tmp:
-            copy_tree(build_dir, tmp)
+            return directory
+        entry = self.entry(key, kind)
+        with atomic_directory(entry, force=True) as tmp:
+            copy_tree(directory, tmp)
+        return entry

@@ -138,22 +138,32 @@ class BuildRequest:
         if not 7 <= self.opset <= 23:
             raise InputError(f"--opset must be between 7 and 23, got {self.opset}")
 
-    def cache_key(self, checkpoint_sha256: str | None, toolchain: dict[str, str | None]) -> str:
-        document = {
+    def _identity(self, checkpoint_sha256: str | None) -> dict[str, Any]:
+        return {
             "vncompile": __version__,
             "source": self.source.identity(checkpoint_sha256),
-            "target": self.target,
-            "precision": self.precision,
             "shape": self.shape.as_tuple(),
             "dynamic": self.dynamic,
             "opset": self.opset,
             "simplifier": self.simplifier,
             "verify": self.verify,
-            "options": self.options.key_fields(),
-            "toolchain": toolchain,
         }
-        canonical = json.dumps(document, sort_keys=True, default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def cache_key(self, checkpoint_sha256: str | None, toolchain: dict[str, str | None]) -> str:
+        """Everything a finished build depends on."""
+        return _digest({**self._identity(checkpoint_sha256), "target": self.target, "precision": self.precision,
+                        "options": self.options.key_fields(), "toolchain": toolchain})
+
+    def onnx_key(self, form: str, checkpoint_sha256: str | None, toolchain: dict[str, str | None]) -> str:
+        """What the target-independent stages depend on: no target, only the ONNX form it asked for."""
+        options = {"io_dtype": self.options.io_dtype if form == "fp16" else None,
+                   "calibration": self.options.calibration_sha256 if form == "int8-qdq" else None}
+        return _digest({**self._identity(checkpoint_sha256), "form": form, "options": options,
+                        "toolchain": toolchain})
+
+
+def _digest(document: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def check_input_shape(spec: ModelSpec, shape: InputShape, dynamic: bool, memory_bytes: int | None) -> None:

@@ -85,7 +85,7 @@ class Target(abc.ABC):
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     devices: ClassVar[tuple[str, ...]] = ("CPU",)
     packages: ClassVar[tuple[str, ...]] = ()  # distributions whose versions key the build cache
-    measures_latency: ClassVar[bool] = True  # False: a memory-only target (the analytic planner)
+    executes: ClassVar[bool] = True  # False: nothing to run (the analytic memory planner)
 
     @abc.abstractmethod
     def availability(self) -> Availability:
