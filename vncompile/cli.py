@@ -280,6 +280,94 @@ def targets(as_json) -> None:
         render_targets(rows, Console())
 
 
+# ---------------------------------------------------------------- profile
+
+
+@cli.command()
+@click.argument("checkpoints", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--models", help="comma-separated model names  [default: vanillanet_5,resnet50,plain_cnn_50 "
+              "when no checkpoint is given]")
+@click.option("--width", type=float, default=1.0, show_default=True, help="width multiplier of --models networks")
+@click.option("--targets", "target_list", help="comma-separated targets  [default: every available one]")
+@click.option("--sizes", default="256,384,512", show_default=True, help="comma-separated square input sizes")
+@click.option("--precision", default="fp32", show_default=True)
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--warmup", type=int, default=5, show_default=True, help="untimed runs before timing")
+@click.option("--runs", type=int, default=20, show_default=True, help="timed runs")
+@click.option("--memory-limit", help="mark rows needing more as oom, e.g. 1.2GB")
+@click.option("--timeout", type=float, default=900, show_default=True, help="seconds per measurement")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table",
+              show_default=True, help="what to print on stdout")
+@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False),
+              help="write profile.json/.csv/.md and memory.png/latency.png here")
+@click.option("--force", is_flag=True, help="replace an existing output directory")
+@target_options
+def profile(checkpoints, models, width, target_list, sizes, precision, batch, warmup, runs, memory_limit, timeout,
+            fmt, output, force, **kwargs) -> None:
+    """Max memory and latency per model, target and input size (the paper's Table 1, for your models)."""
+    from .pipeline.artifacts import refuse_existing
+    from .pipeline.profiling import DEFAULT_MODELS, ProfileRequest, parse_memory_size, profilable_targets
+    from .pipeline.request import ModelSource
+
+    names = _names(models) if models else ([] if checkpoints else list(DEFAULT_MODELS))
+    sources = [ModelSource(checkpoint=c) for c in checkpoints] + [ModelSource(model_name=n, width=width) for n in names]
+    for value, option in ((batch, "--batch"), (runs, "--runs")):
+        if value < 1:
+            raise InputError(f"{option} must be a positive integer, got {value}")
+    if warmup < 0:
+        raise InputError(f"--warmup must be >= 0, got {warmup}")
+    targets = _names(target_list) if target_list else profilable_targets()
+    from .targets import get_target
+
+    for name in targets:
+        get_target(name)  # unknown names fail now, not after an hour of building
+    if output is not None:
+        refuse_existing(output, force)
+    request = ProfileRequest(
+        models=tuple(sources), targets=tuple(targets), sizes=_sizes(sizes, "--sizes"), precision=precision,
+        batch=batch, warmup=warmup, runs=runs, timeout_s=timeout, options=_target_options(kwargs),
+        memory_limit_kb=parse_memory_size(memory_limit) if memory_limit else None,
+    )
+    _run_profile(request, fmt, output, force)
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _run_profile(request, fmt: str, output: Path | None, force: bool) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .pipeline import reports
+    from .pipeline.console import stderr
+    from .pipeline.profiling import run_profile
+
+    cells = request.cells()
+    with Progress(TextColumn("[bold]profile"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=stderr, transient=True) as progress:
+        task = progress.add_task("", total=len(cells))
+
+        def advance(row):
+            status = "" if row["status"] == "ok" else f" [{row['status']}]"
+            progress.console.print(f"{row['model']} · {row['target']} · {row['size']}{status}")
+            progress.advance(task)
+
+        document = run_profile(request, on_row=advance)
+    if fmt == "table":
+        reports.render_table(document, Console())
+    elif fmt == "json":
+        _print_json(document)
+    elif fmt == "csv":
+        click.echo(reports.to_csv(document), nl=False)
+    else:
+        click.echo(reports.to_markdown(document), nl=False)
+    if output is not None:
+        for note in reports.write_profile(document, output, force=force):
+            stderr.print(f"[yellow]{note}[/]")
+        stderr.print(f"wrote {output}/profile.json, profile.csv, profile.md, memory.png, latency.png")
+
+
 # ---------------------------------------------------------------- toolchains (vendor SDKs in their own venvs)
 
 

@@ -94,16 +94,33 @@ def build(
     if out_dir is not None and _check_output(out_dir, keys.build, force):
         return BuildOutcome(read_manifest(out_dir) or {}, out_dir, cached=True, up_to_date=True)
     with cache.lock(keys.build):
-        manifest = cache.lookup(keys.build)
-        if manifest is not None:
-            return _publish(cache.entry(keys.build), manifest, out_dir, keys.build, force, cached=True)
-        with tempfile.TemporaryDirectory(prefix="vncompile-build-") as work:
-            bundle = Path(work) / "bundle"
-            bundle.mkdir()
-            manifest = _run(request, require_available(request.target), keys, cache, Path(work), bundle,
-                            reporter or SilentReporter())
-            cache.store(keys.build, bundle)
-            return _publish(bundle, manifest, out_dir, keys.build, force, cached=False)
+        manifest, cached = _ensure_built(request, keys, cache, reporter)
+        return _publish(cache.entry(keys.build), manifest, out_dir, keys.build, force, cached)
+
+
+def cached_build(request: BuildRequest, cache: BuildCache | None = None,
+                 reporter: StageReporter | None = None) -> tuple[dict[str, Any], Path, bool]:
+    """The build's manifest and its directory in the cache, building it if needed (profile, ci)."""
+    cache = cache or BuildCache()
+    keys = _keys(request, get_target(request.target))
+    with cache.lock(keys.build):
+        manifest, cached = _ensure_built(request, keys, cache, reporter)
+        return manifest, cache.entry(keys.build), cached
+
+
+def _ensure_built(request: BuildRequest, keys: _Keys, cache: BuildCache,
+                  reporter: StageReporter | None) -> tuple[dict[str, Any], bool]:
+    """Under the key's lock: the cached manifest, or a fresh build stored in the cache."""
+    manifest = cache.lookup(keys.build)
+    if manifest is not None:
+        return manifest, True
+    with tempfile.TemporaryDirectory(prefix="vncompile-build-") as work:
+        bundle = Path(work) / "bundle"
+        bundle.mkdir()
+        manifest = _run(request, require_available(request.target), keys, cache, Path(work), bundle,
+                        reporter or SilentReporter())
+        cache.store(keys.build, bundle)
+    return manifest, False
 
 
 def _publish(source_dir: Path, manifest: dict[str, Any], out_dir: Path | None, key: str, force: bool,

@@ -59,18 +59,14 @@ def copy_tree(src: Path, dst: Path) -> None:
 
 
 class BuildCache:
-    def __init__(self, root: Path | None = None, enabled: bool = True) -> None:
+    def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_root()
-        self.enabled = enabled
 
     def entry(self, key: str, kind: str = "builds") -> Path:
         return self.root / kind / key
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
-        if not self.enabled:
-            yield
-            return
         lock_dir = self.root / "locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
         with open(lock_dir / f"{key}.lock", "w") as handle:
@@ -87,8 +83,6 @@ class BuildCache:
 
     def lookup(self, key: str, kind: str = "builds") -> dict[str, Any] | None:
         """The cached manifest, or None (an altered entry is removed so it gets rebuilt)."""
-        if not self.enabled:
-            return None
         entry = self.entry(key, kind)
         if not entry.is_dir():
             return None
@@ -100,9 +94,7 @@ class BuildCache:
         return None
 
     def store(self, key: str, directory: Path, kind: str = "builds") -> Path:
-        """Copy ``directory`` into the cache; returns the entry (or ``directory`` when disabled)."""
-        if not self.enabled:
-            return directory
+        """Copy ``directory`` into the cache; returns the entry."""
         entry = self.entry(key, kind)
         with atomic_directory(entry, force=True) as tmp:
             copy_tree(directory, tmp)

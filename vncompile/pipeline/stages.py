@@ -12,7 +12,6 @@ import copy
 import io
 import logging
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,18 +239,13 @@ def run_onnx(path: Path, batches: np.ndarray) -> list[list[np.ndarray]]:
     """Each batch through ONNX Runtime's CPU provider: the reference runtime for ONNX stages."""
     import onnxruntime as ort
 
+    from ..targets.onnxruntime import onnx_feed
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = onnx_feed(session)
+    feed = onnx_feed(session)  # the target's own feeding, so ONNX stages and the target agree
     return [[np.asarray(o, dtype=np.float32) for o in session.run(None, feed(b))] for b in batches]
-
-
-def onnx_feed(session) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """Feeds for an ONNX Runtime session, cast to its input dtype (fp16 I/O graphs take float16)."""
-    first = session.get_inputs()[0]
-    dtype = np.float16 if first.type == "tensor(float16)" else np.float32
-    return lambda x: {first.name: np.asarray(x, dtype=dtype)}
 
 
 def run_torch(network: nn.Module, batches: np.ndarray, dtype: torch.dtype = torch.float32) -> list[list[np.ndarray]]:

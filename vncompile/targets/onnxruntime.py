@@ -10,6 +10,7 @@ break byte-identical builds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,15 @@ PROVIDERS = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider"}
 OPTIMIZED_MODEL = "model.optimized.onnx"
 
 
+def onnx_feed(session: Any) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """Feeds for an ONNX Runtime session, cast to its input dtype (fp16 I/O graphs take float16)."""
+    first = session.get_inputs()[0]
+    dtype = np.float16 if first.type == "tensor(float16)" else np.float32
+    return lambda x: {first.name: np.asarray(x, dtype=dtype)}
+
+
 class OnnxRuntimeSession:
     def __init__(self, session: Any) -> None:
-        from ..pipeline.stages import onnx_feed
-
         self._session = session
         self._feed = onnx_feed(session)
 

@@ -1,0 +1,215 @@
+"""Profile reports: the paper-style table (terminal, markdown), CSV, JSON and plots.
+
+Laid out like the paper's Table 1: models as rows, input sizes as columns, one block
+per target, a "reduction vs resnet50" row per model, and the paper's own mobile-NPU
+figures beside ours.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .artifacts import atomic_directory
+
+BASELINE = "resnet50"
+PAPER_MODELS = {"resnet50": "resnet50", "plain_cnn_50": "plain_cnn_50"}
+CSV_COLUMNS = ["model", "target", "precision", "size", "batch", "status", "reason",
+               "latency_median_ms", "latency_mean_ms", "latency_p90_ms", "latency_p99_ms", "latency_min_ms",
+               "latency_max_ms", "latency_runs", "latency_source",
+               "memory_max_kb", "memory_weights_kb", "memory_activations_kb", "memory_source", "artifact_sha256"]
+
+
+def _blocks(doc: dict[str, Any]) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
+    """target -> model -> size -> row, in the order the rows came."""
+    blocks: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+    for row in doc["rows"]:
+        blocks.setdefault(row["target"], {}).setdefault(row["model"], {})[row["size"]] = row
+    return blocks
+
+
+def _baseline(models: dict[str, dict[int, dict[str, Any]]]) -> str | None:
+    """The label of the ResNet-50 rows (a narrowed one in quick runs), if the profile has one."""
+    return next((label for label, by_size in models.items()
+                 if any(r.get("network") == BASELINE for r in by_size.values())), None)
+
+
+def reduction_vs_baseline(models: dict[str, dict[int, dict[str, Any]]], model: str, size: int) -> float | None:
+    """Percent less max memory than ResNet-50 on the same target and size (the paper's 18.7%/19.6%)."""
+    baseline = _baseline(models)
+    base = models.get(baseline, {}).get(size) if baseline else None
+    row = models.get(model, {}).get(size)
+    if not base or not row or not base["memory_kb"] or not row["memory_kb"]:
+        return None
+    return 100.0 * (1.0 - row["memory_kb"]["max"] / base["memory_kb"]["max"])
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "-"
+    memory = f"{row['memory_kb']['max']:,.0f} KB" if row["memory_kb"] else "-"
+    if row["status"] == "oom":
+        return f"OOM ({memory})"
+    if row["status"] == "error":
+        return "error"
+    latency = row["latency_ms"]
+    return memory if latency is None else f"{memory} · {latency['median']:.1f} ms"
+
+
+def _paper_cell(values: list[int | None], i: int) -> str:
+    value = values[i] if i < len(values) else None
+    return "OOM" if value is None else f"{value:,} KB"
+
+
+def _table_rows(doc: dict[str, Any], models: dict[str, dict[int, dict[str, Any]]]):
+    """(label, cells, style) rows of one target's block: the models, then each one's reduction."""
+    sizes, paper = doc["settings"]["sizes"], doc["paper_table1"]
+    rows = [(model, [_cell(by_size.get(s)) for s in sizes], "") for model, by_size in models.items()]
+    baseline = _baseline(models)
+    if baseline is None:
+        return rows
+    for model, by_size in models.items():
+        if model == baseline:
+            continue
+        network = next(iter(by_size.values())).get("network")
+        cells = []
+        for size in sizes:
+            value = reduction_vs_baseline(models, model, size)
+            text = "-" if value is None else f"{abs(value):.1f}% {'less' if value >= 0 else 'more'}"
+            if network == "plain_cnn_50" and size in paper["input_sizes"]:
+                ref = paper["reduction_percent"][paper["input_sizes"].index(size)]
+                text += f" (paper {ref}%)" if ref is not None else " (paper: resnet50 OOM)"
+            cells.append(text)
+        rows.append((f"{model} vs {baseline}", cells, "italic"))
+    return rows
+
+
+def _sources(models: dict[str, dict[int, dict[str, Any]]]) -> str:
+    memory = sorted({r["memory_kb"]["source"] for m in models.values() for r in m.values() if r["memory_kb"]})
+    latency = sorted({r["latency_ms"]["source"] for m in models.values() for r in m.values() if r["latency_ms"]})
+    return f"memory: {', '.join(memory) or '-'}; latency: {', '.join(latency) or '-'}"
+
+
+def _paper_rows(doc: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    paper, sizes = doc["paper_table1"], doc["settings"]["sizes"]
+    index = [paper["input_sizes"].index(s) if s in paper["input_sizes"] else None for s in sizes]
+    rows = []
+    for model in ("resnet50", "plain_cnn_50"):
+        rows.append((model, ["-" if i is None else _paper_cell(paper[model], i) for i in index]))
+    reductions = paper["reduction_percent"]
+    rows.append(("plain_cnn_50 vs resnet50",
+                 ["-" if i is None or reductions[i] is None else f"{reductions[i]}% less" for i in index]))
+    return rows
+
+
+def render_table(doc: dict[str, Any], console: Console) -> None:
+    sizes = doc["settings"]["sizes"]
+    for target, models in _blocks(doc).items():
+        table = Table(title=f"{target} · {doc['settings']['precision']} · max memory · median latency",
+                      caption=_sources(models))
+        table.add_column("model")
+        for size in sizes:
+            table.add_column(str(size), justify="right")
+        for label, cells, style in _table_rows(doc, models):
+            table.add_row(label, *cells, style=style or None)
+        console.print(table)
+    paper = Table(title="paper, Table 1: mobile NPU max memory", caption="Chen et al., NeurIPS 2023")
+    paper.add_column("model")
+    for size in sizes:
+        paper.add_column(str(size), justify="right")
+    for label, cells in _paper_rows(doc):
+        paper.add_row(label, *cells)
+    console.print(paper)
+    for row in doc["rows"]:
+        if row["reason"]:
+            console.print(f"[yellow]{row['model']} · {row['target']} · {row['size']}:[/] {row['reason']}")
+
+
+def to_markdown(doc: dict[str, Any]) -> str:
+    sizes = doc["settings"]["sizes"]
+    machine = doc["machine"]
+    out = [f"# vncompile profile ({doc['settings']['precision']}, batch {doc['settings']['batch']})", "",
+           f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB"
+           + (f", {machine['gpu']}" if machine.get("gpu") else ""), ""]
+    header = "| model | " + " | ".join(map(str, sizes)) + " |"
+    rule = "|---|" + "---:|" * len(sizes)
+    for target, models in _blocks(doc).items():
+        out += [f"## {target}", "", f"Max memory · median latency ({_sources(models)})", "", header, rule]
+        for label, cells, style in _table_rows(doc, models):
+            name = f"*{label}*" if style else label
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("")
+    out += ["## Paper, Table 1 (mobile NPU)", "", header, rule]
+    out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in _paper_rows(doc)]
+    reasons = [f"- {r['model']} · {r['target']} · {r['size']}: {r['reason']}" for r in doc["rows"] if r["reason"]]
+    if reasons:
+        out += ["", "## Notes", "", *reasons]
+    return "\n".join(out) + "\n"
+
+
+def to_csv(doc: dict[str, Any]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in doc["rows"]:
+        flat = {k: row[k] for k in ("model", "target", "precision", "size", "batch", "status", "reason",
+                                    "artifact_sha256")}
+        for key, value in (row["latency_ms"] or {}).items():
+            flat["latency_source" if key == "source" else f"latency_{key}" + ("" if key == "runs" else "_ms")] = value
+        for key in ("max", "weights", "activations", "source"):
+            flat[f"memory_{key}" + ("" if key == "source" else "_kb")] = (row["memory_kb"] or {}).get(key)
+        writer.writerow({k: flat.get(k) for k in CSV_COLUMNS})
+    return buffer.getvalue()
+
+
+def write_plots(doc: dict[str, Any], directory: Path) -> list[str]:
+    """memory.png and latency.png: value vs input size, a line per model, a panel per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name, metric, unit in (("memory.png", "memory_kb", "max memory (MB)"),
+                               ("latency.png", "latency_ms", "median latency (ms)")):
+        blocks = {t: m for t, m in _blocks(doc).items()
+                  if any(r[metric] for rows in m.values() for r in rows.values())}
+        if not blocks:
+            continue
+        fig, axes = plt.subplots(1, len(blocks), figsize=(4.5 * len(blocks), 3.6), squeeze=False)
+        for ax, (target, models) in zip(axes[0], blocks.items(), strict=True):
+            for model, by_size in models.items():
+                points = sorted((s, r[metric]["max"] / 1000 if metric == "memory_kb" else r[metric]["median"])
+                                for s, r in by_size.items() if r[metric] and r["status"] != "error")
+                if points:
+                    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
+            ax.set_title(target)
+            ax.set_xlabel("input size")
+            ax.set_ylabel(unit)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(directory / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def write_profile(doc: dict[str, Any], directory: Path, force: bool = False) -> list[str]:
+    """profile.json, .csv, .md and the plots, into ``directory`` atomically. Returns a note, if any."""
+    notes = []
+    with atomic_directory(directory, force=force) as tmp:
+        (tmp / "profile.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (tmp / "profile.csv").write_text(to_csv(doc))
+        (tmp / "profile.md").write_text(to_markdown(doc))
+        try:
+            write_plots(doc, tmp)
+        except ImportError:
+            notes.append("plots skipped: matplotlib is not installed (pip install 'vncompile[plot]')")
+    return notes

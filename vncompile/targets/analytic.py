@@ -1,0 +1,51 @@
+"""``analytic``: max memory estimated from the ONNX graph alone, for every model and size.
+
+Portable and instant: no runtime, no device. It plans the fp32 graph at the element
+size of the requested precision (what a compiler for that precision would lay out)
+and writes the plan, with the tensors live at its peak, as ``memory_plan.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..pipeline.memory_plan import plan_memory
+from .base import Artifact, Availability, CompileContext, CompileResult, MemoryFigure, Session, Target
+
+PLAN_FILE = "memory_plan.json"
+
+
+class AnalyticTarget(Target):
+    name = "analytic"
+    description = "estimated memory from the ONNX graph (tensor lifetimes + greedy arena plan)"
+    precisions = ("fp32", "fp16", "bf16", "int8")
+    devices = ("graph",)
+    executes = False
+
+    def availability(self) -> Availability:
+        return Availability(True, __version__, devices=self.devices)
+
+    def onnx_form(self, precision: str):
+        return "fp32"  # planned at the precision's element size, without a Q/DQ graph's extra tensors
+
+    def compile(self, ctx: CompileContext) -> CompileResult:
+        plan = plan_memory(ctx.onnx_path, ctx.request.precision)
+        (ctx.build_dir / PLAN_FILE).write_text(json.dumps(plan.as_dict(), indent=2) + "\n")
+        ctx.log.info("analytic: weights %d B, arena %d B, peak at %s", plan.weight_bytes, plan.arena_bytes,
+                     plan.peak_node)
+        return CompileResult([Artifact(PLAN_FILE, "memory-plan")],
+                             info={"weights_kb": plan.weight_bytes / 1024, "activations_kb": plan.arena_bytes / 1024,
+                                   "peak_node": plan.peak_node})
+
+    def load(self, build_dir: Path, manifest: dict[str, Any]) -> Session:
+        raise NotImplementedError("the analytic target runs nothing")
+
+    def compiler_memory(self, build_dir: Path, manifest: dict[str, Any]) -> MemoryFigure:
+        plan = json.loads((build_dir / PLAN_FILE).read_text())
+        live = ", ".join(f"{name} {size / 1024:,.0f} KB" for name, size in plan["live_at_peak"][:4])
+        return MemoryFigure(plan["total_bytes"] / 1024, "estimated", weights_kb=plan["weight_bytes"] / 1024,
+                            activations_kb=plan["arena_bytes"] / 1024,
+                            detail=f"greedy arena; peak at {plan['peak_node']} with {live} live")
