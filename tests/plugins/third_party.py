@@ -34,3 +34,26 @@ class MissingToolchainTarget(CopyTarget):
 
     def availability(self) -> Availability:
         return Availability(False, None, "the vendor SDK is not installed: pip install vendor-sdk")
+
+
+class CrashTarget(CopyTarget):
+    """Its runtime segfaults when loading: the profile must survive it."""
+
+    name = "crash"
+
+    def load(self, build_dir, manifest):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+class HangTarget(CopyTarget):
+    """Its runtime never returns: the profile's timeout must end it."""
+
+    name = "hang"
+
+    def load(self, build_dir, manifest):
+        import time
+
+        time.sleep(3600)

@@ -1,19 +1,15 @@
 """``vncompile profile``: max memory and latency of each (model, target, size).
 
-Each cell is built through the same pipeline and cache as ``build``, then measured in
-its own worker process (``profile_worker``) under a timeout: a build failure, crash,
-hang or out-of-memory kill is one failed row with its one-line reason, never the end
-of the profile.
+Each cell is built through the same pipeline and cache as ``build`` (in a build
+worker process) and measured in a process of its own (``profile_worker``), both under
+a timeout: a build failure, crash, hang or out-of-memory kill is one failed row with
+its one-line reason, never the end of the profile.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +17,9 @@ from typing import Any
 
 from .. import __version__
 from ..errors import InputError, VncompileError
-from .cache import BuildCache
 from .environment import machine_info, toolchain_versions
 from .request import BuildRequest, InputShape, ModelSource, TargetOptions
+from .workers import BuildWorker, measure
 
 DEFAULT_MODELS = ("vanillanet_5", "resnet50", "plain_cnn_50")
 DEFAULT_SIZES = (256, 384, 512)
@@ -88,17 +84,15 @@ def _label(source: ModelSource) -> str:
 
 
 def profile_cell(source: ModelSource, target: str, size: int, request: ProfileRequest,
-                 cache: BuildCache) -> dict[str, Any]:
-    """Build one cell (or take it from the cache) and measure it in a worker: one row."""
-    from .build import cached_build
-
+                 builder: BuildWorker) -> dict[str, Any]:
+    """Build one cell (or take it from the cache) and measure it, each in a child process: one row."""
     row = _row(source, target, size, request)
     build_request = BuildRequest(source, target, request.precision, InputShape.square(size, request.batch),
                                  options=request.options)
     try:
-        manifest, directory, _ = cached_build(build_request, cache)
+        manifest, directory = builder.build(build_request)
     except VncompileError as exc:
-        row["reason"] = f"build failed: {exc}"
+        row["reason"] = str(exc)
         return row
     row["network"] = manifest["model"]["name"]
     row["artifact_sha256"] = manifest["artifacts"][-1]["sha256"]
@@ -106,7 +100,8 @@ def profile_cell(source: ModelSource, target: str, size: int, request: ProfileRe
         row["reason"] = f"{manifest['status']}: {manifest.get('notice') or 'nothing to run here'}"
         return row
     try:
-        result = run_worker(target, directory, manifest, request)
+        result = measure(target, directory, manifest, warmup=request.warmup, runs=request.runs,
+                         timeout_s=request.timeout_s)
     except VncompileError as exc:
         row["reason"] = str(exc)
         return row
@@ -123,52 +118,18 @@ def profile_cell(source: ModelSource, target: str, size: int, request: ProfileRe
     return row
 
 
-def run_worker(target: str, directory: Path, manifest: dict[str, Any], request: ProfileRequest,
-               command: list[str] | None = None) -> dict[str, Any]:
-    """One isolated measurement; a crash, hang or bad reply is a ``VncompileError`` with one line."""
-    command = command or [sys.executable, "-m", "vncompile.pipeline.profile_worker"]
-    with tempfile.TemporaryDirectory(prefix="vncompile-profile-") as tmp:
-        result_path = Path(tmp) / "result.json"
-        payload = json.dumps({"target": target, "directory": str(directory), "manifest": manifest,
-                              "warmup": request.warmup, "runs": request.runs, "result_path": str(result_path)})
-        try:
-            process = subprocess.run(command, input=payload, capture_output=True, text=True,
-                                     timeout=request.timeout_s)
-        except subprocess.TimeoutExpired:
-            raise VncompileError(f"worker timed out after {request.timeout_s:g} s") from None
-        if process.returncode != 0:
-            raise VncompileError(f"worker {_describe_exit(process.returncode)}: {_last_line(process.stderr)}")
-        try:
-            return json.loads(result_path.read_text())
-        except (OSError, ValueError):
-            raise VncompileError("worker gave no readable result") from None
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        name = signal.Signals(-code).name
-        hint = " (out of memory?)" if name == "SIGKILL" else ""
-        return f"killed by {name}{hint}"
-    return f"exited with status {code}"
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "no output"
-
-
-def run_profile(request: ProfileRequest, cache: BuildCache | None = None,
+def run_profile(request: ProfileRequest,
                 on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every cell of the matrix, in order; the profile document (``profile.json``)."""
     from ..targets import get_target
 
-    cache = cache or BuildCache()
     rows = []
-    for source, target, size in request.cells():
-        row = profile_cell(source, target, size, request, cache)
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
+    with BuildWorker(timeout_s=request.timeout_s) as builder:
+        for source, target, size in request.cells():
+            row = profile_cell(source, target, size, request, builder)
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
     packages = sorted({p for t in request.targets for p in get_target(t).packages})
     return {
         "schema": PROFILE_SCHEMA,

@@ -97,14 +97,13 @@ def _sources(models: dict[str, dict[int, dict[str, Any]]]) -> str:
 
 
 def _paper_rows(doc: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    paper, sizes = doc["paper_table1"], doc["settings"]["sizes"]
-    index = [paper["input_sizes"].index(s) if s in paper["input_sizes"] else None for s in sizes]
-    rows = []
-    for model in ("resnet50", "plain_cnn_50"):
-        rows.append((model, ["-" if i is None else _paper_cell(paper[model], i) for i in index]))
+    """The paper's Table 1 at its own sizes (256/384/512), whatever sizes this profile ran."""
+    paper = doc["paper_table1"]
+    sizes = range(len(paper["input_sizes"]))
+    rows = [(model, [_paper_cell(paper[model], i) for i in sizes]) for model in ("resnet50", "plain_cnn_50")]
     reductions = paper["reduction_percent"]
-    rows.append(("plain_cnn_50 vs resnet50",
-                 ["-" if i is None or reductions[i] is None else f"{reductions[i]}% less" for i in index]))
+    rows.append(("plain_cnn_50 vs resnet50", ["-" if reductions[i] is None else f"{reductions[i]}% less"
+                                              for i in sizes]))
     return rows
 
 
@@ -121,7 +120,7 @@ def render_table(doc: dict[str, Any], console: Console) -> None:
         console.print(table)
     paper = Table(title="paper, Table 1: mobile NPU max memory", caption="Chen et al., NeurIPS 2023")
     paper.add_column("model")
-    for size in sizes:
+    for size in doc["paper_table1"]["input_sizes"]:
         paper.add_column(str(size), justify="right")
     for label, cells in _paper_rows(doc):
         paper.add_row(label, *cells)
@@ -145,7 +144,9 @@ def to_markdown(doc: dict[str, Any]) -> str:
             name = f"*{label}*" if style else label
             out.append(f"| {name} | " + " | ".join(cells) + " |")
         out.append("")
-    out += ["## Paper, Table 1 (mobile NPU)", "", header, rule]
+    paper_sizes = doc["paper_table1"]["input_sizes"]
+    out += ["## Paper, Table 1 (mobile NPU)", "", "| model | " + " | ".join(map(str, paper_sizes)) + " |",
+            "|---|" + "---:|" * len(paper_sizes)]
     out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in _paper_rows(doc)]
     reasons = [f"- {r['model']} · {r['target']} · {r['size']}: {r['reason']}" for r in doc["rows"] if r["reason"]]
     if reasons:

@@ -162,6 +162,26 @@ class BuildRequest:
                         "toolchain": toolchain})
 
 
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able form, for handing the request to a worker process."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BuildRequest:
+        source = dict(data["source"])
+        if source["checkpoint"] is not None:
+            source["checkpoint"] = Path(source["checkpoint"])
+        options = dict(data["options"])
+        for key in ("calibration", "timing_cache"):
+            if options[key] is not None:
+                options[key] = Path(options[key])
+        if options["profile_sizes"] is not None:
+            options["profile_sizes"] = tuple(options["profile_sizes"])
+        fields = {k: v for k, v in data.items() if k not in ("source", "shape", "options")}
+        return cls(source=ModelSource(**source), shape=InputShape(*data["shape"].values()),
+                   options=TargetOptions(**options), **fields)
+
+
 def _digest(document: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
 
