@@ -8,6 +8,7 @@ are imported inside the commands, so ``vncompile --help`` stays instant.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ import click
 
 from . import __version__
 from .errors import InputError, VncompileError
+from .pipeline.request import InputShape
 
 
 def _fail(message: str, code: int) -> None:
@@ -140,8 +142,6 @@ def deploy(checkpoint, output, model_name, weights, force) -> None:
 
 
 def _input_shape(size: int | None, input_shape: str | None, batch: int):
-    from .pipeline.request import InputShape
-
     if size is not None and input_shape is not None:
         raise InputError("give --size or --input-shape, not both")
     if input_shape is not None:
@@ -181,13 +181,15 @@ def _target_options(kwargs: dict[str, Any]):
     from .pipeline.request import TargetOptions
 
     values = {name: kwargs.pop(name) for name in TARGET_OPTION_NAMES}
+    from .pipeline.calibration import with_calibration_hash
+
     values["profile_sizes"] = _sizes(values["profile_sizes"], "--profile-sizes")
-    return _with_calibration_hash(TargetOptions(**values))
+    return with_calibration_hash(TargetOptions(**values))
 
 
 @cli.command()
 @model_options
-@click.option("-t", "--target", required=True, help="backend (see 'vncompile targets')")
+@click.option("-t", "--target", help="backend (see 'vncompile targets'); or take it from --device CONFIG.yaml")
 @click.option("--precision", default="fp32", show_default=True, help="fp32 | fp16 | bf16 | int8")
 @click.option("--size", type=int, help="square input size  [default: 224]")
 @click.option("--input-shape", metavar="NxCxHxW", help="explicit input shape, e.g. 1x3x224x224")
@@ -203,16 +205,60 @@ def _target_options(kwargs: dict[str, Any]):
 @click.option("--json", "as_json", is_flag=True, help="print the manifest on stdout and nothing else there")
 def build(checkpoint, model_name, width, weights, target, precision, size, input_shape, batch, dynamic, opset,
           simplifier, act_learn, output, force, no_verify, as_json, **kwargs) -> None:
-    """Checkpoint (or --model) -> fused -> ONNX -> simplified -> target artifact, verified."""
+    """Checkpoint (or --model) -> fused -> ONNX -> simplified -> target artifact, verified.
+
+    \b
+    --device takes a device name (CPU, GPU, NPU, CUDA) or a device config
+    (configs/devices/*.yaml) that sets the target, precision, size and options;
+    options given on the command line win over the config's.
+    """
     from .pipeline.build import build as run_build
     from .pipeline.request import BuildRequest
 
-    request = BuildRequest(
-        source=_source(checkpoint, model_name, width, weights, act_learn), target=target, precision=precision,
-        shape=_input_shape(size, input_shape, batch), dynamic=dynamic, opset=opset, simplifier=simplifier,
-        verify=not no_verify, options=_target_options(kwargs),
-    )
+    source = _source(checkpoint, model_name, width, weights, act_learn)
+    options = _target_options(kwargs)
+    shape = _input_shape(size, input_shape, batch)
+    config = _device_config(options)
+    if config is not None:
+        given = _given()
+        target = target or config.target
+        precision = precision if "precision" in given else config.precision
+        dynamic = dynamic or config.dynamic
+        options = _merge_options(config.options, options, given)
+        if "size" not in given and "input_shape" not in given:
+            shape = InputShape.square(config.sizes[0], config.batch if "batch" not in given else batch)
+        if dynamic and options.profile_sizes is None:
+            options = dataclasses.replace(options, profile_sizes=(min(config.sizes), shape.height, max(config.sizes)))
+    if target is None:
+        raise InputError("give --target, or --device with a device config")
+    request = BuildRequest(source=source, target=target, precision=precision, shape=shape, dynamic=dynamic,
+                           opset=opset, simplifier=simplifier, verify=not no_verify, options=options)
     _run_build(run_build, request, output, force, as_json)
+
+
+def _given() -> set[str]:
+    """The parameters the user typed (not defaults): they win over a device config."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return {name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+
+
+def _device_config(options):
+    """The device config named by --device, if it names a file rather than a device."""
+    from .pipeline.devices import is_device_config, load_device_config
+
+    if not is_device_config(options.device):
+        return None
+    return load_device_config(Path(options.device))
+
+
+def _merge_options(config_options, cli_options, given: set[str]):
+    """The config's target options, with the ones typed on the command line on top."""
+    typed = {name: getattr(cli_options, name) for name in TARGET_OPTION_NAMES if name in given and name != "device"}
+    if "calibration" in typed:
+        typed["calibration_sha256"] = cli_options.calibration_sha256
+    return dataclasses.replace(config_options, **typed)
 
 
 def _sizes(text: str | None, option: str) -> tuple[int, ...] | None:
@@ -226,17 +272,6 @@ def _sizes(text: str | None, option: str) -> tuple[int, ...] | None:
     if not sizes or min(sizes) < 1:
         raise InputError(f"{option} takes positive integers, got '{text}'")
     return sizes
-
-
-def _with_calibration_hash(options):
-    """The calibration set's content is part of what a build depends on."""
-    import dataclasses
-
-    from .pipeline.calibration import directory_sha256
-
-    if options.calibration is None:
-        return options
-    return dataclasses.replace(options, calibration_sha256=directory_sha256(options.calibration))
 
 
 def _run_build(run_build, request, output, force, as_json) -> None:
@@ -316,6 +351,15 @@ def profile(checkpoints, models, width, target_list, sizes, precision, batch, wa
             raise InputError(f"{option} must be a positive integer, got {value}")
     if warmup < 0:
         raise InputError(f"--warmup must be >= 0, got {warmup}")
+    options = _target_options(kwargs)
+    config = _device_config(options)
+    memory_limit = memory_limit or (config.memory_limit if config else None)
+    if config is not None:  # the device's target, precision, sizes and options; typed flags win
+        given = _given()
+        target_list = target_list or config.target
+        precision = precision if "precision" in given else config.precision
+        sizes = sizes if "sizes" in given else ",".join(map(str, config.sizes))
+        options = _merge_options(config.options, options, given)
     targets = _names(target_list) if target_list else profilable_targets()
     from .targets import get_target
 
@@ -325,7 +369,7 @@ def profile(checkpoints, models, width, target_list, sizes, precision, batch, wa
         refuse_existing(output, force)
     request = ProfileRequest(
         models=tuple(sources), targets=tuple(targets), sizes=_sizes(sizes, "--sizes"), precision=precision,
-        batch=batch, warmup=warmup, runs=runs, timeout_s=timeout, options=_target_options(kwargs),
+        batch=batch, warmup=warmup, runs=runs, timeout_s=timeout, options=options,
         memory_limit_kb=parse_memory_size(memory_limit) if memory_limit else None,
     )
     _run_profile(request, fmt, output, force)
@@ -366,6 +410,59 @@ def _run_profile(request, fmt: str, output: Path | None, force: bool) -> None:
         for note in reports.write_profile(document, output, force=force):
             stderr.print(f"[yellow]{note}[/]")
         stderr.print(f"wrote {output}/profile.json, profile.csv, profile.md, memory.png, latency.png")
+
+
+# ---------------------------------------------------------------- ci
+
+
+@cli.command()
+@click.argument("config", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), default=Path("dist"),
+              show_default=True, help="where the bundles, index.json, SUMMARY.md and junit.xml go")
+@click.option("--shard", help="build shard i of n (e.g. 1/4): each cell is in exactly one shard")
+@click.option("--runner", help="only the cells whose devices build on this CI runner label")
+@click.option("--cell", help="only this cell (model/device/size, as --emit-matrix lists them)")
+@click.option("--jobs", type=int, default=1, show_default=True, help="cells built in parallel on this machine")
+@click.option("--timeout", type=float, default=3600, show_default=True, help="seconds per cell")
+@click.option("--emit-matrix", type=click.Choice(["github"]), help="print the CI job matrix and exit")
+@click.option("--cells-per-job", type=int, default=8, show_default=True, help="with --emit-matrix")
+@click.option("--merge", "merge_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+              help="merge shard outputs into --output instead of building (repeatable)")
+@click.option("--force", is_flag=True, help="replace an existing output directory")
+def ci(config, output, shard, runner, cell, jobs, timeout, emit_matrix, cells_per_job, merge_dirs, force) -> None:
+    """Build a matrix of models x devices x sizes into publishable bundles (configs/ci.yaml)."""
+    from .pipeline import ci as ci_run
+    from .pipeline.console import stderr
+    from .pipeline.matrix import github_matrix, load_ci_config, parse_shard, select
+
+    if merge_dirs:
+        results = ci_run.merge(list(merge_dirs), output, force=force)
+        stderr.print(f"merged {len(merge_dirs)} shards: {len(results)} cells -> {output}")
+        _fail_on_failed_cells(results)
+        return
+    if config is None:
+        raise InputError("give the matrix config, e.g. configs/ci.yaml")
+    cells = select(load_ci_config(config).cells, runner=runner, cell=cell,
+                   shard=parse_shard(shard) if shard else None)
+    if emit_matrix:
+        if cells_per_job < 1:
+            raise InputError(f"--cells-per-job must be a positive integer, got {cells_per_job}")
+        click.echo(json.dumps(github_matrix(cells, cells_per_job)))
+        return
+    stderr.print(f"building {len(cells)} cells with {jobs} job(s) -> {output}")
+
+    def report(result):
+        note = f" ({result.reason})" if result.reason else ""
+        stderr.print(f"{result.status:>8}  {result.id}  {result.seconds:.1f} s{note}")
+
+    results = ci_run.run_ci(cells, output, jobs=jobs, force=force, timeout_s=timeout, on_result=report)
+    _fail_on_failed_cells(results)
+
+
+def _fail_on_failed_cells(results) -> None:
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise VncompileError(f"{len(failed)} of {len(results)} cells failed; first: {failed[0].id}: {failed[0].reason}")
 
 
 # ---------------------------------------------------------------- toolchains (vendor SDKs in their own venvs)

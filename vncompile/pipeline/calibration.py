@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
-from .request import InputShape
+from .request import InputShape, TargetOptions
 
 
 def _calibration_files(directory: Path) -> list[Path]:
@@ -18,6 +19,13 @@ def _calibration_files(directory: Path) -> list[Path]:
     if not files:
         raise InputError(f"{directory}: no images ({', '.join(IMAGE_SUFFIXES)}) or .npy files for calibration")
     return files
+
+
+def with_calibration_hash(options: TargetOptions) -> TargetOptions:
+    """The options with the calibration set's content hash filled in: part of what a build depends on."""
+    if options.calibration is None:
+        return options
+    return dataclasses.replace(options, calibration_sha256=directory_sha256(options.calibration))
 
 
 def directory_sha256(directory: Path) -> str:

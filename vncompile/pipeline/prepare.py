@@ -31,9 +31,16 @@ FILES = {"exported.onnx": "onnx-exported", "simplified.onnx": "onnx-simplified",
 
 
 def verify_shapes(request: BuildRequest) -> list[InputShape]:
-    """The request's shape, and with --dynamic a second, larger one."""
+    """The request's shape and, with --dynamic, a second one: the far end of the profile when
+    one is given (a dynamic engine only takes sizes inside it), else 32 pixels larger."""
     shape = request.shape
-    return [shape] + ([shape.resized(shape.height + 32, shape.width + 32)] if request.dynamic else [])
+    if not request.dynamic:
+        return [shape]
+    profile = request.options.profile_sizes
+    if profile:
+        other = max(profile) if max(profile) != shape.height else min(profile)
+        return [shape] if other == shape.height else [shape, shape.resized(other, other)]
+    return [shape, shape.resized(shape.height + 32, shape.width + 32)]
 
 
 def verify_inputs(shape: InputShape) -> np.ndarray:
