@@ -6,7 +6,6 @@ and an existing output is replaced only when the caller says so (``--force``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,14 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputExists
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _sibling(path: Path, tag: str) -> Path:

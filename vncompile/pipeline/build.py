@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputExists, VerificationError
+from ..hashing import sha256_file
 from ..targets import get_target, require_available
 from ..targets.base import CompileContext, CompileResult, Target
-from .artifacts import atomic_directory, sha256_file, write_json
+from .artifacts import atomic_directory, write_json
 from .cache import BuildCache, copy_tree, intact, read_manifest
 from .environment import toolchain_versions
 from .prepare import PREPARE_STAGES, PreparedOnnx, prepare, verify_inputs, verify_shapes

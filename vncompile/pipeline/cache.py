@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .artifacts import atomic_directory, sha256_file
+from ..hashing import sha256_file
+from .artifacts import atomic_directory
 
 log = logging.getLogger("vncompile")
 

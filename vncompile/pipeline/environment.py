@@ -27,9 +27,10 @@ def toolchain_versions(*extra: str) -> dict[str, str | None]:
     return versions
 
 
-def _meminfo_kb(field: str) -> int | None:
+def proc_kb(path: str, field: str) -> int | None:
+    """A ``Field:  N kB`` line of a Linux /proc file (meminfo, self/status); None elsewhere."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
@@ -39,7 +40,7 @@ def _meminfo_kb(field: str) -> int | None:
 
 
 def total_memory_bytes() -> int | None:
-    kb = _meminfo_kb("MemTotal")
+    kb = proc_kb("/proc/meminfo", "MemTotal")
     return None if kb is None else kb * 1024
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import VerificationError
-from .artifacts import sha256_file, write_json
+from ..hashing import sha256_file
+from .artifacts import write_json
 from .cache import BuildCache
 from .request import BuildRequest, InputShape
 from .timing import StageTimings

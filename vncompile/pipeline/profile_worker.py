@@ -20,31 +20,21 @@ import numpy as np
 
 from ..targets import get_target
 from ..targets.base import LatencyFigure, MemoryFigure, Target
+from .environment import proc_kb
 
 
-def _status_kb(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss() -> float | None:
+def reset_peak_rss() -> int | None:
     """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; return that baseline in KB."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:
         return None  # not Linux: peak can only be read, not reset
-    return _status_kb("VmRSS")
+    return proc_kb("/proc/self/status", "VmRSS")
 
 
 def peak_rss_kb() -> float | None:
-    peak = _status_kb("VmHWM")
+    peak = proc_kb("/proc/self/status", "VmHWM")
     if peak is not None:
         return peak
     import resource

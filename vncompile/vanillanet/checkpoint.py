@@ -16,7 +16,6 @@ once act_learn has reached 1.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import pickle
 import re
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, FusionError
+from ..hashing import sha256_file
 from .archs import MODEL_NAMES, VARIANTS, Form, ModelSpec, ResNetArch
 from .fusion import compose_pointwise
 from .model import VanillaNet
@@ -70,14 +70,6 @@ class Checkpoint:
 
 
 # ---------------------------------------------------------------------------- reading
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _sniff_format(path: Path) -> str:
@@ -320,7 +312,7 @@ def load_checkpoint(
     epoch = obj.get("epoch") if isinstance(obj, Mapping) else None
     ckpt = Checkpoint(
         path=path,
-        sha256=file_sha256(path),
+        sha256=sha256_file(path),
         spec=spec,
         state_dict=state_dict,
         act_learn=_act_learn(spec.form, epoch, args, spec.is_vanillanet),
