@@ -190,7 +190,7 @@ def _target_options(kwargs: dict[str, Any]):
 @cli.command()
 @model_options
 @click.option("-t", "--target", help="backend (see 'vncompile targets'); or take it from --device CONFIG.yaml")
-@click.option("--precision", default="fp32", show_default=True, help="fp32 | fp16 | bf16 | int8")
+@click.option("--precision", help="fp32 | fp16 | bf16 | int8  [default: fp32; rknn: fp16, or int8 where only that]")
 @click.option("--size", type=int, help="square input size  [default: 224]")
 @click.option("--input-shape", metavar="NxCxHxW", help="explicit input shape, e.g. 1x3x224x224")
 @click.option("--batch", type=int, default=1, show_default=True)
@@ -222,7 +222,7 @@ def build(checkpoint, model_name, width, weights, target, precision, size, input
     if config is not None:
         given = _given()
         target = target or config.target
-        precision = precision if "precision" in given else config.precision
+        precision = precision or config.precision
         dynamic = dynamic or config.dynamic
         options = _merge_options(config.options, options, given)
         if "size" not in given and "input_shape" not in given:
@@ -231,6 +231,10 @@ def build(checkpoint, model_name, width, weights, target, precision, size, input
             options = dataclasses.replace(options, profile_sizes=(min(config.sizes), shape.height, max(config.sizes)))
     if target is None:
         raise InputError("give --target, or --device with a device config")
+    if precision is None:
+        from .targets import get_target
+
+        precision = get_target(target).default_precision(options)
     request = BuildRequest(source=source, target=target, precision=precision, shape=shape, dynamic=dynamic,
                            opset=opset, simplifier=simplifier, verify=not no_verify, options=options)
     _run_build(run_build, request, output, force, as_json)
@@ -275,6 +279,8 @@ def _sizes(text: str | None, option: str) -> tuple[int, ...] | None:
 
 
 def _run_build(run_build, request, output, force, as_json) -> None:
+    from rich.markup import escape
+
     from .pipeline.console import RichStageReporter, render_verification, stderr
 
     outcome = run_build(request, output, force=force, reporter=RichStageReporter())
@@ -286,7 +292,7 @@ def _run_build(run_build, request, output, force, as_json) -> None:
     else:
         render_verification(manifest["verification"])
         if manifest.get("notice"):
-            stderr.print(f"[yellow]notice:[/] {manifest['notice']}")
+            stderr.print(f"[yellow]notice:[/] {escape(manifest['notice'])}")
         stderr.print(f"[bold]{manifest['status']}[/] -> {outcome.out_dir}")
     if as_json:
         _print_json(manifest)
@@ -325,7 +331,7 @@ def targets(as_json) -> None:
 @click.option("--width", type=float, default=1.0, show_default=True, help="width multiplier of --models networks")
 @click.option("--targets", "target_list", help="comma-separated targets  [default: every available one]")
 @click.option("--sizes", default="256,384,512", show_default=True, help="comma-separated square input sizes")
-@click.option("--precision", default="fp32", show_default=True)
+@click.option("--precision", help="[default: each target's own: fp32, rknn fp16]")
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--warmup", type=int, default=5, show_default=True, help="untimed runs before timing")
 @click.option("--runs", type=int, default=20, show_default=True, help="timed runs")
@@ -357,7 +363,7 @@ def profile(checkpoints, models, width, target_list, sizes, precision, batch, wa
     if config is not None:  # the device's target, precision, sizes and options; typed flags win
         given = _given()
         target_list = target_list or config.target
-        precision = precision if "precision" in given else config.precision
+        precision = precision or config.precision
         sizes = sizes if "sizes" in given else ",".join(map(str, config.sizes))
         options = _merge_options(config.options, options, given)
     targets = _names(target_list) if target_list else profilable_targets()
@@ -394,7 +400,7 @@ def _run_profile(request, fmt: str, output: Path | None, force: bool) -> None:
 
         def advance(row):
             status = "" if row["status"] == "ok" else f" [{row['status']}]"
-            progress.console.print(f"{row['model']} · {row['target']} · {row['size']}{status}")
+            progress.console.print(f"{row['model']} · {row['target']} · {row['size']}{status}", markup=False)
             progress.advance(task)
 
         document = run_profile(request, on_row=advance)
@@ -453,7 +459,7 @@ def ci(config, output, shard, runner, cell, jobs, timeout, emit_matrix, cells_pe
 
     def report(result):
         note = f" ({result.reason})" if result.reason else ""
-        stderr.print(f"{result.status:>8}  {result.id}  {result.seconds:.1f} s{note}")
+        stderr.print(f"{result.status:>8}  {result.id}  {result.seconds:.1f} s{note}", markup=False)
 
     results = ci_run.run_ci(cells, output, jobs=jobs, force=force, timeout_s=timeout, on_result=report)
     _fail_on_failed_cells(results)

@@ -74,7 +74,7 @@ def _keys(request: BuildRequest, target: Target) -> _Keys:
     checkpoint = request.source.checkpoint
     checkpoint_sha256 = sha256_file(Path(checkpoint)) if checkpoint is not None else None
     core = toolchain_versions(*SIMPLIFIER_PACKAGES[request.simplifier])
-    toolchain = {**core, **toolchain_versions(*target.packages)}
+    toolchain = {**core, **toolchain_versions(*target.packages), **target.cache_identity()}
     form = target.onnx_form(request.precision)
     return _Keys(request.cache_key(checkpoint_sha256, toolchain), request.onnx_key(form, checkpoint_sha256, core),
                  toolchain)

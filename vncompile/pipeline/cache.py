@@ -15,12 +15,11 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..hashing import sha256_file
-from .artifacts import atomic_directory
+from .artifacts import atomic_directory, file_lock
 
 log = logging.getLogger("vncompile")
 
@@ -66,21 +65,8 @@ class BuildCache:
     def entry(self, key: str, kind: str = "builds") -> Path:
         return self.root / kind / key
 
-    @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        lock_dir = self.root / "locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(lock_dir / f"{key}.lock", "w") as handle:
-            try:
-                import fcntl
-            except ImportError:  # pragma: no cover - Windows: no cross-process lock, still correct
-                yield
-                return
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.root / "locks" / f"{key}.lock")
 
     def lookup(self, key: str, kind: str = "builds") -> dict[str, Any] | None:
         """The cached manifest, or None (an altered entry is removed so it gets rebuilt)."""

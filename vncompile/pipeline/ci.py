@@ -100,7 +100,7 @@ def build_cells(cells: list[Cell], dist: Path, *, jobs: int = 1, timeout_s: floa
             return list(pool.map(build_one, cells))
     finally:
         while not workers.empty():
-            workers.get().__exit__()
+            workers.get().close()
 
 
 def write_reports(results: list[CellResult], dist: Path) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -65,7 +66,7 @@ def render_description(facts: dict[str, Any], console: Console = stderr) -> None
         table.add_row("checkpoint", f"{ckpt['path']} (weights: {ckpt['weights'] or 'state_dict'}"
                       + (f", epoch {ckpt['epoch']}" if ckpt["epoch"] is not None else "") + ")")
         for note in ckpt["notes"]:
-            table.add_row("", note)
+            table.add_row("", escape(note))
     console.print(table)
     counts = Table(title=f"complexity at {facts['input_size']}x{facts['input_size']}")
     counts.add_column("")
@@ -97,5 +98,5 @@ def render_targets(rows: list[dict[str, Any]], console: Console) -> None:
     for row in rows:
         table.add_row(row["name"], "[green]yes[/]" if row["available"] else "[red]no[/]", row["version"] or "-",
                       ", ".join(row["devices"]) or "-", ", ".join(row["precisions"]),
-                      row["reason"] or row["description"])
+                      escape(row["reason"] or row["description"]))
     console.print(table)

@@ -44,7 +44,7 @@ class ProfileRequest:
     models: tuple[ModelSource, ...]
     targets: tuple[str, ...]
     sizes: tuple[int, ...] = DEFAULT_SIZES
-    precision: str = "fp32"
+    precision: str | None = None  # None: each target's default (fp32; rknn fp16)
     batch: int = 1
     warmup: int = 5
     runs: int = 20
@@ -86,8 +86,12 @@ def _label(source: ModelSource) -> str:
 def profile_cell(source: ModelSource, target: str, size: int, request: ProfileRequest,
                  builder: BuildWorker) -> dict[str, Any]:
     """Build one cell (or take it from the cache) and measure it, each in a child process: one row."""
+    from ..targets import get_target
+
     row = _row(source, target, size, request)
-    build_request = BuildRequest(source, target, request.precision, InputShape.square(size, request.batch),
+    precision = request.precision or get_target(target).default_precision(request.options)
+    row["precision"] = precision
+    build_request = BuildRequest(source, target, precision, InputShape.square(size, request.batch),
                                  options=request.options)
     try:
         manifest, directory = builder.build(build_request)
@@ -136,7 +140,8 @@ def run_profile(request: ProfileRequest,
         "vncompile": __version__,
         "machine": machine_info(),
         "toolchain": toolchain_versions(*packages),
-        "settings": {"sizes": list(request.sizes), "precision": request.precision, "batch": request.batch,
+        "settings": {"sizes": list(request.sizes), "precision": request.precision or "each target's default",
+                     "batch": request.batch,
                      "warmup": request.warmup, "runs": request.runs, "memory_limit_kb": request.memory_limit_kb},
         "rows": rows,
         "paper_table1": paper_table1(),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .artifacts import atomic_directory
@@ -110,7 +111,8 @@ def _paper_rows(doc: dict[str, Any]) -> list[tuple[str, list[str]]]:
 def render_table(doc: dict[str, Any], console: Console) -> None:
     sizes = doc["settings"]["sizes"]
     for target, models in _blocks(doc).items():
-        table = Table(title=f"{target} · {doc['settings']['precision']} · max memory · median latency",
+        precisions = sorted({r["precision"] for rows in models.values() for r in rows.values()})
+        table = Table(title=f"{target} · {', '.join(precisions)} · max memory · median latency",
                       caption=_sources(models))
         table.add_column("model")
         for size in sizes:
@@ -127,7 +129,8 @@ def render_table(doc: dict[str, Any], console: Console) -> None:
     console.print(paper)
     for row in doc["rows"]:
         if row["reason"]:
-            console.print(f"[yellow]{row['model']} · {row['target']} · {row['size']}:[/] {row['reason']}")
+            console.print(f"[yellow]{escape(row['model'])} · {row['target']} · {row['size']}:[/] "
+                          f"{escape(row['reason'])}")
 
 
 def to_markdown(doc: dict[str, Any]) -> str:

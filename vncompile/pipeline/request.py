@@ -19,6 +19,8 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
 SIMPLIFIERS: tuple[str, ...] = ("onnxslim", "onnxsim", "none")
 DEFAULT_OPSET = 18
 RANDOM_SEED = 0  # untrained builds use seeded random weights, so they are reproducible
+# What ``stages.quantize_qdq`` makes of an fp32 graph: part of the int8 ONNX's cache key.
+INT8_SCHEME = "qdq int8 symmetric, per-channel weights, float bias, minmax calibration"
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,10 @@ class BuildRequest:
 
     def onnx_key(self, form: str, checkpoint_sha256: str | None, toolchain: dict[str, str | None]) -> str:
         """What the target-independent stages depend on: no target, only the ONNX form it asked for."""
+        int8 = form == "int8-qdq"
         options = {"io_dtype": self.options.io_dtype if form == "fp16" else None,
-                   "calibration": self.options.calibration_sha256 if form == "int8-qdq" else None}
+                   "calibration": self.options.calibration_sha256 if int8 else None,
+                   "int8_scheme": INT8_SCHEME if int8 else None}
         return _digest({**self._identity(checkpoint_sha256), "form": form, "options": options,
                         "toolchain": toolchain})
 

@@ -221,7 +221,8 @@ def quantize_qdq(src: Path, dst: Path, calibration: np.ndarray) -> Path:
             str(src), str(dst), _ArrayReader("input", calibration), quant_format=QuantFormat.QDQ,
             per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            # Float biases: TensorRT's parser takes DequantizeLinear only on activation types, not int32.
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
         )
     return dst
 

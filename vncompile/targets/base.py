@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
-from ..pipeline.request import BuildRequest
+from ..pipeline.request import BuildRequest, TargetOptions
 
 OnnxForm = Literal["fp32", "fp16", "int8-qdq"]
 MemorySource = Literal["measured", "compiler", "estimated"]
@@ -97,6 +97,15 @@ class Target(abc.ABC):
 
     def default_device(self) -> str:
         return self.devices[0]
+
+    def default_precision(self, options: TargetOptions) -> str:
+        """The precision built when none is asked for: fp32 where the target computes it."""
+        return "fp32" if "fp32" in self.precisions else self.precisions[0]
+
+    def cache_identity(self) -> dict[str, str | None]:
+        """Facts besides package versions that decide what ``compile`` writes (e.g. the GPU an engine is
+        for); they join the build's cache key."""
+        return {}
 
     def check_request(self, request: BuildRequest) -> None:  # noqa: B027 - optional hook
         """Raise ``InputError`` for options this target cannot honour (before any work)."""

@@ -1,0 +1,1 @@
+"""Worker scripts, run by file path with a toolchain environment's python (never imported by vncompile)."""
