@@ -23,6 +23,15 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     return cache
 
 
+@pytest.fixture(scope="session")
+def rknn_toolchain():
+    """The real rknn toolchain: CI installs it first; installing again only verifies it (and waits on a
+    lock while another test worker installs it)."""
+    from vncompile.toolchains import install
+
+    return install("rknn")
+
+
 @dataclass
 class CliResult:
     code: int

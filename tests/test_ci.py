@@ -17,7 +17,7 @@ from vncompile.pipeline.matrix import github_matrix, load_ci_config, parse_shard
 
 REPO = Path(__file__).parents[1]
 DEVICES = sorted((REPO / "configs" / "devices").glob("*.yaml"))
-SMALL_DEVICES = ["x86-onnxruntime-fp32", "intel-cpu-openvino-fp32", "jetson-orin-tensorrt-fp16"]
+SMALL_DEVICES = ["x86-onnxruntime-fp32", "intel-cpu-openvino-fp32", "rk3588-npu-fp16", "jetson-orin-tensorrt-fp16"]
 
 
 def write_matrix(tmp_path: Path, devices: list[str], extra: dict | None = None) -> Path:
@@ -145,7 +145,7 @@ def test_matrix_errors_are_one_line(tmp_path, run_cli, change, message):
     assert not (tmp_path / "dist").exists()
 
 
-def test_small_matrix_over_two_shards_merge_and_determinism(tmp_path, run_cli, monkeypatch):
+def test_small_matrix_over_two_shards_merge_and_determinism(tmp_path, run_cli, monkeypatch, rknn_toolchain):
     path = write_matrix(tmp_path, SMALL_DEVICES, {"overrides": [{"device": "jetson-orin-tensorrt-fp16",
                                                                  "sizes": [96, 128]}]})
     for i in (1, 2):
@@ -153,7 +153,7 @@ def test_small_matrix_over_two_shards_merge_and_determinism(tmp_path, run_cli, m
         assert result.code == 0, result.err
     shard_ids = [[b["id"] for b in json.loads((tmp_path / f"shard{i}" / "index.json").read_text())["bundles"]]
                  for i in (1, 2)]
-    assert not set(shard_ids[0]) & set(shard_ids[1]) and len(shard_ids[0] + shard_ids[1]) == 3
+    assert not set(shard_ids[0]) & set(shard_ids[1]) and len(shard_ids[0] + shard_ids[1]) == 4
     merged = run_cli("ci", "--merge", tmp_path / "shard1", "--merge", tmp_path / "shard2", "-o", tmp_path / "dist")
     assert merged.code == 0, merged.err
     dist = tmp_path / "dist"
@@ -163,14 +163,14 @@ def test_small_matrix_over_two_shards_merge_and_determinism(tmp_path, run_cli, m
     for device, bundle in bundles.items():
         assert {"model", "device", "path", "status", "sha256"} <= set(bundle)
         assert (dist / bundle["path"] / "manifest.json").is_file() and bundle["path"].startswith(f"v5-narrow/{device}/")
-    assert bundles["x86-onnxruntime-fp32"]["status"] == "ok"
+    assert bundles["x86-onnxruntime-fp32"]["status"] == bundles["rk3588-npu-fp16"]["status"] == "ok"
     assert bundles["jetson-orin-tensorrt-fp16"]["status"] in ("deferred", "ok")
     suite = ET.parse(dist / "junit.xml").getroot()
-    assert suite.tag == "testsuite" and suite.get("tests") == "3" and suite.get("failures") == "0"
+    assert suite.tag == "testsuite" and suite.get("tests") == "4" and suite.get("failures") == "0"
     assert {case.get("name") for case in suite} == {"x86-onnxruntime-fp32@96", "intel-cpu-openvino-fp32@96",
-                                                    "jetson-orin-tensorrt-fp16@dynamic"}
+                                                    "rk3588-npu-fp16@96", "jetson-orin-tensorrt-fp16@dynamic"}
     summary = (dist / "SUMMARY.md").read_text()
-    assert "3/3 bundles built" in summary and summary.count("| v5-narrow |") == 3
+    assert "4/4 bundles built" in summary and summary.count("| v5-narrow |") == 4
 
     # The same matrix again, from an empty cache, in one go with two jobs: identical bundles.
     monkeypatch.setenv("VNCOMPILE_CACHE_DIR", str(tmp_path / "second-cache"))

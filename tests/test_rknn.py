@@ -30,13 +30,6 @@ from vncompile.toolchains import install, start_worker
 W = str(NARROW)
 
 
-@pytest.fixture(scope="session")
-def rknn_toolchain():
-    """The real toolchain: CI installs it first; installing again only verifies it (and waits on a lock
-    while another test worker installs it)."""
-    return install("rknn")
-
-
 @pytest.fixture
 def rknn_build(run_cli, rknn_toolchain, tmp_path):
     def build(*args: str) -> tuple[Path, dict]:
