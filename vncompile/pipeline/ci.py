@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import queue
 import time
 import xml.etree.ElementTree as ET
@@ -74,8 +75,11 @@ def build_cells(cells: list[Cell], dist: Path, *, jobs: int = 1, timeout_s: floa
     if jobs < 1:
         raise InputError(f"--jobs must be a positive integer, got {jobs}")
     workers: queue.Queue[BuildWorker] = queue.Queue()
-    for _ in range(min(jobs, max(1, len(cells)))):
-        workers.put(BuildWorker(timeout_s=timeout_s))
+    parallel = min(jobs, max(1, len(cells)))
+    # Each build is multi-threaded already: N parallel builds each get 1/N of the cores, not all of them.
+    threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
+    for _ in range(parallel):
+        workers.put(BuildWorker(timeout_s=timeout_s, threads=threads))
 
     def build_one(cell: Cell) -> CellResult:
         worker = workers.get()

@@ -25,6 +25,7 @@ from .request import BuildRequest
 
 log = logging.getLogger("vncompile")
 START_TIMEOUT_S = 120.0
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")  # torch's and the BLASes' pools
 
 
 class BuildWorker:
@@ -34,14 +35,17 @@ class BuildWorker:
     (the message says which), and the next build starts a fresh one.
     """
 
-    def __init__(self, timeout_s: float = 1800.0) -> None:
+    def __init__(self, timeout_s: float = 1800.0, threads: int | None = None) -> None:
         self.timeout_s = timeout_s
+        self._env = os.environ.copy()
+        if threads is not None:  # parallel builds share the cores instead of each taking all of them
+            self._env.update({name: str(threads) for name in THREAD_VARIABLES})
         self._worker: Worker | None = None
 
     def _running(self) -> Worker:
         if self._worker is None or not self._worker.running:
             command = [sys.executable, "-u", "-m", "vncompile.pipeline.build_worker"]
-            self._worker = Worker("build", command, log, env=os.environ.copy(), label="the build worker")
+            self._worker = Worker("build", command, log, env=self._env, label="the build worker")
             self._worker.start(START_TIMEOUT_S)
         return self._worker
 
