@@ -20,7 +20,6 @@ from rich.table import Table
 from .artifacts import atomic_directory
 
 BASELINE = "resnet50"
-PAPER_MODELS = {"resnet50": "resnet50", "plain_cnn_50": "plain_cnn_50"}
 CSV_COLUMNS = ["model", "target", "precision", "size", "batch", "status", "reason",
                "latency_median_ms", "latency_mean_ms", "latency_p90_ms", "latency_p99_ms", "latency_min_ms",
                "latency_max_ms", "latency_runs", "latency_source",

@@ -18,10 +18,10 @@ class Tolerance:
     rel: float | None = None  # max abs error / max |reference|
     cosine: float | None = None  # minimum cosine similarity
 
-    def accepts(self, error: StageError) -> bool:
-        if self.rel is not None and not error.rel <= self.rel:
+    def accepts(self, rel: float, cosine: float) -> bool:
+        if self.rel is not None and not rel <= self.rel:
             return False
-        return not (self.cosine is not None and not error.cosine >= self.cosine)
+        return not (self.cosine is not None and not cosine >= self.cosine)
 
     def as_dict(self) -> dict[str, float]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -69,10 +69,9 @@ def compare(stage: str, precision: str, reference: Outputs, outputs: Outputs, cl
     denom = float(np.linalg.norm(ref) * np.linalg.norm(out))
     cosine = float(np.dot(ref, out) / denom) if denom else (1.0 if max_abs == 0 else 0.0)
     top1 = float(np.mean(_top1(reference) == _top1(outputs))) if classifier else None
-    error = StageError(stage, precision, max_abs, max_abs / scale, cosine, top1, passed=True)
-    finite = bool(np.all(np.isfinite(out)))
-    passed = finite and TOLERANCES[precision].accepts(error)
-    return StageError(stage, precision, max_abs, max_abs / scale, cosine, top1, passed)
+    rel = max_abs / scale
+    passed = bool(np.all(np.isfinite(out))) and TOLERANCES[precision].accepts(rel, cosine)
+    return StageError(stage, precision, max_abs, rel, cosine, top1, passed)
 
 
 @dataclass(frozen=True)

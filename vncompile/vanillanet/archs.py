@@ -113,7 +113,6 @@ BASELINES: dict[str, ResNetArch] = {
 Form = Literal["train", "deploy"]
 
 MODEL_NAMES: tuple[str, ...] = (*VARIANTS, *BASELINES)
-NATIVE_INPUT_SIZE = 224  # every network here was trained at 224x224
 
 
 @dataclass(frozen=True)
