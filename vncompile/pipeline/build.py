@@ -68,6 +68,7 @@ class _Keys:
     build: str
     onnx: str
     toolchain: dict[str, str | None]
+    checkpoint_sha256: str | None  # hashed once, for the keys, and handed to the loader
 
 
 def _keys(request: BuildRequest, target: Target) -> _Keys:
@@ -77,7 +78,7 @@ def _keys(request: BuildRequest, target: Target) -> _Keys:
     toolchain = {**core, **toolchain_versions(*target.packages), **target.cache_identity()}
     form = target.onnx_form(request.precision)
     return _Keys(request.cache_key(checkpoint_sha256, toolchain), request.onnx_key(form, checkpoint_sha256, core),
-                 toolchain)
+                 toolchain, checkpoint_sha256)
 
 
 def build(
@@ -161,7 +162,8 @@ def _run(request: BuildRequest, target: Target, keys: _Keys, cache: BuildCache, 
     try:
         with _build_log(bundle / "build.log"):
             log.info("request: %s", request)
-            prepared = prepare(request, form, keys.onnx, cache, work, timings)
+            prepared = prepare(request, form, keys.onnx, cache, work, timings, keys.checkpoint_sha256)
+            after_prepare = len(timings.records)
             shutil.copyfile(prepared.onnx_path, bundle / "model.onnx")
             with timings.stage("compile"):
                 result = target.compile(CompileContext(bundle / "model.onnx", bundle, request, log,
@@ -174,8 +176,7 @@ def _run(request: BuildRequest, target: Target, keys: _Keys, cache: BuildCache, 
                 _log_verification(verification)
                 if not verification.passed:
                     raise VerificationError(_failure_line(verification))
-            fresh = timings.records[len(prepared.record["stages"]) if not prepared.cached else 0:]
-            manifest["stages"] = prepared.timings + fresh
+            manifest["stages"] = prepared.timings + timings.records[after_prepare:]
             log.info("build finished: %s", manifest["status"])
     finally:
         reporter.finish()

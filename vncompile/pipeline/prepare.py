@@ -86,7 +86,7 @@ class PreparedOnnx:
 
 
 def prepare(request: BuildRequest, form: str, key: str, cache: BuildCache, work: Path,
-            timings: StageTimings) -> PreparedOnnx:
+            timings: StageTimings, checkpoint_sha256: str | None = None) -> PreparedOnnx:
     with cache.lock(key):
         record = cache.lookup(key, kind="onnx")
         if record is not None:
@@ -94,18 +94,19 @@ def prepare(request: BuildRequest, form: str, key: str, cache: BuildCache, work:
             return PreparedOnnx(cache.entry(key, "onnx"), record, cached=True)
         directory = work / "prepared"
         directory.mkdir()
-        record = _run(request, form, key, directory, timings)
+        record = _run(request, form, key, directory, timings, checkpoint_sha256)
         return PreparedOnnx(cache.store(key, directory, kind="onnx"), record, cached=False)
 
 
-def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: StageTimings) -> dict[str, Any]:
+def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: StageTimings,
+         checkpoint_sha256: str | None) -> dict[str, Any]:
     from . import stages
     from .calibration import calibration_samples
     from .environment import total_memory_bytes
     from .request import check_input_shape
 
     with timings.stage("load"):
-        loaded = stages.load_model(request.source)
+        loaded = stages.load_model(request.source, checkpoint_sha256)
         check_input_shape(loaded.spec, request.shape, request.dynamic, total_memory_bytes())
     with timings.stage("fuse"):
         exported = stages.network_for_export(loaded)

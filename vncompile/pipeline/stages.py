@@ -49,10 +49,11 @@ class LoadedModel:
 # ---------------------------------------------------------------------------- load / fuse
 
 
-def load_model(source: ModelSource) -> LoadedModel:
+def load_model(source: ModelSource, checkpoint_sha256: str | None = None) -> LoadedModel:
     """The network a source names: a checkpoint's weights, or seeded random weights."""
     if source.checkpoint is not None:
-        ckpt = load_checkpoint(source.checkpoint, weights=source.weights, model_name=source.model_name)  # type: ignore[arg-type]
+        ckpt = load_checkpoint(source.checkpoint, weights=source.weights,  # type: ignore[arg-type]
+                               model_name=source.model_name, sha256=checkpoint_sha256)
         network = instantiate(ckpt, act_learn=source.act_learn)
         act_learn = ckpt.act_learn
         spec, checkpoint = ckpt.spec, ckpt

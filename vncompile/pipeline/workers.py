@@ -77,7 +77,7 @@ def measure(target: str, directory: Path, manifest: dict[str, Any], *, warmup: i
                               "warmup": warmup, "runs": runs, "result_path": str(result_path)})
         try:
             process = subprocess.run([sys.executable, "-m", "vncompile.pipeline.profile_worker"], input=payload,
-                                     capture_output=True, text=True, timeout=timeout_s, env=os.environ.copy())
+                                     capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise VncompileError(f"worker timed out after {timeout_s:g} s") from None
         if process.returncode != 0:

@@ -101,7 +101,7 @@ TOOLKIT_ERROR = re.compile(r"^E (\w+): (.+)$")
 
 
 @dataclass(frozen=True)
-class MemoryPlan:
+class RknnMemoryPlan:
     internal_kb: float  # activations (feature maps) the compiler places in DDR
     weight_kb: float
 
@@ -115,7 +115,7 @@ class MemoryPlan:
 
 @dataclass(frozen=True)
 class CompilerReport:
-    memory: MemoryPlan
+    memory: RknnMemoryPlan
     layers: list[dict[str, Any]]
 
     @property
@@ -128,7 +128,7 @@ def compiler_lines(output: list[str]) -> list[str]:
     return [m.group(1) for m in map(COMPILER_LINE.match, output) if m]
 
 
-def parse_memory_plan(output: list[str]) -> MemoryPlan:
+def parse_memory_plan(output: list[str]) -> RknnMemoryPlan:
     sizes: dict[str, float] = {}
     for line in compiler_lines(output):
         match = MEMORY_LINE.search(line)
@@ -137,7 +137,7 @@ def parse_memory_plan(output: list[str]) -> MemoryPlan:
     if set(sizes) != {"Internal", "Weight"}:
         raise VncompileError("rknn-toolkit2 printed no memory plan ('Total Internal/Weight Memory Size'); "
                              "its output is in build.log")
-    return MemoryPlan(internal_kb=sizes["Internal"], weight_kb=sizes["Weight"])
+    return RknnMemoryPlan(internal_kb=sizes["Internal"], weight_kb=sizes["Weight"])
 
 
 def parse_layer_table(output: list[str]) -> list[dict[str, Any]]:

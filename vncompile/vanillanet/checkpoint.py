@@ -282,9 +282,12 @@ def _act_learn(form: Form, epoch: Any, args: Mapping[str, Any], is_vanillanet: b
 
 
 def load_checkpoint(
-    path: str | Path, *, weights: WeightsChoice = "auto", model_name: str | None = None
+    path: str | Path, *, weights: WeightsChoice = "auto", model_name: str | None = None, sha256: str | None = None
 ) -> Checkpoint:
-    """Read, validate and identify a checkpoint. Raises ``CheckpointError`` with one line."""
+    """Read, validate and identify a checkpoint. Raises ``CheckpointError`` with one line.
+
+    ``sha256``: the file's hash when the caller has it already (a build's cache key needs it first).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -312,7 +315,7 @@ def load_checkpoint(
     epoch = obj.get("epoch") if isinstance(obj, Mapping) else None
     ckpt = Checkpoint(
         path=path,
-        sha256=sha256_file(path),
+        sha256=sha256 or sha256_file(path),
         spec=spec,
         state_dict=state_dict,
         act_learn=_act_learn(spec.form, epoch, args, spec.is_vanillanet),
