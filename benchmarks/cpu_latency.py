@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vncompile.api.request import BuildRequest, InputShape, ModelSource
 from vncompile.pipeline.build import build
 from vncompile.pipeline.cache import BuildCache
-from vncompile.pipeline.request import BuildRequest, InputShape, ModelSource
 from vncompile.targets import get_target
 from vncompile.vanillanet.archs import ModelSpec
 from vncompile.vanillanet.complexity import complexity

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from importlib.metadata import EntryPoint
@@ -13,15 +14,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NARROW, official_checkpoint, one_line_error, random_network
+from vncompile.api.request import BuildRequest, InputShape, ModelSource
 from vncompile.pipeline import build as build_module
-from vncompile.pipeline import verify
 from vncompile.pipeline.build import build
 from vncompile.pipeline.cache import BuildCache
-from vncompile.pipeline.request import BuildRequest, InputShape, ModelSource
 
 W = str(NARROW)
-MANIFEST_KEYS = {"schema", "status", "model", "target", "input_shape", "dynamic", "artifacts", "verification",
-                 "stages", "toolchain", "created"}
+MANIFEST_KEYS = {"schema", "status", "model", "target", "input_shape", "dynamic", "artifacts", "memory", "latency",
+                 "verification", "stages", "toolchain", "created"}
 
 
 def narrow_build(run_cli, out: Path, *extra: str, target: str = "onnxruntime"):
@@ -32,22 +32,26 @@ def leftovers(directory: Path) -> list[str]:
     return [p.name for p in directory.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("target,roles", [
-    ("onnxruntime", {"onnx", "onnxruntime-optimized"}),
-    ("openvino", {"onnx", "openvino-xml", "openvino-bin"}),
+@pytest.mark.parametrize("target,roles,primary", [
+    ("onnxruntime", {"onnx", "onnxruntime-optimized"}, "onnxruntime-optimized"),
+    ("openvino", {"onnx", "openvino-xml", "openvino-bin"}, "openvino-xml"),
 ])
-def test_build_runs_every_stage_and_writes_a_verified_bundle(tmp_path, run_cli, target, roles):
+def test_build_runs_every_stage_and_writes_a_verified_bundle(tmp_path, run_cli, target, roles, primary):
     out = tmp_path / "bundle"
     result = narrow_build(run_cli, out, target=target)
     assert result.code == 0, result.err
     manifest = json.loads((out / "manifest.json").read_text())
-    assert set(manifest) >= MANIFEST_KEYS and manifest["schema"] == 1 and manifest["status"] == "ok"
+    assert set(manifest) >= MANIFEST_KEYS and manifest["schema"] == 2 and manifest["status"] == "ok"
     assert manifest["model"]["trained"] is False
     assert {"name", "form", "act_num", "num_classes", "checkpoint_sha256", "trained"} <= set(manifest["model"])
     assert manifest["model"]["form"] == "deploy"
-    assert {"name", "version", "device", "precision"} <= set(manifest["target"])
+    assert set(manifest["target"]) == {"name", "version", "device", "precision", "facts"}
     assert manifest["target"]["device"] == "CPU" and manifest["input_shape"] == [1, 3, 224, 224]
     assert {a["role"] for a in manifest["artifacts"]} == roles
+    assert [a["role"] for a in manifest["artifacts"] if a["primary"]] == [primary]
+    memory = manifest["memory"]  # no plan of the runtime's own: the analytic estimate of the compiled ONNX
+    assert memory["source"] == "estimated" and memory["max_kb"] == pytest.approx(
+        memory["weights_kb"] + memory["activations_kb"])
     for artifact in manifest["artifacts"]:
         assert (out / artifact["path"]).stat().st_size == artifact["bytes"]
     assert [s["name"] for s in manifest["stages"]] == ["load", "fuse", "export", "simplify", "reference", "compile",
@@ -56,7 +60,9 @@ def test_build_runs_every_stage_and_writes_a_verified_bundle(tmp_path, run_cli, 
     assert verification["passed"] and verification["tolerance"] == {"fp32": {"rel": 1e-4}}
     stages = [s["stage"] for s in verification["stages"]]
     assert stages == ["torch fused", "onnx exported", "onnx simplified", f"{target} CPU"]
-    assert all({"stage", "max_abs", "rel", "cosine", "top1_agreement"} <= set(s) for s in verification["stages"])
+    assert all({"stage", "max_abs", "rel", "cosine", "top1_agreement", "outputs"} <= set(s)
+               for s in verification["stages"])
+    assert all([o["name"] for o in s["outputs"]] == ["logits"] for s in verification["stages"])
     assert (out / "build.log").read_text().count("stage") >= 6
     assert {"python", "torch", "onnx", "onnxruntime"} <= set(manifest["toolchain"])
     assert leftovers(tmp_path) == []
@@ -100,15 +106,19 @@ def test_concurrent_identical_builds_share_one_cache_entry(tmp_path, isolated_ca
     assert manifests[0] == manifests[1]
 
 
-def test_failed_verification_fails_the_build_and_writes_nothing(tmp_path, run_cli, monkeypatch, isolated_cache):
-    monkeypatch.setitem(verify.TOLERANCES, "fp32", verify.Tolerance(rel=1e-12))
+def test_failed_verification_fails_the_build_and_writes_nothing(tmp_path, run_cli, isolated_cache):
     out = tmp_path / "b"
-    result = narrow_build(run_cli, out)
+    result = narrow_build(run_cli, out, "--tolerance", "fp32=rel:1e-12")
     assert result.code == 1
-    assert "verification failed at 'torch fused'" in one_line_error(result)
+    line = one_line_error(result)
+    assert "verification failed at 'torch fused' (fp32)" in line and "needs rel <= 1e-12" in line
+    would_pass = re.search(r"--tolerance (fp32=rel:\S+) would pass it", line).group(1)
     assert not out.exists() and leftovers(tmp_path) == []
     assert not (isolated_cache / "builds").exists() or not any((isolated_cache / "builds").iterdir())
-    kept = narrow_build(run_cli, out, "--no-verify")
+    loose = narrow_build(run_cli, out, "--tolerance", would_pass)  # the tolerance it named does pass
+    assert loose.code == 0, loose.err
+    assert json.loads((out / "manifest.json").read_text())["verification"]["tolerance"]["fp32"]["rel"] > 1e-12
+    kept = narrow_build(run_cli, out, "--no-verify", "--force")
     assert kept.code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["verification"]["skipped"]
@@ -150,7 +160,7 @@ def test_third_party_target_is_listed_and_builds(tmp_path, run_cli, plugins):
     result = narrow_build(run_cli, out, target="copy")
     assert result.code == 0, result.err
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["target"]["vendor"] == "third party" and manifest["verification"]["stages"][-1]["passed"]
+    assert manifest["target"]["facts"] == {"vendor": "third party"} and manifest["verification"]["stages"][-1]["passed"]
 
 
 def test_unavailable_target_is_a_one_line_error(tmp_path, run_cli, plugins):
@@ -164,8 +174,8 @@ def test_unavailable_target_is_a_one_line_error(tmp_path, run_cli, plugins):
     (["--target", "tpu"], "unknown target 'tpu'"),
     (["--precision", "fp8"], "unknown precision 'fp8'"),
     (["--precision", "bf16"], "onnxruntime builds fp32, fp16, int8, not bf16"),
-    (["--size", "0"], "--size must be a positive integer"),
-    (["--size", "-3"], "--size must be a positive integer"),
+    (["--size", "0"], "'--size': must be a positive integer, got '0'"),
+    (["--size", "-3"], "'--size': must be a positive integer, got '-3'"),
     (["--size", "16"], "needs inputs of at least 32x32"),
     (["--size", "60000"], "too large for this machine"),
     (["--input-shape", "1x3x224"], "--input-shape must look like 1x3x224x224"),

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from tests.conftest import NARROW, official_checkpoint, one_line_error, random_network
-from vncompile.errors import CheckpointError
+from vncompile.core.errors import CheckpointError
 from vncompile.vanillanet.checkpoint import act_learn_from_schedule, instantiate, load_checkpoint
 from vncompile.vanillanet.fusion import switch_to_deploy
 

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from tests.conftest import NARROW, one_line_error
-from vncompile.errors import InputError
-from vncompile.pipeline.devices import load_device_config
-from vncompile.pipeline.matrix import github_matrix, load_ci_config, parse_shard, select
+from vncompile.ci.matrix import github_matrix, load_ci_config, parse_shard, select
+from vncompile.core.errors import InputError
+from vncompile.devices import load_device_config
 
 REPO = Path(__file__).parents[1]
 DEVICES = sorted((REPO / "configs" / "devices").glob("*.yaml"))

@@ -65,7 +65,7 @@ def test_deploy_rejects_unknown_suffix(tmp_path, run_cli):
 @pytest.mark.parametrize("args,message", [
     (["inspect"], "give a checkpoint or --model"),
     (["inspect", "--model", "vanillanet_99"], "unknown model 'vanillanet_99'"),
-    (["inspect", "--model", "vanillanet_5", "--size", "0"], "--size must be a positive integer"),
+    (["inspect", "--model", "vanillanet_5", "--size", "0"], "'--size': must be a positive integer, got '0'"),
     (["inspect", "--model", "vanillanet_5", "--width", "-1"], "width must be in (0, 4]"),
     (["inspect", "--bogus"], "No such option"),
 ])

@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from vncompile.errors import InputError
-from vncompile.pipeline.memory_plan import TensorLife, greedy_arena, plan_memory
+from vncompile.core.errors import InputError
+from vncompile.onnxtools.memory_plan import TensorLife, greedy_arena, plan_memory
 
 MAP = 1 * 4 * 8 * 8 * 4  # bytes of one 1x4x8x8 float32 map: 1024
 
@@ -85,7 +85,7 @@ def test_dynamic_shapes_are_refused():
 def test_shortcuts_cost_memory_in_real_resnet50_graphs(tmp_path):
     """ResNet-50 peaks at a projection shortcut's add; plain-CNN-50 holds only one map in and one out."""
     from tests.conftest import random_network
-    from vncompile.pipeline.request import InputShape
+    from vncompile.api.request import InputShape
     from vncompile.pipeline.stages import LoadedModel, export_onnx
     from vncompile.vanillanet.archs import ModelSpec
     from vncompile.vanillanet.checkpoint import ActLearn

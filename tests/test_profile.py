@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NARROW, one_line_error
-from vncompile.errors import InputError
-from vncompile.pipeline.profiling import DEFAULT_MODELS, parse_memory_size, profilable_targets
+from vncompile.core.units import parse_memory_size
+from vncompile.profiling.profile import DEFAULT_MODELS, profilable_targets
 
 REPO = Path(__file__).parents[1]
 QUICK = ["--width", str(NARROW), "--sizes", "64,96", "--runs", "2", "--warmup", "1"]
@@ -43,27 +43,29 @@ def installed_plugins(tmp_path, monkeypatch):
 
 def check_schema(doc: dict) -> None:
     """profile.json as documented: the machine, toolchain, settings, rows and the paper's Table 1."""
-    assert doc["schema"] == 1
+    assert doc["schema"] == 2
     assert {"cpu", "cores", "memory_gb", "gpu"} <= set(doc["machine"])
     assert isinstance(doc["toolchain"], dict) and "onnxruntime" in doc["toolchain"]
     assert doc["paper_table1"]["resnet50"] == [438737, 832733, None]
     for row in doc["rows"]:
-        assert {"model", "target", "precision", "size", "batch", "status", "reason", "latency_ms", "memory_kb",
+        assert {"model", "target", "precision", "size", "batch", "status", "reason", "latency", "memory",
                 "artifact_sha256"} <= set(row)
         assert row["status"] in ("ok", "oom", "error")
         assert (row["reason"] is None) == (row["status"] == "ok")
-        if row["latency_ms"] is not None:
-            assert {"median", "mean", "p90", "p99", "min", "max", "runs"} <= set(row["latency_ms"])
-            assert row["latency_ms"]["min"] <= row["latency_ms"]["median"] <= row["latency_ms"]["max"]
-        if row["memory_kb"] is not None:
-            assert {"max", "weights", "activations", "source"} <= set(row["memory_kb"])
-            assert row["memory_kb"]["source"] in ("measured", "compiler", "estimated")
+        if row["latency"] is not None:  # the manifest's latency section, the same form
+            assert {"median_ms", "mean_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "runs", "source"} <= set(
+                row["latency"])
+            assert row["latency"]["min_ms"] <= row["latency"]["median_ms"] <= row["latency"]["max_ms"]
+        if row["memory"] is not None:  # the manifest's memory section
+            assert {"max_kb", "weights_kb", "activations_kb", "source", "detail"} == set(row["memory"])
+            assert row["memory"]["source"] in ("measured", "compiler", "estimated")
 
 
 def test_a_crashing_or_hanging_runtime_is_one_failed_row(run_cli, installed_plugins):
     result = run_cli("profile", "--models", "vanillanet_5", "--targets", "copy,crash,hang,copy", "--timeout", "30",
                      "--format", "json", *QUICK, "--sizes", "64")
-    assert result.code == 0, result.err
+    assert result.code == 1  # reports first, then a failed exit: two cells failed
+    assert "2 of 4 profile cells failed; first: vanillanet_5-w0.0625 · crash · 64" in one_line_error(result)
     doc = result.json()
     check_schema(doc)
     rows = doc["rows"]
@@ -75,10 +77,10 @@ def test_a_crashing_or_hanging_runtime_is_one_failed_row(run_cli, installed_plug
 
 def test_measurement_worker_failures_are_one_line(tmp_path, isolated_cache, installed_plugins):
     """The measuring process on its own: a crash and a hang in the runtime's load."""
-    from vncompile.errors import VncompileError
+    from vncompile.api.request import BuildRequest, ModelSource
+    from vncompile.core.errors import VncompileError
     from vncompile.pipeline.build import cached_build
-    from vncompile.pipeline.request import BuildRequest, ModelSource
-    from vncompile.pipeline.workers import measure
+    from vncompile.profiling.measure import measure
 
     manifest, directory, _ = cached_build(BuildRequest(ModelSource(model_name="vanillanet_5", width=NARROW), "copy",
                                                        verify=False))
@@ -94,7 +96,8 @@ def test_memory_limit_marks_rows_oom(run_cli):
                      "--format", "json", *QUICK)
     rows = result.json()["rows"]
     assert [r["status"] for r in rows] == ["oom", "oom"]
-    assert "over the 1,000 KB limit" in rows[0]["reason"]
+    assert result.code == 0  # oom rows are findings, not failures
+    assert "over the 1,024 KB limit" in rows[0]["reason"]
     generous = run_cli("profile", "--models", "vanillanet_5", "--targets", "analytic", "--memory-limit", "1GB",
                        "--format", "json", *QUICK).json()
     assert [r["status"] for r in generous["rows"]] == ["ok", "ok"]
@@ -125,7 +128,7 @@ def test_every_output_format_and_the_output_directory(tmp_path, run_cli):
 def test_analytic_plain_cnn_50_is_below_resnet_50(run_cli):
     doc = run_cli("profile", "--models", "resnet50,plain_cnn_50", "--targets", "analytic", "--format", "json",
                   *QUICK).json()
-    memory = {(r["network"], r["size"]): r["memory_kb"]["max"] for r in doc["rows"]}
+    memory = {(r["network"], r["size"]): r["memory"]["max_kb"] for r in doc["rows"]}
     assert all(memory[("plain_cnn_50", s)] < memory[("resnet50", s)] for s in (64, 96))
 
 
@@ -133,11 +136,11 @@ def test_measured_memory_is_the_model_not_the_toolchain(run_cli):
     doc = run_cli("profile", "--models", "vanillanet_5", "--targets", "onnxruntime", "--format", "json",
                   *QUICK).json()
     for row in doc["rows"]:
-        memory = row["memory_kb"]
+        memory = row["memory"]
         assert row["status"] == "ok" and memory["source"] == "measured"
-        assert 0 < memory["max"] < 64 * 1024  # a 1.3 MB model: no torch or runtime libraries counted
-        assert memory["weights"] == pytest.approx(1.3e3, rel=0.2)
-        assert row["latency_ms"]["runs"] == 2
+        assert 0 < memory["max_kb"] < 64 * 1024  # a 1.3 MB model: no torch or runtime libraries counted
+        assert memory["weights_kb"] == pytest.approx(1.3e3, rel=0.2)
+        assert row["latency"]["runs"] == 2
 
 
 def test_defaults():
@@ -146,18 +149,21 @@ def test_defaults():
     assert "tensorrt" not in profilable_targets()  # no GPU here: nothing to measure
 
 
-@pytest.mark.parametrize("text,kb", [("1.2GB", 1.2e6), ("900MB", 9e5), ("512MiB", 512 * 1024), ("2048", 2.0),
-                                     ("64KB", 64)])
+@pytest.mark.parametrize("text,kb", [("1.2GB", 1.2 * 1024**2), ("900MB", 900 * 1024), ("512MiB", 512 * 1024),
+                                     ("2048", 2.0), ("64KB", 64), ("64kib", 64)])
 def test_memory_size_parsing(text, kb):
     assert parse_memory_size(text) == pytest.approx(kb)
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--sizes", "256,abc"], "--sizes takes comma-separated integers"),
-    (["--memory-limit", "12XB"], "--memory-limit must look like 1.2GB"),
+    (["--sizes", "256,abc"], "'--sizes': must be comma-separated positive integers"),
+    (["--sizes", "256,,384"], "'--sizes': must be comma-separated positive integers"),
+    (["--sizes", "256,"], "'--sizes': must be comma-separated positive integers"),
+    (["--memory-limit", "12XB"], "'--memory-limit': must be a memory size such as 1.2GB"),
     (["--targets", "npu9000"], "unknown target 'npu9000'"),
     (["--models", "vgg16"], "unknown model 'vgg16'"),
-    (["--runs", "0"], "--runs must be a positive integer"),
+    (["--runs", "0"], "'--runs': must be a positive integer"),
+    (["--tolerance", "fp16=rel"], "--tolerance must look like fp16=rel:3e-2"),
 ])
 def test_bad_profile_input_is_one_line(run_cli, args, message):
     result = run_cli("profile", *args)
@@ -165,5 +171,5 @@ def test_bad_profile_input_is_one_line(run_cli, args, message):
 
 
 def test_parse_memory_size_rejects_zero():
-    with pytest.raises(InputError):
+    with pytest.raises(ValueError):
         parse_memory_size("0GB")

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import NARROW, one_line_error
-from vncompile.errors import VerificationError, VncompileError
-from vncompile.pipeline.request import TargetOptions
+from vncompile.api.options import TargetOptions
+from vncompile.core.errors import VerificationError, VncompileError
 from vncompile.targets.rknn import (
     LAYER_TABLE,
     RknnSettings,
@@ -111,9 +111,10 @@ def test_int8_build_quantizes_with_the_calibration_set(rknn_build, tmp_path):
 def test_int8_with_the_synthetic_set_is_smaller_than_fp16(rknn_build):
     _, fp16 = rknn_build("--precision", "fp16")
     _, int8 = rknn_build("--precision", "int8", "--force")
-    assert int8["target"]["quant_algorithm"] == "normal" and int8["target"]["calibration"]["directory"] is None
+    int8_facts, fp16_facts = int8["target"]["facts"], fp16["target"]["facts"]
+    assert int8_facts["quant_algorithm"] == "normal" and int8_facts["calibration"]["directory"] is None
     assert int8["verification"]["passed"]
-    assert int8["target"]["memory_plan"]["weight_kb"] < 0.7 * fp16["target"]["memory_plan"]["weight_kb"]
+    assert int8_facts["memory_plan"]["weight_kb"] < 0.7 * fp16_facts["memory_plan"]["weight_kb"]
 
 
 @pytest.mark.parametrize("args,message", [

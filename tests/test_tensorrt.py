@@ -21,14 +21,14 @@ from onnx import TensorProto, helper, numpy_helper
 from tests.conftest import NARROW, one_line_error
 from tests.fake_tensorrt import A100, FAKE_COMPUTE_MS, H100, TRT10, TRT11, FakeCudaCrash, install
 from tests.fake_tensorrt.tensorrt_api import CACHE_MAGIC, PLAN_MAGIC
+from vncompile.api.options import TargetOptions
+from vncompile.api.request import BuildRequest, InputShape, ModelSource
+from vncompile.api.target import Availability
 from vncompile.cli import main
-from vncompile.errors import TargetUnavailable, VncompileError
+from vncompile.core.errors import TargetUnavailable, VncompileError
 from vncompile.pipeline.cache import BuildCache
-from vncompile.pipeline.prepare import verify_shapes
-from vncompile.pipeline.request import BuildRequest, InputShape, ModelSource, TargetOptions
 from vncompile.targets import get_target
 from vncompile.targets import tensorrt as trt_target
-from vncompile.targets.base import Availability
 from vncompile.targets.tensorrt import TensorRTSession, build_engine, probe_toolchain
 
 W = str(NARROW)
@@ -140,7 +140,7 @@ def test_fp16_bundle_is_deferred_with_a_notice_and_fp16_weights(deferred):
     manifest = run.manifest
     assert manifest["status"] == "deferred" and "deferred" in run.err.splitlines()[-1]
     assert manifest["notice"].startswith("no NVIDIA GPU here") and "deferred the engine" in manifest["notice"]
-    assert "no NVIDIA GPU here" in manifest["target"]["deferred_because"]
+    assert "no NVIDIA GPU here" in manifest["target"]["facts"]["deferred_because"]
     assert {a["role"] for a in manifest["artifacts"]} == {"onnx", "trtexec-script"}
     assert not (run.out_dir / "model.engine").exists()
     model = onnx.load(str(run.out_dir / "model.onnx"))
@@ -167,7 +167,7 @@ def test_build_script_holds_the_trtexec_command(deferred):
                                  "--memPoolSize=workspace:256M", "--minShapes=input:1x3x160x160",
                                  "--optShapes=input:1x3x224x224", "--maxShapes=input:1x3x320x320", "--skipInference",
                                  "--timingCacheFile=$TIMING_CACHE"]
-    target = deferred[1]["dynamic"].manifest["target"]
+    target = deferred[1]["dynamic"].manifest["target"]["facts"]
     assert target["profile"] == {"min": [1, 3, 160, 160], "opt": [1, 3, 224, 224], "max": [1, 3, 320, 320]}
     assert target["workspace_mb"] == 256 and target["trtexec"].startswith("trtexec --onnx=model.onnx")
 
@@ -175,7 +175,7 @@ def test_build_script_holds_the_trtexec_command(deferred):
 def verified_at(profile_sizes: tuple[int, ...] = PROFILE_SIZES) -> set[str]:
     """The ' @size' suffixes of a --dynamic build's verification stages (the pipeline picks two sizes)."""
     request = BuildRequest(NARROW_SOURCE, "tensorrt", dynamic=True, options=TargetOptions(profile_sizes=profile_sizes))
-    labels = {f" @{s.size_label}" for s in verify_shapes(request)}
+    labels = {f" @{s.size_label}" for s in request.verify_shapes()}
     assert len(labels) == 2
     return labels
 
@@ -226,7 +226,7 @@ def test_build_script_runs_the_devices_trtexec(deferred, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--precision", "bf16"], "tensorrt builds fp32, fp16, int8, not bf16"),
     (["--device", "CPU"], "tensorrt runs on the GPU (--device GPU), not CPU"),
-    (["--workspace", "0"], "--workspace takes a positive number of MiB, got 0"),
+    (["--workspace", "0"], "'--workspace': must be a positive integer (MiB), got '0'"),
     (["--profile-sizes", "160,224,320"], "--profile-sizes shapes a --dynamic build's optimization profile"),
     (["--dynamic", "--profile-sizes", "320,224,160"], "--profile-sizes takes min,opt,max in increasing order"),
     (["--dynamic", "--profile-sizes", "224,320"], "--profile-sizes takes min,opt,max in increasing order"),
@@ -276,9 +276,9 @@ def test_engine_build_through_the_cli(seeded, tmp_path, monkeypatch, version, bu
     assert run.code == 0, run.err
     manifest = run.manifest
     assert manifest["status"] == "ok" and manifest["notice"] is None
-    target = manifest["target"]
+    target = manifest["target"]["facts"]
     assert (target["gpu"], target["compute_capability"], target["tensorrt_version"]) == (A100.name, "8.0", version)
-    assert target["version"] == version and target["hardware_compatibility_level"] == "NONE"
+    assert manifest["target"]["version"] == version and target["hardware_compatibility_level"] == "NONE"
     assert {a["role"] for a in manifest["artifacts"]} == {"onnx", "engine", "trtexec-script"}
     verification = manifest["verification"]
     final = [s for s in verification["stages"] if s["stage"].startswith("tensorrt GPU")]
@@ -362,15 +362,14 @@ def test_latency_and_memory_hooks(deferred, monkeypatch, version):
     toolchain = probe_toolchain()
     plan = build_engine(toolchain, onnx_path, request_for(), None).plan
     session = TensorRTSession(toolchain, plan)
-    target = get_target("tensorrt")
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
-    latency = target.measure_latency(session, x, warmup=3, runs=7)
+    latency = session.time_runs(x, warmup=3, runs=7)
     assert latency.source == "measured" and latency.samples_ms == pytest.approx([FAKE_COMPUTE_MS] * 7)
     for part in ("after 3 warm-up runs", "GPU compute (the samples) median 0.750", "host-to-device copy",
                  "device-to-host copies", "end to end"):
         assert part in latency.detail
     header = json.loads(plan.split(b"\n")[1])
-    memory = target.measured_memory(session)
+    memory = session.device_memory()
     io_bytes = x.nbytes + 1000 * 4
     assert memory.source == "measured" and memory.activations_kb == header["activations"] / 1024
     weights = header["weights"] if version != "10.8.0.43" else len(plan)  # no weights statistic before 10.14
@@ -380,7 +379,6 @@ def test_latency_and_memory_hooks(deferred, monkeypatch, version):
     for label in ("cudaMemGetInfo", "device_memory_size_v2", "cudaMalloc",
                   "get_engine_stat(TOTAL_WEIGHTS_SIZE)" if version != "10.8.0.43" else "model.engine size"):
         assert label in memory.detail
-    assert target.measure_latency(object(), x, 1, 1) is None and target.measured_memory(object()) is None
     session.close()
     assert fake.machine.allocations == {} and fake.machine.streams == {} and fake.machine.reserved == {}
     with pytest.raises(VncompileError, match="session is closed"):
@@ -487,7 +485,7 @@ def test_real_engine_builds_runs_and_verifies(real_toolchain, tmp_path, precisio
     manifest = run.manifest
     assert manifest["status"] == "ok" and manifest["verification"]["passed"]
     assert manifest["verification"]["stages"][-1]["stage"] == "tensorrt GPU"
-    target = manifest["target"]
+    target = manifest["target"]["facts"]
     assert target["gpu"] == real_toolchain.gpu.name and target["tensorrt_version"] == real_toolchain.version
     session = get_target("tensorrt").load(run.out_dir, manifest)
     assert session.run(np.zeros((1, 3, 224, 224), np.float32))[0].shape == (1, 1000)
@@ -523,9 +521,9 @@ def test_real_latency_and_memory_hooks(real_toolchain, tmp_path):
     assert run.code == 0, run.err
     target = get_target("tensorrt")
     session = target.load(run.out_dir, run.manifest)
-    latency = target.measure_latency(session, np.zeros((1, 3, 224, 224), np.float32), warmup=5, runs=20)
+    latency = session.time_runs(np.zeros((1, 3, 224, 224), np.float32), warmup=5, runs=20)
     assert len(latency.samples_ms) == 20 and min(latency.samples_ms) > 0 and "host-to-device" in latency.detail
-    memory = target.measured_memory(session)
+    memory = session.device_memory()
     assert memory.max_kb >= memory.weights_kb > 0 and memory.activations_kb >= 0
     assert "cudaMemGetInfo" in memory.detail
 
@@ -534,6 +532,6 @@ def test_real_latency_and_memory_hooks(real_toolchain, tmp_path):
 def test_real_load_checks_the_version_before_deserializing(real_toolchain, tmp_path):
     run = narrow_build(tmp_path / "b", "--precision", "fp16")
     manifest = run.manifest
-    manifest["target"]["tensorrt_version"] = "9.0.0.1"
+    manifest["target"]["facts"]["tensorrt_version"] = "9.0.0.1"
     with pytest.raises(TargetUnavailable, match="built with TensorRT 9.0.0.1"):
         get_target("tensorrt").load(run.out_dir, manifest)

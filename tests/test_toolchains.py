@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NARROW, one_line_error
-from vncompile.errors import InputError, VncompileError
+from vncompile.core.errors import InputError, VncompileError
 from vncompile.toolchains import (
     MalformedReply,
     NoDepsPackage,

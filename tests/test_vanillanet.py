@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import NARROW, random_network
-from vncompile.errors import FusionError
+from vncompile.core.errors import FusionError
 from vncompile.vanillanet.archs import MODEL_NAMES, VARIANTS, ModelSpec, min_input_size
 from vncompile.vanillanet.complexity import complexity
 from vncompile.vanillanet.fusion import switch_to_deploy

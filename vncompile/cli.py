@@ -18,8 +18,11 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import InputError, VncompileError
-from .pipeline.request import InputShape
+from .api.options import TargetOptions
+from .api.request import InputShape
+from .api.tolerance import parse_tolerance
+from .core.errors import InputError, VncompileError
+from .core.schema import IntList, Kind, MemorySize, OneOf, PathKind, PositiveInt, settings_of
 
 
 def _fail(message: str, code: int) -> None:
@@ -53,6 +56,64 @@ def _print_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2))
 
 
+# ---------------------------------------------------------------- parameter types: the command line declares,
+# the declarations (core.schema kinds, api parsers) convert and validate
+
+
+class KindParam(click.ParamType):
+    """A click type over a ``core.schema`` kind: the same conversion as a config file's value."""
+
+    def __init__(self, kind: Kind, name: str) -> None:
+        self.kind, self.name = kind, name
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.kind.from_text(value)
+        except ValueError:
+            self.fail(f"must be {self.kind.expected}, got '{value}'", param, ctx)
+
+
+class ParsedParam(click.ParamType):
+    """A click type over one of the api's parsers (which raise ``InputError`` with the right words)."""
+
+    def __init__(self, parse: Any, name: str) -> None:
+        self.parse, self.name = parse, name
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.parse(value)
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+POSITIVE = KindParam(PositiveInt(), "integer")
+SIZES = KindParam(IntList("comma-separated positive integers, e.g. 256,384,512"), "sizes")
+MEMORY_SIZE = KindParam(MemorySize(), "size")
+SHAPE = ParsedParam(InputShape.parse, "NxCxHxW")
+TOLERANCE = ParsedParam(parse_tolerance, "PRECISION=rel:X|cosine:X")
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    from .ci.matrix import parse_shard
+
+    return parse_shard(text)
+
+
+SHARD = ParsedParam(_parse_shard, "i/n")
+
+
+def _click_type(kind: Kind) -> Any:
+    if isinstance(kind, OneOf):
+        return click.Choice(kind.choices)
+    if isinstance(kind, PathKind):
+        return click.Path(path_type=Path)
+    return KindParam(kind, kind.__class__.__name__.lower())
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="vncompile")
 def cli() -> None:
@@ -83,7 +144,7 @@ def model_options(f):
 
 def _source(checkpoint: Path | None, model_name: str | None, width: float, weights: str,
             act_learn: float | None = None):
-    from .pipeline.request import ModelSource
+    from .api.request import ModelSource
 
     return ModelSource(checkpoint=checkpoint, model_name=model_name, width=width, weights=weights,
                        act_learn=act_learn)
@@ -94,16 +155,15 @@ def _source(checkpoint: Path | None, model_name: str | None, width: float, weigh
 
 @cli.command()
 @model_options
-@click.option("--size", type=int, default=224, show_default=True, help="input size for the MAC count")
+@click.option("--size", type=POSITIVE, default=224, show_default=True,
+              help="input size for the MAC count")
 @click.option("--json", "as_json", is_flag=True, help="print the facts as JSON on stdout")
 def inspect(checkpoint, model_name, width, weights, size, as_json) -> None:
     """What a checkpoint (or --model) is: variant, form, act_learn, params and MACs."""
-    from .pipeline.console import render_description
+    from .console import render_description
     from .pipeline.inspection import describe
     from .pipeline.stages import load_model
 
-    if size < 1:
-        raise InputError(f"--size must be a positive integer, got {size}")
     loaded = load_model(_source(checkpoint, model_name, width, weights))
     facts = describe(loaded, size)
     if as_json:
@@ -121,8 +181,8 @@ def inspect(checkpoint, model_name, width, weights, size, as_json) -> None:
 @click.option("--force", is_flag=True, help="replace an existing output")
 def deploy(checkpoint, output, model_name, weights, force) -> None:
     """Write the fused deploy checkpoint (the official --switch_to_deploy)."""
-    from .pipeline.artifacts import atomic_file
-    from .pipeline.request import ModelSource
+    from .api.request import ModelSource
+    from .core.io import atomic_file
     from .pipeline.stages import fuse, load_model
     from .vanillanet.checkpoint import deploy_payload, write_deploy_checkpoint
 
@@ -141,70 +201,56 @@ def deploy(checkpoint, output, model_name, weights, force) -> None:
 # ---------------------------------------------------------------- build / targets
 
 
-def _input_shape(size: int | None, input_shape: str | None, batch: int):
-    if size is not None and input_shape is not None:
-        raise InputError("give --size or --input-shape, not both")
-    if input_shape is not None:
-        if batch != 1:
-            raise InputError("--batch goes with --size; --input-shape carries its own batch")
-        return InputShape.parse(input_shape)
-    return InputShape.square(224 if size is None else size, batch)
-
-
-TARGET_OPTION_NAMES = ("device", "calibration", "io_dtype", "platform", "quant_algorithm", "board", "workspace_mb",
-                       "profile_sizes", "timing_cache")
-
-
 def target_options(f):
-    """Options that configure a target (device configs set the same fields)."""
-    options = [
-        click.option("--device", help="target device, e.g. CPU, GPU, NPU, CUDA  [default: the target's first]"),
-        click.option("--calibration", type=click.Path(path_type=Path, file_okay=False),
-                     help="int8: directory of images or .npy inputs (default: a seeded synthetic set)"),
-        click.option("--io-dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-                     help="fp16 builds: the dtype of the network's inputs and outputs"),
-        click.option("--platform", help="rknn: Rockchip SoC (rk3588, rk3576, rk3568, rk3566, rk3562, rv1106, ...)"),
-        click.option("--quant-algorithm", help="rknn int8: normal | mmse | kl_divergence"),
-        click.option("--rknn-target", "board", help="rknn: a connected board's device id, to measure on it"),
-        click.option("--workspace", "workspace_mb", type=int, help="tensorrt: workspace pool limit in MiB"),
-        click.option("--profile-sizes", help="tensorrt --dynamic: min,opt,max square sizes, e.g. 256,384,512"),
-        click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False),
-                     help="tensorrt: persistent timing cache file, reused across builds"),
-    ]
-    for option in reversed(options):
-        f = option(f)
+    """The target options, one flag per ``TargetOptions`` setting that declares one (device configs set the same)."""
+    for name, (_field, spec) in reversed(settings_of(TargetOptions).items()):
+        if spec.flag is not None:
+            f = click.option(spec.flag, name, type=_click_type(spec.kind), help=spec.help)(f)
     return f
 
 
-def _target_options(kwargs: dict[str, Any]):
-    """Pop the target options out of a command's keyword arguments."""
-    from .pipeline.request import TargetOptions
+def tolerance_option(f):
+    return click.option("--tolerance", "tolerance", type=TOLERANCE, multiple=True, metavar="PRECISION=KIND:VALUE",
+                        help="verification tolerance, e.g. fp16=rel:3e-2 or int8=cosine:0.98 (repeatable)")(f)
 
-    values = {name: kwargs.pop(name) for name in TARGET_OPTION_NAMES}
-    from .pipeline.calibration import with_calibration_hash
 
-    values["profile_sizes"] = _sizes(values["profile_sizes"], "--profile-sizes")
-    return with_calibration_hash(TargetOptions(**values))
+def _target_options(kwargs: dict[str, Any], base: TargetOptions | None = None) -> TargetOptions:
+    """Pop the target options out of a command's keyword arguments: the ones typed, on top of ``base``."""
+    from .data.calibration import with_calibration_hash
+
+    typed = {name: kwargs.pop(name) for name in list(settings_of(TargetOptions)) if name in kwargs}
+    typed = {name: value for name, value in typed.items() if value is not None}
+    return with_calibration_hash(dataclasses.replace(base or TargetOptions(), **typed))
+
+
+def _device_config(kwargs: dict[str, Any]):
+    """The device config named by --device, if it names a file rather than a device (then --device is consumed)."""
+    from .devices import is_device_config, load_device_config
+
+    if not is_device_config(kwargs.get("device")):
+        return None
+    return load_device_config(Path(kwargs.pop("device")))
 
 
 @cli.command()
 @model_options
 @click.option("-t", "--target", help="backend (see 'vncompile targets'); or take it from --device CONFIG.yaml")
 @click.option("--precision", help="fp32 | fp16 | bf16 | int8  [default: fp32; rknn: fp16, or int8 where only that]")
-@click.option("--size", type=int, help="square input size  [default: 224]")
-@click.option("--input-shape", metavar="NxCxHxW", help="explicit input shape, e.g. 1x3x224x224")
-@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--size", type=POSITIVE, help="square input size  [default: 224]")
+@click.option("--input-shape", type=SHAPE, metavar="NxCxHxW", help="explicit input shape, e.g. 1x3x224x224")
+@click.option("--batch", type=POSITIVE, default=1, show_default=True)
 @click.option("--dynamic", is_flag=True, help="dynamic batch, height and width")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--simplifier", default="onnxslim", show_default=True, help="onnxslim | onnxsim | none")
 @target_options
+@tolerance_option
 @click.option("--act-learn", type=float, help="export the unfused network with this leaky-ReLU slope, on purpose")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="output directory")
 @click.option("--force", is_flag=True, help="replace an existing, different output")
 @click.option("--no-verify", is_flag=True, help="skip verification (a failed one fails the build)")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest on stdout and nothing else there")
 def build(checkpoint, model_name, width, weights, target, precision, size, input_shape, batch, dynamic, opset,
-          simplifier, act_learn, output, force, no_verify, as_json, **kwargs) -> None:
+          simplifier, tolerance, act_learn, output, force, no_verify, as_json, **kwargs) -> None:
     """Checkpoint (or --model) -> fused -> ONNX -> simplified -> target artifact, verified.
 
     \b
@@ -212,31 +258,40 @@ def build(checkpoint, model_name, width, weights, target, precision, size, input
     (configs/devices/*.yaml) that sets the target, precision, size and options;
     options given on the command line win over the config's.
     """
+    from .api.request import BuildRequest
     from .pipeline.build import build as run_build
-    from .pipeline.request import BuildRequest
 
     source = _source(checkpoint, model_name, width, weights, act_learn)
-    options = _target_options(kwargs)
-    shape = _input_shape(size, input_shape, batch)
-    config = _device_config(options)
+    if size is not None and input_shape is not None:
+        raise InputError("give --size or --input-shape, not both")
+    if input_shape is not None and batch != 1:
+        raise InputError("--batch goes with --size; --input-shape carries its own batch")
+    config = _device_config(kwargs)
+    options = _target_options(kwargs, config.options if config else None)
+    given = _given()
+    typed = {"opset": opset, "simplifier": simplifier, "verify": not no_verify, "options": options}
+    if target is not None:
+        typed["target"] = target
+    if precision is not None:
+        typed["precision"] = precision
+    if tolerance:
+        typed["tolerance"] = tuple(tolerance)
     if config is not None:
-        given = _given()
-        target = target or config.target
-        precision = precision or config.precision
-        dynamic = dynamic or config.dynamic
-        options = _merge_options(config.options, options, given)
-        if "size" not in given and "input_shape" not in given:
-            shape = InputShape.square(config.sizes[0], config.batch if "batch" not in given else batch)
-        if dynamic and options.profile_sizes is None:
-            options = dataclasses.replace(options, profile_sizes=(min(config.sizes), shape.height, max(config.sizes)))
-    if target is None:
-        raise InputError("give --target, or --device with a device config")
-    if precision is None:
-        from .targets import get_target
+        shape = input_shape
+        if shape is None and ("size" in given or "batch" in given):
+            shape = InputShape.square(size or config.sizes[0], batch if "batch" in given else config.batch)
+        if dynamic:
+            typed["dynamic"] = True
+        request = config.build_request(source, shape=shape, **typed)
+    else:
+        if target is None:
+            raise InputError("give --target, or --device with a device config")
+        if precision is None:
+            from .targets import get_target
 
-        precision = get_target(target).default_precision(options)
-    request = BuildRequest(source=source, target=target, precision=precision, shape=shape, dynamic=dynamic,
-                           opset=opset, simplifier=simplifier, verify=not no_verify, options=options)
+            typed["precision"] = get_target(target).default_precision(options)
+        shape = input_shape or InputShape.square(224 if size is None else size, batch)
+        request = BuildRequest(source, shape=shape, dynamic=dynamic, **typed)
     _run_build(run_build, request, output, force, as_json)
 
 
@@ -248,40 +303,10 @@ def _given() -> set[str]:
     return {name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
 
 
-def _device_config(options):
-    """The device config named by --device, if it names a file rather than a device."""
-    from .pipeline.devices import is_device_config, load_device_config
-
-    if not is_device_config(options.device):
-        return None
-    return load_device_config(Path(options.device))
-
-
-def _merge_options(config_options, cli_options, given: set[str]):
-    """The config's target options, with the ones typed on the command line on top."""
-    typed = {name: getattr(cli_options, name) for name in TARGET_OPTION_NAMES if name in given and name != "device"}
-    if "calibration" in typed:
-        typed["calibration_sha256"] = cli_options.calibration_sha256
-    return dataclasses.replace(config_options, **typed)
-
-
-def _sizes(text: str | None, option: str) -> tuple[int, ...] | None:
-    """``256,384,512`` -> (256, 384, 512), each a positive integer."""
-    if text is None:
-        return None
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise InputError(f"{option} takes comma-separated integers, got '{text}'") from None
-    if not sizes or min(sizes) < 1:
-        raise InputError(f"{option} takes positive integers, got '{text}'")
-    return sizes
-
-
 def _run_build(run_build, request, output, force, as_json) -> None:
     from rich.markup import escape
 
-    from .pipeline.console import RichStageReporter, render_verification, stderr
+    from .console import RichStageReporter, render_verification, stderr
 
     outcome = run_build(request, output, force=force, reporter=RichStageReporter())
     manifest = outcome.manifest
@@ -316,7 +341,7 @@ def targets(as_json) -> None:
     else:
         from rich.console import Console
 
-        from .pipeline.console import render_targets
+        from .console import render_targets
 
         render_targets(rows, Console())
 
@@ -330,12 +355,13 @@ def targets(as_json) -> None:
               "when no checkpoint is given]")
 @click.option("--width", type=float, default=1.0, show_default=True, help="width multiplier of --models networks")
 @click.option("--targets", "target_list", help="comma-separated targets  [default: every available one]")
-@click.option("--sizes", default="256,384,512", show_default=True, help="comma-separated square input sizes")
+@click.option("--sizes", type=SIZES, default="256,384,512", show_default=True,
+              help="comma-separated square input sizes")
 @click.option("--precision", help="[default: each target's own: fp32, rknn fp16]")
-@click.option("--batch", type=int, default=1, show_default=True)
-@click.option("--warmup", type=int, default=5, show_default=True, help="untimed runs before timing")
-@click.option("--runs", type=int, default=20, show_default=True, help="timed runs")
-@click.option("--memory-limit", help="mark rows needing more as oom, e.g. 1.2GB")
+@click.option("--batch", type=POSITIVE, default=1, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="untimed runs before timing")
+@click.option("--runs", type=POSITIVE, default=20, show_default=True, help="timed runs")
+@click.option("--memory-limit", type=MEMORY_SIZE, help="mark rows needing more as oom, e.g. 1.2GB (1 KB = 1024 B)")
 @click.option("--timeout", type=float, default=900, show_default=True, help="seconds per measurement")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table",
               show_default=True, help="what to print on stdout")
@@ -343,29 +369,27 @@ def targets(as_json) -> None:
               help="write profile.json/.csv/.md and memory.png/latency.png here")
 @click.option("--force", is_flag=True, help="replace an existing output directory")
 @target_options
+@tolerance_option
 def profile(checkpoints, models, width, target_list, sizes, precision, batch, warmup, runs, memory_limit, timeout,
-            fmt, output, force, **kwargs) -> None:
-    """Max memory and latency per model, target and input size (the paper's Table 1, for your models)."""
-    from .pipeline.artifacts import refuse_existing
-    from .pipeline.profiling import DEFAULT_MODELS, ProfileRequest, parse_memory_size, profilable_targets
-    from .pipeline.request import ModelSource
+            fmt, output, force, tolerance, **kwargs) -> None:
+    """Max memory and latency per model, target and input size (the paper's Table 1, for your models).
+
+    Exits 1 when any cell failed to build or measure (after writing the reports); oom rows are findings.
+    """
+    from .api.request import ModelSource
+    from .core.io import refuse_existing
+    from .profiling.profile import DEFAULT_MODELS, ProfileRequest, profilable_targets
 
     names = _names(models) if models else ([] if checkpoints else list(DEFAULT_MODELS))
     sources = [ModelSource(checkpoint=c) for c in checkpoints] + [ModelSource(model_name=n, width=width) for n in names]
-    for value, option in ((batch, "--batch"), (runs, "--runs")):
-        if value < 1:
-            raise InputError(f"{option} must be a positive integer, got {value}")
-    if warmup < 0:
-        raise InputError(f"--warmup must be >= 0, got {warmup}")
-    options = _target_options(kwargs)
-    config = _device_config(options)
-    memory_limit = memory_limit or (config.memory_limit if config else None)
-    if config is not None:  # the device's target, precision, sizes and options; typed flags win
+    config = _device_config(kwargs)
+    options = _target_options(kwargs, config.options if config else None)
+    if config is not None:  # the device's target, precision, sizes, batch, dynamic and options; typed flags win
         given = _given()
         target_list = target_list or config.target
         precision = precision or config.precision
-        sizes = sizes if "sizes" in given else ",".join(map(str, config.sizes))
-        options = _merge_options(config.options, options, given)
+        sizes = sizes if "sizes" in given else config.sizes
+        memory_limit = memory_limit or config.memory_limit
     targets = _names(target_list) if target_list else profilable_targets()
     from .targets import get_target
 
@@ -374,24 +398,29 @@ def profile(checkpoints, models, width, target_list, sizes, precision, batch, wa
     if output is not None:
         refuse_existing(output, force)
     request = ProfileRequest(
-        models=tuple(sources), targets=tuple(targets), sizes=_sizes(sizes, "--sizes"), precision=precision,
-        batch=batch, warmup=warmup, runs=runs, timeout_s=timeout, options=options,
-        memory_limit_kb=parse_memory_size(memory_limit) if memory_limit else None,
+        models=tuple(sources), targets=tuple(targets), sizes=tuple(sizes), precision=precision, batch=batch,
+        warmup=warmup, runs=runs, timeout_s=timeout, options=options, memory_limit_kb=memory_limit,
+        tolerance=tuple(tolerance) or (config.tolerance if config else ()), device=config,
     )
-    _run_profile(request, fmt, output, force)
+    document = _run_profile(request, fmt, output, force)
+    failed = [r for r in document["rows"] if r["status"] == "error"]
+    if failed:
+        first = failed[0]
+        raise VncompileError(f"{len(failed)} of {len(document['rows'])} profile cells failed; first: "
+                             f"{first['model']} · {first['target']} · {first['size']}: {first['reason']}")
 
 
 def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _run_profile(request, fmt: str, output: Path | None, force: bool) -> None:
+def _run_profile(request, fmt: str, output: Path | None, force: bool) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .pipeline import reports
-    from .pipeline.console import stderr
-    from .pipeline.profiling import run_profile
+    from .console import render_profile, stderr
+    from .profiling import reports
+    from .profiling.profile import run_profile
 
     cells = request.cells()
     with Progress(TextColumn("[bold]profile"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
@@ -405,7 +434,7 @@ def _run_profile(request, fmt: str, output: Path | None, force: bool) -> None:
 
         document = run_profile(request, on_row=advance)
     if fmt == "table":
-        reports.render_table(document, Console())
+        render_profile(document, Console())
     elif fmt == "json":
         _print_json(document)
     elif fmt == "csv":
@@ -416,6 +445,7 @@ def _run_profile(request, fmt: str, output: Path | None, force: bool) -> None:
         for note in reports.write_profile(document, output, force=force):
             stderr.print(f"[yellow]{note}[/]")
         stderr.print(f"wrote {output}/profile.json, profile.csv, profile.md, memory.png, latency.png")
+    return document
 
 
 # ---------------------------------------------------------------- ci
@@ -425,21 +455,22 @@ def _run_profile(request, fmt: str, output: Path | None, force: bool) -> None:
 @click.argument("config", required=False, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), default=Path("dist"),
               show_default=True, help="where the bundles, index.json, SUMMARY.md and junit.xml go")
-@click.option("--shard", help="build shard i of n (e.g. 1/4): each cell is in exactly one shard")
+@click.option("--shard", type=SHARD, help="build shard i of n (e.g. 1/4): each cell is in exactly one shard")
 @click.option("--runner", help="only the cells whose devices build on this CI runner label")
 @click.option("--cell", help="only this cell (model/device/size, as --emit-matrix lists them)")
-@click.option("--jobs", type=int, default=1, show_default=True, help="cells built in parallel on this machine")
+@click.option("--jobs", type=POSITIVE, default=1, show_default=True,
+              help="cells built in parallel on this machine")
 @click.option("--timeout", type=float, default=3600, show_default=True, help="seconds per cell")
 @click.option("--emit-matrix", type=click.Choice(["github"]), help="print the CI job matrix and exit")
-@click.option("--cells-per-job", type=int, default=8, show_default=True, help="with --emit-matrix")
+@click.option("--cells-per-job", type=POSITIVE, default=8, show_default=True, help="with --emit-matrix")
 @click.option("--merge", "merge_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
               help="merge shard outputs into --output instead of building (repeatable)")
 @click.option("--force", is_flag=True, help="replace an existing output directory")
 def ci(config, output, shard, runner, cell, jobs, timeout, emit_matrix, cells_per_job, merge_dirs, force) -> None:
     """Build a matrix of models x devices x sizes into publishable bundles (configs/ci.yaml)."""
-    from .pipeline import ci as ci_run
-    from .pipeline.console import stderr
-    from .pipeline.matrix import github_matrix, load_ci_config, parse_shard, select
+    from .ci import run as ci_run
+    from .ci.matrix import github_matrix, load_ci_config, select
+    from .console import stderr
 
     if merge_dirs:
         results = ci_run.merge(list(merge_dirs), output, force=force)
@@ -448,11 +479,8 @@ def ci(config, output, shard, runner, cell, jobs, timeout, emit_matrix, cells_pe
         return
     if config is None:
         raise InputError("give the matrix config, e.g. configs/ci.yaml")
-    cells = select(load_ci_config(config).cells, runner=runner, cell=cell,
-                   shard=parse_shard(shard) if shard else None)
+    cells = select(load_ci_config(config).cells, runner=runner, cell=cell, shard=shard)
     if emit_matrix:
-        if cells_per_job < 1:
-            raise InputError(f"--cells-per-job must be a positive integer, got {cells_per_job}")
         click.echo(json.dumps(github_matrix(cells, cells_per_job)))
         return
     stderr.print(f"building {len(cells)} cells with {jobs} job(s) -> {output}")
@@ -487,7 +515,7 @@ def toolchain() -> None:
 def toolchain_install(name, root, force) -> None:
     """Create (or verify) the pinned environment for a toolchain, e.g. rknn."""
     from . import toolchains
-    from .pipeline.console import stderr
+    from .console import stderr
 
     installed = toolchains.install(name, root=root, force=force, console=stderr)
     stderr.print(f"[green]ok[/] {installed.name} {installed.version} in {installed.path}")

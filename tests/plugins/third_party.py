@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from vncompile.targets.base import Artifact, Availability, CompileResult, Target
+from vncompile.api.target import Artifact, Availability, CompileResult, Target
 from vncompile.targets.onnxruntime import OnnxRuntimeSession
 
 
@@ -19,7 +19,7 @@ class CopyTarget(Target):
 
     def compile(self, ctx):
         shutil.copyfile(ctx.onnx_path, ctx.build_dir / "copy.onnx")
-        return CompileResult([Artifact("copy.onnx", "copy")], info={"vendor": "third party"})
+        return CompileResult([Artifact("copy.onnx", "copy", primary=True)], facts={"vendor": "third party"})
 
     def load(self, build_dir, manifest):
         import onnxruntime as ort

@@ -8,7 +8,6 @@ when a build actually runs.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import logging
 import shutil
 import tempfile
@@ -17,21 +16,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputExists, VerificationError
-from ..hashing import sha256_file
+from ..api.request import BuildRequest
+from ..api.target import CompileContext, CompileResult, MemoryFigure, Target
+from ..core.errors import OutputExists, VerificationError
+from ..core.hashing import sha256_file
+from ..core.host import toolchain_versions
+from ..core.io import atomic_directory, write_json
+from ..onnxtools.simplify import SIMPLIFIER_PACKAGES
 from ..targets import get_target, require_available
-from ..targets.base import CompileContext, CompileResult, Target
-from .artifacts import atomic_directory, write_json
-from .cache import BuildCache, copy_tree, intact, read_manifest
-from .environment import toolchain_versions
-from .prepare import PREPARE_STAGES, PreparedOnnx, prepare, verify_inputs, verify_shapes
-from .request import BuildRequest
+from .cache import BuildCache, copy_tree
+from .manifest import default_output_dir, figures, intact, new_manifest, read_manifest
+from .prepare import PREPARE_STAGES, PreparedOnnx, prepare, verify_inputs
 from .timing import SilentReporter, StageReporter, StageTimings
 from .verify import Verification, compare, summarize
 
 log = logging.getLogger("vncompile")
-MANIFEST_SCHEMA = 1
-SIMPLIFIER_PACKAGES = {"onnxslim": ("onnxslim",), "onnxsim": ("onnxsim",), "none": ()}
 STAGE_NAMES = [*PREPARE_STAGES, "reference", "compile", "verify"]
 
 
@@ -41,14 +40,6 @@ class BuildOutcome:
     out_dir: Path
     cached: bool  # served from the cache without running any stage
     up_to_date: bool = False  # the output already held exactly this build
-
-
-def default_output_dir(manifest: dict[str, Any]) -> Path:
-    """``build/<model>-<target>-<precision>-<size>``."""
-    shape = manifest["input_shape"]
-    size = str(shape[2]) if shape[2] == shape[3] else f"{shape[2]}x{shape[3]}"
-    target = manifest["target"]
-    return Path("build") / f"{manifest['model']['label']}-{target['name']}-{target['precision']}-{size}"
 
 
 def _check_output(out_dir: Path, key: str, force: bool) -> bool:
@@ -168,14 +159,17 @@ def _run(request: BuildRequest, target: Target, keys: _Keys, cache: BuildCache, 
             with timings.stage("compile"):
                 result = target.compile(CompileContext(bundle / "model.onnx", bundle, request, log,
                                                        _calibration(request, form)))
-            manifest = _manifest(request, target, keys, prepared, result, bundle)
+            manifest = new_manifest(request, target, prepared.model, result, bundle, toolchain=keys.toolchain,
+                                    cache_key=keys.build)
+            manifest.update(figures(target.compiler_memory(bundle, manifest) or _estimated_memory(request, bundle),
+                                    target.estimated_latency(bundle, manifest)))
             if request.verify:
                 with timings.stage("verify"):
                     verification = _verify(request, target, prepared, bundle, manifest, result)
                 manifest["verification"] = verification.as_dict()
                 _log_verification(verification)
                 if not verification.passed:
-                    raise VerificationError(_failure_line(verification))
+                    raise VerificationError(verification.failure_line())
             manifest["stages"] = prepared.timings + timings.records[after_prepare:]
             log.info("build finished: %s", manifest["status"])
     finally:
@@ -193,62 +187,34 @@ def _calibration(request: BuildRequest, form: str):
     return calibration_samples(request.options.calibration, request.shape)
 
 
+def _estimated_memory(request: BuildRequest, bundle: Path) -> MemoryFigure | None:
+    """For targets with no plan of their own: the analytic plan of the ONNX they compiled (static shapes)."""
+    if request.dynamic:
+        return None
+    from ..onnxtools.memory_plan import plan_memory
+
+    return plan_memory(bundle / "model.onnx", request.precision).figure()
+
+
 def _verify(request: BuildRequest, target: Target, prepared: PreparedOnnx, bundle: Path, manifest: dict[str, Any],
             result: CompileResult) -> Verification:
     errors = prepared.stage_errors
+    tolerances = request.tolerances()
     if result.status == "ok" and target.executes:
-        session = target.load(bundle, manifest)
         device = manifest["target"]["device"]
-        for shape in verify_shapes(request):
-            at = f" @{shape.size_label}" if request.dynamic else ""
-            outputs = [session.run(batch) for batch in verify_inputs(shape)]
-            errors.append(compare(f"{target.name} {device}{at}", request.precision, prepared.reference(shape),
-                                  outputs, prepared.classifier))
-    return summarize(errors)
+        with target.load(bundle, manifest) as session:
+            for shape in request.verify_shapes():
+                at = f" @{shape.size_label}" if request.dynamic else ""
+                outputs = [session.run(batch) for batch in verify_inputs(shape)]
+                errors.append(compare(f"{target.name} {device}{at}", request.precision, prepared.reference(shape),
+                                      outputs, prepared.output_names, tolerances[request.precision],
+                                      prepared.classifier))
+    return summarize(errors, tolerances)
 
 
 def _log_verification(verification: Verification) -> None:
-    for s in verification.stages:
-        log.info("verify %-28s %-5s max_abs %.3g rel %.3g cosine %.6f top1 %s %s", s.stage, s.precision, s.max_abs,
-                 s.rel, s.cosine, s.top1_agreement, "ok" if s.passed else "FAILED")
-
-
-def _failure_line(verification: Verification) -> str:
-    worst = next(s for s in verification.stages if not s.passed)
-    tol = verification.tolerance[worst.precision]
-    limit = f"rel <= {tol['rel']:g}" if "rel" in tol else f"cosine >= {tol['cosine']:g}"
-    return (f"verification failed at '{worst.stage}' ({worst.precision}): rel error {worst.rel:.3g}, cosine "
-            f"{worst.cosine:.5f}, needs {limit}; pass --no-verify to keep the artifact anyway")
-
-
-def _manifest(request: BuildRequest, target: Target, keys: _Keys, prepared: PreparedOnnx, result: CompileResult,
-              bundle: Path) -> dict[str, Any]:
-    artifacts = [{"path": "model.onnx", "role": "onnx"}] + [
-        {"path": a.path, "role": a.role} for a in result.artifacts if a.path != "model.onnx"
-    ]
-    for artifact in artifacts:
-        path = bundle / artifact["path"]
-        artifact["sha256"], artifact["bytes"] = sha256_file(path), path.stat().st_size
-    return {
-        "schema": MANIFEST_SCHEMA,
-        "status": result.status,
-        "model": prepared.model,
-        "target": {
-            "name": target.name,
-            "version": target.availability().version,
-            "device": request.options.device or target.default_device(),
-            "precision": request.precision,
-            **result.info,
-        },
-        "input_shape": list(request.shape.as_tuple()),
-        "dynamic": request.dynamic,
-        "opset": request.opset,
-        "simplifier": request.simplifier,
-        "artifacts": artifacts,
-        "verification": {"passed": None, "skipped": True, "tolerance": {}, "stages": []},
-        "stages": [],
-        "toolchain": keys.toolchain,
-        "notice": result.notice or None,
-        "cache_key": keys.build,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    for stage in verification.stages:
+        for o in stage.outputs:
+            log.info("verify %-28s %-5s %-10s max_abs %.3g rel %.3g cosine %.6f top1 %s %s", stage.stage,
+                     stage.precision, o.name, o.max_abs, o.rel, o.cosine, o.top1_agreement,
+                     "ok" if o.passed else f"FAILED (would pass: {o.would_pass})")

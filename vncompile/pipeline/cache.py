@@ -11,15 +11,14 @@ two concurrent identical builds do the work once: the second waits, then hits.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from ..hashing import sha256_file
-from .artifacts import atomic_directory, file_lock
+from ..core.io import atomic_directory, file_lock
+from .manifest import intact, read_manifest
 
 log = logging.getLogger("vncompile")
 
@@ -29,24 +28,6 @@ def default_cache_root() -> Path:
         return Path(os.environ["VNCOMPILE_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "vncompile"
-
-
-def read_manifest(directory: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((directory / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def intact(directory: Path, manifest: dict[str, Any]) -> bool:
-    """Every listed artifact present with its recorded size and hash."""
-    for artifact in manifest.get("artifacts", []):
-        path = directory / artifact["path"]
-        if not path.is_file() or path.stat().st_size != artifact["bytes"]:
-            return False
-        if sha256_file(path) != artifact["sha256"]:
-            return False
-    return True
 
 
 def copy_tree(src: Path, dst: Path) -> None:

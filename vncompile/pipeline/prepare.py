@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import VerificationError
-from ..hashing import sha256_file
-from .artifacts import write_json
+from ..api.request import BuildRequest, InputShape
+from ..api.tolerance import Tolerance
+from ..core.errors import VerificationError
+from ..core.hashing import sha256_file
+from ..core.io import write_json
+from ..onnxtools.run import run_onnx, seeded_inputs
 from .cache import BuildCache
-from .request import BuildRequest, InputShape
 from .timing import StageTimings
-from .verify import StageError, Tolerance, compare
+from .verify import StageError, compare
 
 log = logging.getLogger("vncompile")
 VERIFY_IMAGES = 4  # seeded inputs per verified size (top-1 agreement is over these)
@@ -31,23 +33,8 @@ PREPARE_STAGES = ["load", "fuse", "export", "simplify", "quantize"]
 FILES = {"exported.onnx": "onnx-exported", "simplified.onnx": "onnx-simplified", "model.onnx": "onnx"}
 
 
-def verify_shapes(request: BuildRequest) -> list[InputShape]:
-    """The request's shape and, with --dynamic, a second one: the far end of the profile when
-    one is given (a dynamic engine only takes sizes inside it), else 32 pixels larger."""
-    shape = request.shape
-    if not request.dynamic:
-        return [shape]
-    profile = request.options.profile_sizes
-    if profile:
-        other = max(profile) if max(profile) != shape.height else min(profile)
-        return [shape] if other == shape.height else [shape, shape.resized(other, other)]
-    return [shape, shape.resized(shape.height + 32, shape.width + 32)]
-
-
 def verify_inputs(shape: InputShape) -> np.ndarray:
     """The seeded batches every stage of every target sees for ``shape``."""
-    from .stages import seeded_inputs
-
     return seeded_inputs(shape, max(1, -(-VERIFY_IMAGES // shape.batch)), seed=INPUT_SEED)
 
 
@@ -71,8 +58,12 @@ class PreparedOnnx:
         return self.record["classifier"]
 
     @property
+    def output_names(self) -> list[str]:
+        return self.record["output_names"]
+
+    @property
     def stage_errors(self) -> list[StageError]:
-        return [StageError(**e) for e in self.record["verification"]]
+        return [StageError.from_dict(e) for e in self.record["verification"]]
 
     @property
     def timings(self) -> list[dict[str, Any]]:
@@ -82,7 +73,7 @@ class PreparedOnnx:
         with np.load(self.directory / "reference.npz") as npz:
             prefix = f"{shape.label}/"
             batches = sorted({int(k.split("/")[1]) for k in npz.files if k.startswith(prefix)})
-            return [[npz[f"{shape.label}/{b}/{o}"] for o in range(self.record["outputs"])] for b in batches]
+            return [[npz[f"{shape.label}/{b}/{o}"] for o in range(len(self.output_names))] for b in batches]
 
 
 def prepare(request: BuildRequest, form: str, key: str, cache: BuildCache, work: Path,
@@ -100,10 +91,12 @@ def prepare(request: BuildRequest, form: str, key: str, cache: BuildCache, work:
 
 def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: StageTimings,
          checkpoint_sha256: str | None) -> dict[str, Any]:
+    from ..api.request import check_input_shape
+    from ..core.host import total_memory_bytes
+    from ..data.calibration import calibration_samples
+    from ..onnxtools.quantize import quantize_qdq
+    from ..onnxtools.simplify import simplify_onnx
     from . import stages
-    from .calibration import calibration_samples
-    from .environment import total_memory_bytes
-    from .request import check_input_shape
 
     with timings.stage("load"):
         loaded = stages.load_model(request.source, checkpoint_sha256)
@@ -118,20 +111,20 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
         if request.simplifier == "none":
             shutil.copyfile(exported_onnx, simplified_onnx)
         else:
-            stages.simplify_onnx(exported_onnx, simplified_onnx, request.simplifier)
+            simplify_onnx(exported_onnx, simplified_onnx, request.simplifier)
             _check_simplified(exported_onnx, simplified_onnx, request, form)
     if form == "int8-qdq":
         with timings.stage("quantize"):
             calibration = calibration_samples(request.options.calibration, request.shape)
-            stages.quantize_qdq(simplified_onnx, model_onnx, calibration)
+            quantize_qdq(simplified_onnx, model_onnx, calibration)
     else:
         shutil.copyfile(simplified_onnx, model_onnx)
-    classifier = stages.output_names(loaded.network) == ["logits"]
+    names = stages.output_names(loaded.network)
+    classifier = names == ["logits"]
     errors: list[StageError] = []
-    outputs = 0
     if request.verify:
         with timings.stage("reference"):
-            errors, outputs = _reference_and_onnx_errors(request, form, loaded, exported, directory, classifier)
+            errors = _reference_and_onnx_errors(request, form, loaded, exported, directory, names, classifier)
     spec = exported.spec
     record = {
         "cache_key": key,
@@ -141,7 +134,7 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
             "checkpoint_sha256": loaded.checkpoint_sha256, "trained": loaded.trained,
         },
         "classifier": classifier,
-        "outputs": outputs,
+        "output_names": names,
         "verification": [e.as_dict() for e in errors],
         "stages": list(timings.records),
         "artifacts": [{"path": name, "role": role, "sha256": sha256_file(directory / name),
@@ -155,15 +148,21 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
     return record
 
 
-def _reference_and_onnx_errors(request, form, loaded, exported, directory: Path, classifier: bool):
+def _reference_and_onnx_errors(request, form, loaded, exported, directory: Path, names: list[str],
+                               classifier: bool) -> list[StageError]:
     """The float64 reference (saved for the targets) and the errors of the torch and ONNX stages."""
     import torch
 
     from . import stages
 
     onnx_precision = "fp16" if form == "fp16" else "fp32"
+    tolerances = request.tolerances()
     errors, arrays = [], {}
-    for shape in verify_shapes(request):
+
+    def check(stage: str, precision: str, reference, outputs) -> None:
+        errors.append(compare(stage, precision, reference, outputs, names, tolerances[precision], classifier))
+
+    for shape in request.verify_shapes():
         at = f" @{shape.size_label}" if request.dynamic else ""
         inputs = verify_inputs(shape)
         reference = stages.run_torch(loaded.network, inputs, dtype=torch.float64)
@@ -171,27 +170,24 @@ def _reference_and_onnx_errors(request, form, loaded, exported, directory: Path,
             for o, output in enumerate(batch):
                 arrays[f"{shape.label}/{b}/{o}"] = output
         if exported is not loaded:
-            errors.append(compare(f"torch fused{at}", "fp32", reference, stages.run_torch(exported.network, inputs),
-                                  classifier))
+            check(f"torch fused{at}", "fp32", reference, stages.run_torch(exported.network, inputs))
         for name, stage in (("exported.onnx", "onnx exported"), ("simplified.onnx", "onnx simplified")):
-            errors.append(compare(f"{stage}{at}", onnx_precision, reference,
-                                  stages.run_onnx(directory / name, inputs), classifier))
+            check(f"{stage}{at}", onnx_precision, reference, run_onnx(directory / name, inputs))
         if form == "int8-qdq":
-            errors.append(compare(f"onnx int8 qdq{at}", "int8", reference,
-                                  stages.run_onnx(directory / "model.onnx", inputs), classifier))
+            check(f"onnx int8 qdq{at}", "int8", reference, run_onnx(directory / "model.onnx", inputs))
     np.savez(directory / "reference.npz", **arrays)
-    return errors, len(reference[0])
+    return errors
 
 
 def _check_simplified(exported: Path, simplified: Path, request: BuildRequest, form: str) -> None:
-    """The simplified graph must compute what the exported one does (one seeded input)."""
-    from .stages import run_onnx, seeded_inputs
-
+    """The simplified graph must compute what the exported one does (one seeded input), output by output."""
     inputs = seeded_inputs(request.shape, 1, seed=99)
     tolerance = Tolerance(rel=1e-3 if form == "fp16" else 1e-5)
-    error = compare("simplified vs exported", "fp32", run_onnx(exported, inputs), run_onnx(simplified, inputs),
+    reference = run_onnx(exported, inputs)
+    names = [f"output {i}" for i in range(len(reference[0]))]
+    error = compare("simplified vs exported", "fp32", reference, run_onnx(simplified, inputs), names, tolerance,
                     classifier=False)
-    log.info("simplified vs exported: max abs %.3g, rel %.3g", error.max_abs, error.rel)
-    if not tolerance.accepts(error.rel, error.cosine):
-        raise VerificationError(f"{request.simplifier} changed the graph's outputs (rel error {error.rel:.3g}); "
-                                "try --simplifier none")
+    log.info("simplified vs exported: max abs %.3g, rel %.3g", error.worst.max_abs, error.worst.rel)
+    if not error.passed:
+        raise VerificationError(f"{request.simplifier} changed the graph's outputs (rel error "
+                                f"{error.worst.rel:.3g}); try --simplifier none")

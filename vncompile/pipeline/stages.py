@@ -1,17 +1,14 @@
-"""The pipeline's stages, each one small step with a typed input and output.
+"""The pipeline's torch stages: load a network, fuse it, export it, run it in float64.
 
-load_model -> network_for_export (fuse) -> export_onnx -> simplify_onnx ->
-(quantize_qdq for int8) -> target compile -> verify (``verify.py``). ``build.py``
-chains them, times them and logs them; profile and ci reuse the same chain.
+load_model -> network_for_export (fuse) -> export_onnx -> (``onnxtools``: simplify,
+quantize) -> target compile -> verify (``verify.py``). ``prepare.py`` and ``build.py``
+chain them, time them and log them; profile and ci reuse the same chain.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ExportError, FusionError, InputError
+from ..api.request import RANDOM_SEED, InputShape, ModelSource
+from ..core.errors import ExportError, FusionError, InputError
+from ..onnxtools.export import export_onnx as onnxtools_export
 from ..vanillanet.archs import ModelSpec, has_adaptive_pooling
 from ..vanillanet.checkpoint import ActLearn, Checkpoint, instantiate, load_checkpoint
 from ..vanillanet.fusion import switch_to_deploy
 from ..vanillanet.model import VanillaNet
 from ..vanillanet.zoo import create_model, init_random_weights
-from .request import RANDOM_SEED, InputShape, ModelSource
 
 log = logging.getLogger("vncompile")
 
@@ -94,21 +92,7 @@ def network_for_export(loaded: LoadedModel) -> LoadedModel:
     return fuse(loaded)
 
 
-# ---------------------------------------------------------------------------- export
-
-
-class _Fp16Compute(nn.Module):
-    """fp16 weights and compute with the I/O dtype the caller wants (Cast nodes at the edges)."""
-
-    def __init__(self, network: nn.Module, io_dtype: torch.dtype) -> None:
-        super().__init__()
-        self.network, self.io_dtype = copy.deepcopy(network).half(), io_dtype
-
-    def forward(self, x: torch.Tensor):
-        out = self.network(x.half())
-        if isinstance(out, list):
-            return [o.to(self.io_dtype) for o in out]
-        return out.to(self.io_dtype)
+# ---------------------------------------------------------------------------- export / run
 
 
 def output_names(network: nn.Module) -> list[str]:
@@ -117,137 +101,14 @@ def output_names(network: nn.Module) -> list[str]:
     return ["logits"]
 
 
-@contextlib.contextmanager
-def _quiet(logger: logging.Logger):
-    """The exporter prints progress and warnings; they belong in build.log, not the terminal."""
-    stream = io.StringIO()
-    torch_onnx_log = logging.getLogger("torch.onnx")
-    level = torch_onnx_log.level
-    torch_onnx_log.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        torch_onnx_log.setLevel(level)
-        for line in stream.getvalue().splitlines():
-            if line.strip():
-                logger.debug("torch.onnx: %s", line)
-
-
-def export_onnx(
-    loaded: LoadedModel,
-    shape: InputShape,
-    path: Path,
-    *,
-    opset: int,
-    dynamic: bool,
-    compute: str = "fp32",
-    io_dtype: str = "fp32",
-) -> Path:
-    """torch.onnx's dynamo exporter, one self-contained file; static shape unless ``dynamic``."""
+def export_onnx(loaded: LoadedModel, shape: InputShape, path: Path, *, opset: int, dynamic: bool,
+                compute: str = "fp32", io_dtype: str = "fp32") -> Path:
+    """The loaded network exported to ONNX (``onnxtools.export``), its outputs named."""
     if dynamic and has_adaptive_pooling(loaded.spec):  # also checked up front; the exporter would fail obscurely
         raise ExportError(f"{loaded.spec.name} exports only at static sizes (adaptive pooling)")
-    network = loaded.network
-    if compute == "fp16":
-        network = _Fp16Compute(network, torch.float16 if io_dtype == "fp16" else torch.float32)
-    example = torch.zeros(shape.as_tuple())
-    dynamic_shapes = None
-    if dynamic:
-        dim = torch.export.Dim
-        dynamic_shapes = ({0: dim("batch", min=1, max=256), 2: dim("height", min=32, max=8192),
-                           3: dim("width", min=32, max=8192)},)
-    try:
-        with _quiet(log), torch.no_grad():
-            program = torch.onnx.export(
-                network, (example,), dynamo=True, opset_version=max(opset, 18), external_data=False,
-                input_names=["input"], output_names=output_names(loaded.network),
-                dynamic_shapes=dynamic_shapes, verbose=False,
-            )
-            model = program.model_proto
-    except Exception as exc:
-        raise ExportError(f"torch.onnx could not export {loaded.spec.label}: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    import onnx
-
-    if opset < 18:  # the dynamo exporter emits opset >= 18; older runtimes get a converted graph
-        model = onnx.version_converter.convert_version(model, opset)
-    onnx.checker.check_model(model)
-    onnx.save_model(model, str(path))
-    return path
-
-
-# ---------------------------------------------------------------------------- simplify / quantize
-
-
-def simplify_onnx(src: Path, dst: Path, simplifier: str) -> Path:
-    """Constant folding and graph cleanup; the caller checks the result against ``src``."""
-    import onnx
-
-    model = onnx.load(str(src))
-    with _quiet(log):
-        if simplifier == "onnxslim":
-            import onnxslim
-
-            model = onnxslim.slim(model)
-        elif simplifier == "onnxsim":
-            try:
-                import onnxsim
-            except ImportError:
-                raise InputError("--simplifier onnxsim needs onnxsim: pip install 'vncompile[onnxsim]'") from None
-            model, ok = onnxsim.simplify(model)
-            if not ok:
-                raise ExportError("onnxsim could not validate its simplified graph")
-    onnx.save_model(model, str(dst))
-    return dst
-
-
-class _ArrayReader:
-    """onnxruntime.quantization's CalibrationDataReader over an (N, C, H, W) array."""
-
-    def __init__(self, input_name: str, samples: np.ndarray) -> None:
-        self._feeds = iter([{input_name: s[None].astype(np.float32)} for s in samples])
-
-    def get_next(self):
-        return next(self._feeds, None)
-
-
-def quantize_qdq(src: Path, dst: Path, calibration: np.ndarray) -> Path:
-    """Static int8 quantization with Q/DQ nodes (per-channel weights), the form TensorRT,
-    OpenVINO and ONNX Runtime all consume."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    with _quiet(log):
-        quantize_static(
-            str(src), str(dst), _ArrayReader("input", calibration), quant_format=QuantFormat.QDQ,
-            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            # Float biases: TensorRT's parser takes DequantizeLinear only on activation types, not int32.
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
-        )
-    return dst
-
-
-# ---------------------------------------------------------------------------- inputs
-
-
-def seeded_inputs(shape: InputShape, count: int, seed: int = 1234) -> np.ndarray:
-    """``count`` batches of the input shape, N(0, 1) like normalized images, reproducible."""
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((count, *shape.as_tuple()), dtype=np.float32)
-
-
-def run_onnx(path: Path, batches: np.ndarray) -> list[list[np.ndarray]]:
-    """Each batch through ONNX Runtime's CPU provider: the reference runtime for ONNX stages."""
-    import onnxruntime as ort
-
-    from ..targets.onnxruntime import onnx_feed
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = onnx_feed(session)  # the target's own feeding, so ONNX stages and the target agree
-    return [[np.asarray(o, dtype=np.float32) for o in session.run(None, feed(b))] for b in batches]
+    return onnxtools_export(loaded.network, shape, path, label=loaded.spec.label,
+                            output_names=output_names(loaded.network), opset=opset, dynamic=dynamic,
+                            compute=compute, io_dtype=io_dtype)
 
 
 def run_torch(network: nn.Module, batches: np.ndarray, dtype: torch.dtype = torch.float32) -> list[list[np.ndarray]]:

@@ -1,77 +1,98 @@
-"""Verification: the same seeded inputs through every stage, compared with one reference.
+"""Verification: the same inputs through every stage, each output compared with one reference.
 
 The reference is the network as trained (training form when the checkpoint has one)
-in float64. Each stage's outputs are compared with it: max abs error, relative error
-(max abs / max |reference|), cosine similarity and top-1 agreement. A stage passes
-when it is within the tolerance of its precision.
+in float64. Every named output of a stage is compared with the reference's on its
+own, as Polygraphy compares (a 1/4-resolution feature map and a 1/32 one have very
+different scales): max abs error, relative error (max abs / max |reference|), cosine
+similarity and, on a classifier's logits only, top-1 agreement. A stage passes when
+every output is within its precision's tolerance (``api.tolerance``, settable with
+``--tolerance``); a failed output records the tolerance that would have passed it.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
+from ..api.tolerance import Tolerance
+
+Outputs = list[list[np.ndarray]]  # per input batch, per network output
+
 
 @dataclass(frozen=True)
-class Tolerance:
-    rel: float | None = None  # max abs error / max |reference|
-    cosine: float | None = None  # minimum cosine similarity
-
-    def accepts(self, rel: float, cosine: float) -> bool:
-        if self.rel is not None and not rel <= self.rel:
-            return False
-        return not (self.cosine is not None and not cosine >= self.cosine)
-
-    def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-
-TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(rel=1e-4),
-    "fp16": Tolerance(rel=2e-2),
-    "bf16": Tolerance(rel=2e-2),
-    "int8": Tolerance(cosine=0.99),
-}
+class OutputError:
+    name: str
+    max_abs: float
+    rel: float
+    cosine: float
+    top1_agreement: float | None  # classifier logits only
+    passed: bool
+    would_pass: str | None = None  # failed: the --tolerance value that would have accepted it
 
 
 @dataclass(frozen=True)
 class StageError:
     stage: str
     precision: str
-    max_abs: float
-    rel: float
-    cosine: float
-    top1_agreement: float | None  # None for feature outputs (no classes)
-    passed: bool
+    outputs: tuple[OutputError, ...]
 
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    @property
+    def worst(self) -> OutputError:
+        """The output furthest from passing: a failed one first, then the largest relative error."""
+        return max(self.outputs, key=lambda o: (not o.passed, o.rel))
+
+    def as_dict(self) -> dict[str, Any]:
+        worst = self.worst
+        top1 = [o.top1_agreement for o in self.outputs if o.top1_agreement is not None]
+        return {"stage": self.stage, "precision": self.precision, "passed": self.passed,
+                "max_abs": max(o.max_abs for o in self.outputs), "rel": worst.rel,
+                "cosine": min(o.cosine for o in self.outputs), "top1_agreement": top1[0] if top1 else None,
+                "outputs": [asdict(o) for o in self.outputs]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageError:
+        return cls(data["stage"], data["precision"], tuple(OutputError(**o) for o in data["outputs"]))
 
 
-Outputs = list[list[np.ndarray]]  # per input batch, per network output
+def _top1(batches: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.argmax(b.reshape(b.shape[0], -1), axis=1) for b in batches])
 
 
-def _flatten(outputs: Outputs) -> np.ndarray:
-    return np.concatenate([np.asarray(o, dtype=np.float64).ravel() for batch in outputs for o in batch])
-
-
-def _top1(outputs: Outputs) -> np.ndarray:
-    return np.concatenate([np.argmax(batch[0].reshape(batch[0].shape[0], -1), axis=1) for batch in outputs])
-
-
-def compare(stage: str, precision: str, reference: Outputs, outputs: Outputs, classifier: bool) -> StageError:
-    ref, out = _flatten(reference), _flatten(outputs)
+def compare_output(name: str, reference: list[np.ndarray], outputs: list[np.ndarray], tolerance: Tolerance,
+                   classifier: bool) -> OutputError:
+    """One named output over every batch."""
+    ref = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r in reference])
+    out = np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in outputs])
     if ref.shape != out.shape:
-        raise ValueError(f"{stage}: output shape differs from the reference ({out.shape} vs {ref.shape})")
+        raise ValueError(f"output '{name}' has {out.size} values, the reference {ref.size}")
+    finite = bool(np.all(np.isfinite(out)))
     max_abs = float(np.max(np.abs(out - ref))) if ref.size else 0.0
     scale = float(np.max(np.abs(ref))) or 1.0
     denom = float(np.linalg.norm(ref) * np.linalg.norm(out))
     cosine = float(np.dot(ref, out) / denom) if denom else (1.0 if max_abs == 0 else 0.0)
-    top1 = float(np.mean(_top1(reference) == _top1(outputs))) if classifier else None
     rel = max_abs / scale
-    passed = bool(np.all(np.isfinite(out))) and TOLERANCES[precision].accepts(rel, cosine)
-    return StageError(stage, precision, max_abs, rel, cosine, top1, passed)
+    top1 = float(np.mean(_top1(reference) == _top1(outputs))) if classifier else None
+    passed = finite and tolerance.accepts(rel, cosine)
+    would_pass = None if passed or not finite else tolerance.that_passes(rel, cosine)
+    return OutputError(name, max_abs, rel, cosine, top1, passed, would_pass)
+
+
+def compare(stage: str, precision: str, reference: Outputs, outputs: Outputs, names: list[str],
+            tolerance: Tolerance, classifier: bool) -> StageError:
+    """Every output of a stage against the reference; ``classifier``: the single output is logits."""
+    if len(outputs[0]) != len(names) or len(reference[0]) != len(names):
+        raise ValueError(f"{stage}: {len(outputs[0])} outputs, the reference {len(reference[0])}, "
+                         f"names {len(names)}")
+    return StageError(stage, precision, tuple(
+        compare_output(name, [b[i] for b in reference], [b[i] for b in outputs], tolerance,
+                       classifier and len(names) == 1)
+        for i, name in enumerate(names)))
 
 
 @dataclass(frozen=True)
@@ -81,17 +102,26 @@ class Verification:
     stages: list[StageError]
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "passed": self.passed,
-            "tolerance": self.tolerance,
-            "stages": [s.as_dict() for s in self.stages],
-        }
+        return {"passed": self.passed, "tolerance": self.tolerance, "stages": [s.as_dict() for s in self.stages]}
+
+    def failure_line(self) -> str:
+        """One line naming the first failed stage and output, the tolerance, and the tolerance that would
+        have passed every failed output of that precision."""
+        stage = next(s for s in self.stages if not s.passed)
+        output = stage.worst
+        what = f"'{stage.stage}'" + (f" output '{output.name}'" if len(stage.outputs) > 1 else "")
+        tolerance = Tolerance(**self.tolerance[stage.precision])
+        failed = [o for s in self.stages if s.precision == stage.precision for o in s.outputs if not o.passed]
+        if all(o.would_pass for o in failed):
+            passes = tolerance.that_passes(max(o.rel for o in failed), min(o.cosine for o in failed))
+            fix = f"--tolerance {stage.precision}={passes} would pass it"
+        else:
+            fix = "it has non-finite values"
+        return (f"verification failed at {what} ({stage.precision}): rel error {output.rel:.3g}, cosine "
+                f"{output.cosine:.5f}, needs {tolerance.describe()}; {fix}, or --no-verify keeps the artifact anyway")
 
 
-def summarize(stages: list[StageError]) -> Verification:
+def summarize(stages: list[StageError], tolerances: dict[str, Tolerance]) -> Verification:
     precisions = sorted({s.precision for s in stages})
-    return Verification(
-        passed=all(s.passed for s in stages),
-        tolerance={p: TOLERANCES[p].as_dict() for p in precisions},
-        stages=stages,
-    )
+    return Verification(passed=all(s.passed for s in stages),
+                        tolerance={p: tolerances[p].as_dict() for p in precisions}, stages=stages)

@@ -11,8 +11,8 @@ import importlib
 from functools import cache
 from importlib.metadata import entry_points
 
-from ..errors import InputError
-from .base import Availability, Target
+from ..api.target import Availability, Target
+from ..core.errors import InputError
 
 ENTRY_POINT_GROUP = "vncompile.targets"
 BUILTIN_TARGETS: dict[str, str] = {

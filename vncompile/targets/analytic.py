@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..pipeline.memory_plan import plan_memory
-from .base import Artifact, Availability, CompileContext, CompileResult, MemoryFigure, Session, Target
+from ..api.target import Artifact, Availability, CompileContext, CompileResult, MemoryFigure, Session, Target
+from ..core.units import kb
+from ..onnxtools.memory_plan import MemoryPlan, plan_memory
 
 PLAN_FILE = "memory_plan.json"
 
@@ -36,16 +37,15 @@ class AnalyticTarget(Target):
         (ctx.build_dir / PLAN_FILE).write_text(json.dumps(plan.as_dict(), indent=2) + "\n")
         ctx.log.info("analytic: weights %d B, arena %d B, peak at %s", plan.weight_bytes, plan.arena_bytes,
                      plan.peak_node)
-        return CompileResult([Artifact(PLAN_FILE, "memory-plan")],
-                             info={"weights_kb": plan.weight_bytes / 1024, "activations_kb": plan.arena_bytes / 1024,
-                                   "peak_node": plan.peak_node})
+        return CompileResult([Artifact(PLAN_FILE, "memory-plan", primary=True)],
+                             facts={"weights_kb": kb(plan.weight_bytes), "activations_kb": kb(plan.arena_bytes),
+                                    "peak_node": plan.peak_node})
 
     def load(self, build_dir: Path, manifest: dict[str, Any]) -> Session:
         raise NotImplementedError("the analytic target runs nothing")
 
     def compiler_memory(self, build_dir: Path, manifest: dict[str, Any]) -> MemoryFigure:
-        plan = json.loads((build_dir / PLAN_FILE).read_text())
-        live = ", ".join(f"{name} {size / 1024:,.0f} KB" for name, size in plan["live_at_peak"][:4])
-        return MemoryFigure(plan["total_bytes"] / 1024, "estimated", weights_kb=plan["weight_bytes"] / 1024,
-                            activations_kb=plan["arena_bytes"] / 1024,
-                            detail=f"greedy arena; peak at {plan['peak_node']} with {live} live")
+        document = json.loads((build_dir / PLAN_FILE).read_text())
+        document.pop("total_bytes")
+        document["live_at_peak"] = [tuple(x) for x in document["live_at_peak"]]
+        return MemoryPlan(**document).figure()

@@ -10,29 +10,22 @@ break byte-identical builds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..pipeline.environment import package_version
-from ..pipeline.request import BuildRequest
-from .base import Artifact, Availability, CompileContext, CompileResult, Session, Target
+from ..api.request import BuildRequest
+from ..api.target import Artifact, Availability, CompileContext, CompileResult, Session, Target
+from ..core.errors import InputError
+from ..core.host import package_version
+from ..onnxtools.run import onnx_feed
 
 PROVIDERS = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider"}
 OPTIMIZED_MODEL = "model.optimized.onnx"
 
 
-def onnx_feed(session: Any) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """Feeds for an ONNX Runtime session, cast to its input dtype (fp16 I/O graphs take float16)."""
-    first = session.get_inputs()[0]
-    dtype = np.float16 if first.type == "tensor(float16)" else np.float32
-    return lambda x: {first.name: np.asarray(x, dtype=dtype)}
-
-
-class OnnxRuntimeSession:
+class OnnxRuntimeSession(Session):
     def __init__(self, session: Any) -> None:
         self._session = session
         self._feed = onnx_feed(session)
@@ -86,8 +79,8 @@ class OnnxRuntimeTarget(Target):
         device = ctx.request.options.device or self.default_device()
         self._session(ctx.onnx_path, device, optimize_to=ctx.build_dir / OPTIMIZED_MODEL)
         ctx.log.info("onnxruntime: wrote %s for %s", OPTIMIZED_MODEL, PROVIDERS[device])
-        return CompileResult([Artifact(OPTIMIZED_MODEL, "onnxruntime-optimized")],
-                             info={"provider": PROVIDERS[device], "graph_optimization": "ORT_ENABLE_EXTENDED"})
+        return CompileResult([Artifact(OPTIMIZED_MODEL, "onnxruntime-optimized", primary=True)],
+                             facts={"provider": PROVIDERS[device], "graph_optimization": "ORT_ENABLE_EXTENDED"})
 
     def load(self, build_dir: Path, manifest: dict[str, Any]) -> Session:
         device = manifest["target"]["device"]

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, VerificationError
-from ..pipeline.environment import package_version
-from ..pipeline.request import BuildRequest
-from .base import Artifact, Availability, CompileContext, CompileResult, Session, Target
+from ..api.request import BuildRequest
+from ..api.target import Artifact, Availability, CompileContext, CompileResult, Session, Target, facts
+from ..core.errors import InputError, VerificationError
+from ..core.host import package_version
 
 # Int8 lives in the graph as Q/DQ nodes; what is not quantized computes in f32.
 PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
@@ -24,7 +24,7 @@ CAPABILITY = {"fp16": "FP16", "bf16": "BF16", "int8": "INT8"}
 IR_XML, IR_BIN = "model.xml", "model.bin"
 
 
-class OpenVinoSession:
+class OpenVinoSession(Session):
     def __init__(self, compiled: Any) -> None:
         self._request = compiled.create_infer_request()
         self._outputs = compiled.outputs
@@ -70,16 +70,15 @@ class OpenVinoTarget(Target):
         ov.save_model(model, str(ctx.build_dir / IR_XML), compress_to_fp16=ctx.request.precision == "fp16")
         hint = PRECISION_HINTS[ctx.request.precision]
         ctx.log.info("openvino: wrote %s/%s (inference precision hint %s)", IR_XML, IR_BIN, hint)
-        return CompileResult([Artifact(IR_XML, "openvino-xml"), Artifact(IR_BIN, "openvino-bin")],
-                             info={"inference_precision_hint": hint, "performance_hint": "LATENCY"})
+        return CompileResult([Artifact(IR_XML, "openvino-xml", primary=True), Artifact(IR_BIN, "openvino-bin")],
+                             facts={"inference_precision_hint": hint, "performance_hint": "LATENCY"})
 
     def load(self, build_dir: Path, manifest: dict[str, Any]) -> Session:
         import openvino as ov
 
-        target = manifest["target"]
-        hint = target["inference_precision_hint"]
+        hint = facts(manifest)["inference_precision_hint"]
         compiled = ov.Core().compile_model(
-            str(build_dir / IR_XML), target["device"],
+            str(build_dir / IR_XML), manifest["target"]["device"],
             {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"},
         )
         effective = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()

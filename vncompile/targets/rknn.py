@@ -36,11 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, VerificationError, VncompileError
-from ..pipeline.calibration import calibration_samples
-from ..pipeline.request import BuildRequest, InputShape, TargetOptions
-from ..toolchains import Worker, WorkerReply, WorkerRequestFailed, get_spec, locate, missing_message, start_worker
-from .base import (
+from ..api.options import TargetOptions
+from ..api.request import BuildRequest, InputShape
+from ..api.target import (
     Artifact,
     Availability,
     CompileContext,
@@ -50,7 +48,12 @@ from .base import (
     OnnxForm,
     Session,
     Target,
+    facts,
 )
+from ..core.errors import InputError, VerificationError, VncompileError
+from ..core.units import BYTES_PER_KB, kb, unit_kb
+from ..data.calibration import calibration_samples
+from ..toolchains import Worker, WorkerReply, WorkerRequestFailed, get_spec, locate, missing_message, start_worker
 
 log = logging.getLogger("vncompile")
 
@@ -92,7 +95,6 @@ NPU_CLOCKS: dict[str, NpuClock] = {
 
 COMPILER_LINE = re.compile(r"^[DIWE] RKNN: \[[^\]]*\] ?(.*)$")
 MEMORY_LINE = re.compile(r"Total (Internal|Weight) Memory Size:\s*([\d.]+)\s*([KMG]?B)")
-KB_PER_UNIT = {"B": 1 / 1024, "KB": 1.0, "MB": 1024.0, "GB": 1024.0 * 1024}
 LAYER_HEADER = "Cycles(DDR/NPU/Total)"
 COLUMN_NAMES = {"ID": "id", "OpType": "op_type", "DataType": "data_type", "Target": "target",
                 "InputShape": "input_shape", "OutputShape": "output_shape", "SparseRatio": "sparse_ratio",
@@ -133,7 +135,7 @@ def parse_memory_plan(output: list[str]) -> RknnMemoryPlan:
     for line in compiler_lines(output):
         match = MEMORY_LINE.search(line)
         if match:
-            sizes[match.group(1)] = float(match.group(2)) * KB_PER_UNIT[match.group(3)]
+            sizes[match.group(1)] = float(match.group(2)) * unit_kb(match.group(3))
     if set(sizes) != {"Internal", "Weight"}:
         raise VncompileError("rknn-toolkit2 printed no memory plan ('Total Internal/Weight Memory Size'); "
                              "its output is in build.log")
@@ -211,8 +213,8 @@ class RknnSettings:
 
     @classmethod
     def of_manifest(cls, manifest: dict[str, Any]) -> RknnSettings:
-        target = manifest["target"]
-        return cls(target["platform"], target["precision"], target.get("quant_algorithm"))
+        recorded = facts(manifest)
+        return cls(recorded["platform"], manifest["target"]["precision"], recorded.get("quant_algorithm"))
 
 
 def _start_worker(scratch: Path, logger: logging.Logger) -> Worker:
@@ -264,7 +266,7 @@ def calibration_identity(samples: np.ndarray, directory: Path | None) -> dict[st
 
 def _recorded_calibration(manifest: dict[str, Any]) -> np.ndarray:
     """The build's calibration set again (a directory's files, or the seeded synthetic set), checked by hash."""
-    recorded = manifest["target"]["calibration"]
+    recorded = facts(manifest)["calibration"]
     directory = None if recorded["directory"] is None else Path(recorded["directory"])
     samples = calibration_samples(directory, InputShape(*manifest["input_shape"]), count=recorded["samples"])
     if calibration_identity(samples, directory)["sha256"] != recorded["sha256"]:
@@ -273,7 +275,7 @@ def _recorded_calibration(manifest: dict[str, Any]) -> np.ndarray:
     return samples
 
 
-class RknnSimulatorSession:
+class RknnSimulatorSession(Session):
     """model.onnx rebuilt with the recorded settings in a persistent worker, run on the toolkit's simulator."""
 
     def __init__(self, worker: Worker, scratch: Path) -> None:
@@ -384,8 +386,8 @@ class RknnTarget(Target):
             "board": ctx.request.options.board,
             "verified_on": "rknn-toolkit2 simulator (rebuilt from model.onnx)",
         }
-        # the artifact last: consumers (profile rows) take the last one as the build's main artifact
-        return CompileResult([Artifact(LAYER_TABLE, "rknn-layers"), Artifact(RKNN_MODEL, "rknn")], info=info)
+        return CompileResult([Artifact(RKNN_MODEL, "rknn", primary=True), Artifact(LAYER_TABLE, "rknn-layers")],
+                             facts=info)
 
     def load(self, build_dir: Path, manifest: dict[str, Any]) -> Session:
         settings = RknnSettings.of_manifest(manifest)
@@ -409,16 +411,17 @@ class RknnTarget(Target):
         return session
 
     def compiler_memory(self, build_dir: Path, manifest: dict[str, Any]) -> MemoryFigure | None:
-        target = manifest["target"]
+        target = facts(manifest)
         if target.get("board"):
             return _board_memory(build_dir, manifest)
         plan = target["memory_plan"]
         return MemoryFigure(max_kb=plan["total_kb"], source="compiler", weights_kb=plan["weight_kb"],
                             activations_kb=plan["internal_kb"],
-                            detail=f"{target['toolkit']} memory plan for {target['platform']} {target['precision']}")
+                            detail=f"{target['toolkit']} memory plan for {target['platform']} "
+                                   f"{manifest['target']['precision']}")
 
     def estimated_latency(self, build_dir: Path, manifest: dict[str, Any]) -> LatencyFigure | None:
-        target = manifest["target"]
+        target = facts(manifest)
         if target.get("board"):
             return _board_latency(build_dir, manifest)
         cycles = read_layer_cycles(build_dir / LAYER_TABLE)
@@ -429,7 +432,7 @@ class RknnTarget(Target):
 
 
 def _check_same_compile(report: CompilerReport, manifest: dict[str, Any]) -> None:
-    recorded = manifest["target"]
+    recorded = facts(manifest)
     if report.memory.as_dict() != recorded["memory_plan"] or report.cycles != recorded["npu_cycles"]:
         raise VerificationError(
             f"the simulator's rebuild of model.onnx differs from the compile that wrote {RKNN_MODEL} (memory plan "
@@ -442,7 +445,7 @@ def _check_same_compile(report: CompilerReport, manifest: dict[str, Any]) -> Non
 
 def _on_board(build_dir: Path, manifest: dict[str, Any], op: str, **runtime: bool) -> WorkerReply:
     """``op`` (eval_perf / eval_memory) on the board running the bundle's model.rknn itself."""
-    target = manifest["target"]
+    target = facts(manifest)
     with tempfile.TemporaryDirectory(prefix="vncompile-rknn-board-") as tmp, _start_worker(Path(tmp), log) as worker:
         _request(worker, "load_rknn", {"path": str(build_dir / RKNN_MODEL)})
         _request(worker, "init_runtime", {"target": target["platform"], "device_id": target["board"], **runtime})
@@ -455,7 +458,7 @@ def _board_latency(build_dir: Path, manifest: dict[str, Any]) -> LatencyFigure:
     microseconds = _number(result, ("total_time", "total_elapsed_time"), reply.output,
                            r"Total Operator Elapsed (?:Per Frame )?Time\(us\):\s*([\d.]+)")
     return LatencyFigure([microseconds / 1000], "measured",
-                         f"rknn eval_perf on board {manifest['target']['board']} (fixed frequency)")
+                         f"rknn eval_perf on board {facts(manifest)['board']} (fixed frequency)")
 
 
 def _board_memory(build_dir: Path, manifest: dict[str, Any]) -> MemoryFigure:
@@ -465,16 +468,15 @@ def _board_memory(build_dir: Path, manifest: dict[str, Any]) -> MemoryFigure:
     internal = _number(result, ("total_internal_allocation",), reply.output,
                        r"Internal Tensor Memory:\s*([\d.]+ \w+)")
     total = _number(result, ("total_model_allocation",), reply.output, r"Total Memory:\s*([\d.]+ \w+)")
-    return MemoryFigure(max_kb=total / 1024, source="measured", weights_kb=weights / 1024,
-                        activations_kb=internal / 1024,
-                        detail=f"rknn eval_memory on board {manifest['target']['board']}")
+    return MemoryFigure(max_kb=kb(total), source="measured", weights_kb=kb(weights), activations_kb=kb(internal),
+                        detail=f"rknn eval_memory on board {facts(manifest)['board']}")
 
 
-BYTES_PER = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 
 
 def _number(result: Any, keys: tuple[str, ...], output: list[str], pattern: str) -> float:
     """A figure from the toolkit's returned dict, else from what it printed (bytes for sizes, us for times)."""
+    # (the toolkit prints sizes with a unit and times without one)
     if isinstance(result, dict):
         for key in keys:
             if isinstance(result.get(key), (int, float)):
@@ -483,5 +485,5 @@ def _number(result: Any, keys: tuple[str, ...], output: list[str], pattern: str)
         match = re.search(pattern, line)
         if match:
             value, _, unit = match.group(1).partition(" ")
-            return float(value) * BYTES_PER.get(unit, 1)
+            return float(value) * unit_kb(unit) * BYTES_PER_KB if unit else float(value)
     raise VncompileError(f"rknn-toolkit2 reported no {keys[0]} on the board; its output is in the log")

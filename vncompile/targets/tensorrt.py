@@ -36,11 +36,8 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..errors import InputError, TargetUnavailable, VncompileError
-from ..pipeline.artifacts import atomic_file
-from ..pipeline.environment import nvidia_gpus
-from ..pipeline.request import BuildRequest
-from .base import (
+from ..api.request import BuildRequest
+from ..api.target import (
     Artifact,
     Availability,
     CompileContext,
@@ -50,7 +47,12 @@ from .base import (
     OnnxForm,
     Session,
     Target,
+    facts,
 )
+from ..core.errors import InputError, TargetUnavailable, VncompileError
+from ..core.host import nvidia_gpus
+from ..core.io import atomic_file
+from ..core.units import kb
 
 log = logging.getLogger("vncompile")
 
@@ -429,7 +431,7 @@ def _release(cuda: CudaRuntime, trt_objects: list[Any], buffers: dict[str, tuple
     cuda.api.cudaStreamDestroy(stream)
 
 
-class TensorRTSession:
+class TensorRTSession(Session):
     """One engine on the current GPU: its own stream, and device buffers grown to the largest input seen.
 
     Host arrays are pageable numpy memory (what callers pass), so copies are slower than trtexec's
@@ -452,12 +454,15 @@ class TensorRTSession:
         self._objects = [logger, runtime, engine, context]  # released in reverse by _release
         self._buffers: dict[str, tuple[int, int]] = {}  # tensor name -> (device pointer, bytes)
         self._stream = cuda("cudaStreamCreate")
-        self.close = weakref.finalize(self, _release, cuda, self._objects, self._buffers, self._stream)
+        self._finalizer = weakref.finalize(self, _release, cuda, self._objects, self._buffers, self._stream)
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         if len(inputs) != 1:
             raise VncompileError(f"{ENGINE} has {len(inputs)} inputs; vncompile's networks have one")
         self._input, self._outputs = inputs[0], [n for n in names if n != inputs[0]]
+
+    def close(self) -> None:
+        self._finalizer()
 
     def _live(self, index: int) -> Any:
         if not self._objects:
@@ -478,7 +483,7 @@ class TensorRTSession:
         self._cuda("cudaStreamSynchronize", self._stream)
         return [np.asarray(o, dtype=np.float32) for o in host_outputs]
 
-    def time_runs(self, x: np.ndarray, warmup: int, runs: int) -> list[RunTiming]:
+    def run_timings(self, x: np.ndarray, warmup: int, runs: int) -> list[RunTiming]:
         """CUDA events around each copy and the execution, after ``warmup`` untimed runs."""
         host_input, host_outputs = self._bind(x)
         for _ in range(warmup):
@@ -497,7 +502,29 @@ class TensorRTSession:
                 self._cuda("cudaEventDestroy", event)
         return timings
 
-    def device_memory(self) -> DeviceMemory:
+    def time_runs(self, x: np.ndarray, warmup: int, runs: int) -> LatencyFigure:
+        """Samples: the engine's GPU compute per run (trtexec's "GPU Compute Time"); copies in the detail."""
+        timings = self.run_timings(x, warmup, runs)
+        spans = {"GPU compute (the samples)": [t.compute_ms for t in timings],
+                 "host-to-device copy": [t.to_device_ms for t in timings],
+                 "device-to-host copies": [t.to_host_ms for t in timings],
+                 "end to end": [t.total_ms for t in timings]}
+        detail = f"CUDA events after {warmup} warm-up runs: " + "; ".join(
+            f"{what} {_percentiles(values)}" for what, values in spans.items())
+        return LatencyFigure([t.compute_ms for t in timings], "measured", detail)
+
+    def device_memory(self) -> MemoryFigure:
+        """The device-memory delta since the session began, beside TensorRT's own figures."""
+        memory = self.memory_breakdown()
+        accounted = memory.activations + memory.weights + memory.io_buffers
+        detail = (f"device-memory delta {_mb(memory.delta)} (cudaMemGetInfo before deserializing vs now, with "
+                  f"TensorRT's runtime allocations); activations {_mb(memory.activations)} "
+                  f"(ICudaEngine.device_memory_size_v2); weights {_mb(memory.weights)} ({memory.weights_source}); "
+                  f"I/O buffers {_mb(memory.io_buffers)} (cudaMalloc); max: the larger of the delta and their sum")
+        return MemoryFigure(kb(max(memory.delta, accounted)), "measured", kb(memory.weights), kb(memory.activations),
+                            detail)
+
+    def memory_breakdown(self) -> DeviceMemory:
         engine = self.engine
         activations = getattr(engine, "device_memory_size_v2", None)
         if activations is None:  # TensorRT 10.0 only has the deprecated name
@@ -641,7 +668,7 @@ class TensorRTTarget(Target):
             notice = (f"{toolchain}: deferred the engine; run {SCRIPT} on the device to build {ENGINE} from the "
                       f"verified {ONNX} (verification covered the ONNX stages)")
             ctx.log.info("tensorrt: %s", notice)
-            return CompileResult([Artifact(SCRIPT, "trtexec-script")], "deferred",
+            return CompileResult([Artifact(SCRIPT, "trtexec-script", primary=True)], "deferred",
                                  {**info, "deferred_because": toolchain}, notice)
         built = build_engine(toolchain, ctx.onnx_path, request, profile)
         (ctx.build_dir / ENGINE).write_bytes(built.plan)
@@ -649,7 +676,7 @@ class TensorRTTarget(Target):
                      toolchain.gpu.name)
         info.update(gpu=toolchain.gpu.name, compute_capability=toolchain.gpu.compute_capability,
                     tensorrt_version=toolchain.version, hardware_compatibility_level=built.hardware_compatibility_level)
-        return CompileResult([Artifact(ENGINE, "engine"), Artifact(SCRIPT, "trtexec-script")], info=info,
+        return CompileResult([Artifact(ENGINE, "engine", primary=True), Artifact(SCRIPT, "trtexec-script")], facts=info,
                              notice=built.warning)
 
     def load(self, build_dir: Path, manifest: dict[str, Any]) -> Session:
@@ -659,38 +686,12 @@ class TensorRTTarget(Target):
         toolchain = probe_toolchain()
         if isinstance(toolchain, str):
             raise TargetUnavailable(f"cannot run {ENGINE} here: {toolchain}")
-        mismatch = engine_mismatch(manifest["target"], toolchain)  # before deserializing: a foreign plan can crash
+        mismatch = engine_mismatch(facts(manifest), toolchain)  # before deserializing: a foreign plan can crash
         if mismatch:
             raise TargetUnavailable(f"{mismatch}; an engine runs only on the GPU model and TensorRT version that "
                                     f"built it: rebuild it here (vncompile build --target tensorrt --force) or run "
                                     f"{SCRIPT}")
         return TensorRTSession(toolchain, (build_dir / ENGINE).read_bytes())
-
-    def measure_latency(self, session: Session, x: np.ndarray, warmup: int, runs: int) -> LatencyFigure | None:
-        """Samples: the engine's GPU compute per run (trtexec's "GPU Compute Time"); copies in the detail."""
-        if not isinstance(session, TensorRTSession):
-            return None
-        timings = session.time_runs(x, warmup, runs)
-        spans = {"GPU compute (the samples)": [t.compute_ms for t in timings],
-                 "host-to-device copy": [t.to_device_ms for t in timings],
-                 "device-to-host copies": [t.to_host_ms for t in timings],
-                 "end to end": [t.total_ms for t in timings]}
-        detail = f"CUDA events after {warmup} warm-up runs: " + "; ".join(
-            f"{what} {_percentiles(values)}" for what, values in spans.items())
-        return LatencyFigure([t.compute_ms for t in timings], "measured", detail)
-
-    def measured_memory(self, session: Session) -> MemoryFigure | None:
-        """The device-memory delta since the session began, beside TensorRT's own figures."""
-        if not isinstance(session, TensorRTSession):
-            return None
-        memory = session.device_memory()
-        accounted = memory.activations + memory.weights + memory.io_buffers
-        detail = (f"device-memory delta {_mb(memory.delta)} (cudaMemGetInfo before deserializing vs now, with "
-                  f"TensorRT's runtime allocations); activations {_mb(memory.activations)} "
-                  f"(ICudaEngine.device_memory_size_v2); weights {_mb(memory.weights)} ({memory.weights_source}); "
-                  f"I/O buffers {_mb(memory.io_buffers)} (cudaMalloc); max: the larger of the delta and their sum")
-        return MemoryFigure(max(memory.delta, accounted) / 1024, "measured", memory.weights / 1024,
-                            memory.activations / 1024, detail)
 
 
 def _check_profile_sizes(request: BuildRequest) -> None:
@@ -702,11 +703,9 @@ def _check_profile_sizes(request: BuildRequest) -> None:
         raise InputError("--profile-sizes shapes a --dynamic build's optimization profile; add --dynamic")
     if len(sizes) != 3 or not sizes[0] <= sizes[1] <= sizes[2]:
         raise InputError(f"--profile-sizes takes min,opt,max in increasing order, e.g. 256,384,512; got {given}")
-    from ..pipeline.prepare import verify_shapes
-
     profile = shape_profile(request)
     assert profile is not None
-    for shape in verify_shapes(request) if request.verify else [request.shape]:
+    for shape in request.verify_shapes() if request.verify else [request.shape]:
         if not profile.covers(shape.as_tuple()):
             raise InputError(f"--profile-sizes {given} must cover {shape.height}x{shape.width}, a size this build "
                              "verifies the engine at")

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import InputError, VncompileError
-from ..pipeline.artifacts import atomic_file, file_lock, write_json
+from ..core.errors import InputError, VncompileError
+from ..core.io import atomic_file, file_lock, write_json
 from .installed import MARKER, InstalledToolchain, locate_spec, marker_document, toolchain_home, venv_python
 from .spec import ToolchainSpec, get_spec
 

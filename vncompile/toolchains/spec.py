@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from ..core.errors import InputError
 
 WORKERS_DIR = Path(__file__).parent / "workers"
 

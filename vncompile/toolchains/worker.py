@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import TargetUnavailable, VncompileError
+from ..core.errors import TargetUnavailable, VncompileError
 from .install import toolchain_environ
 from .installed import InstalledToolchain, locate
 from .spec import get_spec

@@ -29,8 +29,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, FusionError
-from ..hashing import sha256_file
+from ..core.errors import CheckpointError, FusionError
+from ..core.hashing import sha256_file
 from .archs import MODEL_NAMES, VARIANTS, Form, ModelSpec, ResNetArch
 from .fusion import compose_pointwise
 from .model import VanillaNet

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import FusionError
+from ..core.errors import FusionError
 from .baselines import ResNet
 from .model import VanillaNet
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..core.errors import InputError
 from . import baselines, model
 from .archs import MODEL_NAMES, ModelSpec
 

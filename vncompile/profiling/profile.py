@@ -1,7 +1,7 @@
 """``vncompile profile``: max memory and latency of each (model, target, size).
 
 Each cell is built through the same pipeline and cache as ``build`` (in a build
-worker process) and measured in a process of its own (``profile_worker``), both under
+worker process) and measured in a process of its own (``measure``), both under
 a timeout: a build failure, crash, hang or out-of-memory kill is one failed row with
 its one-line reason, never the end of the profile.
 """
@@ -9,34 +9,25 @@ its one-line reason, never the end of the profile.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import InputError, VncompileError
-from .environment import machine_info, toolchain_versions
-from .request import BuildRequest, InputShape, ModelSource, TargetOptions
-from .workers import BuildWorker, measure
+from ..api.options import TargetOptions
+from ..api.request import BuildRequest, InputShape, ModelSource
+from ..api.tolerance import Tolerance
+from ..core.errors import VncompileError
+from ..core.host import machine_info, toolchain_versions
+from ..devices import DeviceConfig
+from ..pipeline.build_process import BuildWorker
+from ..pipeline.manifest import primary_artifact
+from .measure import measure
 
 DEFAULT_MODELS = ("vanillanet_5", "resnet50", "plain_cnn_50")
 DEFAULT_SIZES = (256, 384, 512)
-PROFILE_SCHEMA = 1
-_UNITS = {"": 1 / 1024, "b": 1 / 1024, "kb": 1, "k": 1, "mb": 1000, "m": 1000, "gb": 1000**2, "g": 1000**2,
-          "kib": 1, "mib": 1024, "gib": 1024**2}
-
-
-def parse_memory_size(text: str) -> float:
-    """'1.2GB' -> KB (decimal units for KB/MB/GB as NPU datasheets use; KiB/MiB/GiB binary; bare: bytes)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    if not match or match.group(2).lower() not in _UNITS:
-        raise InputError(f"--memory-limit must look like 1.2GB, 900MB or 512MiB, got '{text}'")
-    kb = float(match.group(1)) * _UNITS[match.group(2).lower()]
-    if kb <= 0:
-        raise InputError(f"--memory-limit must be positive, got '{text}'")
-    return kb
+PROFILE_SCHEMA = 2
 
 
 @dataclass(frozen=True)
@@ -51,9 +42,21 @@ class ProfileRequest:
     memory_limit_kb: float | None = None
     timeout_s: float = 900.0
     options: TargetOptions = field(default_factory=TargetOptions)
+    tolerance: tuple[tuple[str, Tolerance], ...] = ()
+    device: DeviceConfig | None = None  # --device CONFIG.yaml: its dynamic, batch and options too
 
     def cells(self) -> list[tuple[ModelSource, str, int]]:
         return [(m, t, s) for m in self.models for t in self.targets for s in self.sizes]
+
+    def build_request(self, source: ModelSource, target: str, size: int, precision: str) -> BuildRequest:
+        fields = {"target": target, "precision": precision, "options": self.options, "tolerance": self.tolerance}
+        if self.device is not None:
+            return self.device.build_request(source, size, sizes=self.sizes, **fields)
+        return BuildRequest(source, shape=InputShape.square(size, self.batch), **fields)
+
+    @property
+    def batch_size(self) -> int:
+        return self.device.batch if self.device is not None else self.batch
 
 
 def profilable_targets() -> list[str]:
@@ -72,8 +75,8 @@ def _row(source: ModelSource, target: str, size: int, request: ProfileRequest) -
     """A row before measuring: an error until proven otherwise."""
     return {
         "model": _label(source), "network": source.model_name, "target": target, "precision": request.precision,
-        "size": size, "batch": request.batch, "status": "error", "reason": None, "latency_ms": None,
-        "memory_kb": None, "artifact_sha256": None,
+        "size": size, "batch": request.batch_size, "status": "error", "reason": None, "latency": None,
+        "memory": None, "artifact_sha256": None,
     }
 
 
@@ -91,15 +94,13 @@ def profile_cell(source: ModelSource, target: str, size: int, request: ProfileRe
     row = _row(source, target, size, request)
     precision = request.precision or get_target(target).default_precision(request.options)
     row["precision"] = precision
-    build_request = BuildRequest(source, target, precision, InputShape.square(size, request.batch),
-                                 options=request.options)
     try:
-        manifest, directory = builder.build(build_request)
+        manifest, directory = builder.build(request.build_request(source, target, size, precision))
     except VncompileError as exc:
         row["reason"] = str(exc)
         return row
     row["network"] = manifest["model"]["name"]
-    row["artifact_sha256"] = manifest["artifacts"][-1]["sha256"]
+    row["artifact_sha256"] = primary_artifact(manifest)["sha256"]
     if manifest["status"] != "ok":
         row["reason"] = f"{manifest['status']}: {manifest.get('notice') or 'nothing to run here'}"
         return row
@@ -109,12 +110,8 @@ def profile_cell(source: ModelSource, target: str, size: int, request: ProfileRe
     except VncompileError as exc:
         row["reason"] = str(exc)
         return row
-    row["latency_ms"] = result["latency"]
+    row["latency"], row["memory"] = result["latency"], result["memory"]
     memory = result["memory"]
-    if memory is not None:
-        row["memory_kb"] = {"max": memory["max_kb"], "weights": memory["weights_kb"],
-                            "activations": memory["activations_kb"], "source": memory["source"],
-                            "detail": memory["detail"]}
     row["status"] = "ok"
     if memory is not None and request.memory_limit_kb is not None and memory["max_kb"] > request.memory_limit_kb:
         row["status"] = "oom"
@@ -141,7 +138,7 @@ def run_profile(request: ProfileRequest,
         "machine": machine_info(),
         "toolchain": toolchain_versions(*packages),
         "settings": {"sizes": list(request.sizes), "precision": request.precision or "each target's default",
-                     "batch": request.batch,
+                     "batch": request.batch_size, "device": request.device.name if request.device else None,
                      "warmup": request.warmup, "runs": request.runs, "memory_limit_kb": request.memory_limit_kb},
         "rows": rows,
         "paper_table1": paper_table1(),

@@ -1,4 +1,4 @@
-"""Profile reports: the paper-style table (terminal, markdown), CSV, JSON and plots.
+"""Profile reports: the paper-style table (markdown; the terminal's is in ``console``), CSV, JSON and plots.
 
 Laid out like the paper's Table 1: models as rows, input sizes as columns, one block
 per target, a "reduction vs resnet50" row per model, and the paper's own mobile-NPU
@@ -13,20 +13,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
-from .artifacts import atomic_directory
+from ..core.io import atomic_directory
+from ..core.units import KB_PER
 
 BASELINE = "resnet50"
 CSV_COLUMNS = ["model", "target", "precision", "size", "batch", "status", "reason",
                "latency_median_ms", "latency_mean_ms", "latency_p90_ms", "latency_p99_ms", "latency_min_ms",
                "latency_max_ms", "latency_runs", "latency_source",
                "memory_max_kb", "memory_weights_kb", "memory_activations_kb", "memory_source", "artifact_sha256"]
+# (memory in KB = 1024 bytes, ``core.units``)
 
 
-def _blocks(doc: dict[str, Any]) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
+def blocks(doc: dict[str, Any]) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
     """target -> model -> size -> row, in the order the rows came."""
     blocks: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
     for row in doc["rows"]:
@@ -45,21 +43,21 @@ def reduction_vs_baseline(models: dict[str, dict[int, dict[str, Any]]], model: s
     baseline = _baseline(models)
     base = models.get(baseline, {}).get(size) if baseline else None
     row = models.get(model, {}).get(size)
-    if not base or not row or not base["memory_kb"] or not row["memory_kb"]:
+    if not base or not row or not base["memory"] or not row["memory"]:
         return None
-    return 100.0 * (1.0 - row["memory_kb"]["max"] / base["memory_kb"]["max"])
+    return 100.0 * (1.0 - row["memory"]["max_kb"] / base["memory"]["max_kb"])
 
 
 def _cell(row: dict[str, Any] | None) -> str:
     if row is None:
         return "-"
-    memory = f"{row['memory_kb']['max']:,.0f} KB" if row["memory_kb"] else "-"
+    memory = f"{row['memory']['max_kb']:,.0f} KB" if row["memory"] else "-"
     if row["status"] == "oom":
         return f"OOM ({memory})"
     if row["status"] == "error":
         return "error"
-    latency = row["latency_ms"]
-    return memory if latency is None else f"{memory} · {latency['median']:.1f} ms"
+    latency = row["latency"]
+    return memory if latency is None else f"{memory} · {latency['median_ms']:.1f} ms"
 
 
 def _paper_cell(values: list[int | None], i: int) -> str:
@@ -67,7 +65,7 @@ def _paper_cell(values: list[int | None], i: int) -> str:
     return "OOM" if value is None else f"{value:,} KB"
 
 
-def _table_rows(doc: dict[str, Any], models: dict[str, dict[int, dict[str, Any]]]):
+def table_rows(doc: dict[str, Any], models: dict[str, dict[int, dict[str, Any]]]):
     """(label, cells, style) rows of one target's block: the models, then each one's reduction."""
     sizes, paper = doc["settings"]["sizes"], doc["paper_table1"]
     rows = [(model, [_cell(by_size.get(s)) for s in sizes], "") for model, by_size in models.items()]
@@ -90,13 +88,13 @@ def _table_rows(doc: dict[str, Any], models: dict[str, dict[int, dict[str, Any]]
     return rows
 
 
-def _sources(models: dict[str, dict[int, dict[str, Any]]]) -> str:
-    memory = sorted({r["memory_kb"]["source"] for m in models.values() for r in m.values() if r["memory_kb"]})
-    latency = sorted({r["latency_ms"]["source"] for m in models.values() for r in m.values() if r["latency_ms"]})
+def sources(models: dict[str, dict[int, dict[str, Any]]]) -> str:
+    memory = sorted({r["memory"]["source"] for m in models.values() for r in m.values() if r["memory"]})
+    latency = sorted({r["latency"]["source"] for m in models.values() for r in m.values() if r["latency"]})
     return f"memory: {', '.join(memory) or '-'}; latency: {', '.join(latency) or '-'}"
 
 
-def _paper_rows(doc: dict[str, Any]) -> list[tuple[str, list[str]]]:
+def paper_rows(doc: dict[str, Any]) -> list[tuple[str, list[str]]]:
     """The paper's Table 1 at its own sizes (256/384/512), whatever sizes this profile ran."""
     paper = doc["paper_table1"]
     sizes = range(len(paper["input_sizes"]))
@@ -107,31 +105,6 @@ def _paper_rows(doc: dict[str, Any]) -> list[tuple[str, list[str]]]:
     return rows
 
 
-def render_table(doc: dict[str, Any], console: Console) -> None:
-    sizes = doc["settings"]["sizes"]
-    for target, models in _blocks(doc).items():
-        precisions = sorted({r["precision"] for rows in models.values() for r in rows.values()})
-        table = Table(title=f"{target} · {', '.join(precisions)} · max memory · median latency",
-                      caption=_sources(models))
-        table.add_column("model")
-        for size in sizes:
-            table.add_column(str(size), justify="right")
-        for label, cells, style in _table_rows(doc, models):
-            table.add_row(label, *cells, style=style or None)
-        console.print(table)
-    paper = Table(title="paper, Table 1: mobile NPU max memory", caption="Chen et al., NeurIPS 2023")
-    paper.add_column("model")
-    for size in doc["paper_table1"]["input_sizes"]:
-        paper.add_column(str(size), justify="right")
-    for label, cells in _paper_rows(doc):
-        paper.add_row(label, *cells)
-    console.print(paper)
-    for row in doc["rows"]:
-        if row["reason"]:
-            console.print(f"[yellow]{escape(row['model'])} · {row['target']} · {row['size']}:[/] "
-                          f"{escape(row['reason'])}")
-
-
 def to_markdown(doc: dict[str, Any]) -> str:
     sizes = doc["settings"]["sizes"]
     machine = doc["machine"]
@@ -140,16 +113,16 @@ def to_markdown(doc: dict[str, Any]) -> str:
            + (f", {machine['gpu']}" if machine.get("gpu") else ""), ""]
     header = "| model | " + " | ".join(map(str, sizes)) + " |"
     rule = "|---|" + "---:|" * len(sizes)
-    for target, models in _blocks(doc).items():
-        out += [f"## {target}", "", f"Max memory · median latency ({_sources(models)})", "", header, rule]
-        for label, cells, style in _table_rows(doc, models):
+    for target, models in blocks(doc).items():
+        out += [f"## {target}", "", f"Max memory · median latency ({sources(models)})", "", header, rule]
+        for label, cells, style in table_rows(doc, models):
             name = f"*{label}*" if style else label
             out.append(f"| {name} | " + " | ".join(cells) + " |")
         out.append("")
     paper_sizes = doc["paper_table1"]["input_sizes"]
     out += ["## Paper, Table 1 (mobile NPU)", "", "| model | " + " | ".join(map(str, paper_sizes)) + " |",
             "|---|" + "---:|" * len(paper_sizes)]
-    out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in _paper_rows(doc)]
+    out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in paper_rows(doc)]
     reasons = [f"- {r['model']} · {r['target']} · {r['size']}: {r['reason']}" for r in doc["rows"] if r["reason"]]
     if reasons:
         out += ["", "## Notes", "", *reasons]
@@ -163,10 +136,10 @@ def to_csv(doc: dict[str, Any]) -> str:
     for row in doc["rows"]:
         flat = {k: row[k] for k in ("model", "target", "precision", "size", "batch", "status", "reason",
                                     "artifact_sha256")}
-        for key, value in (row["latency_ms"] or {}).items():
-            flat["latency_source" if key == "source" else f"latency_{key}" + ("" if key == "runs" else "_ms")] = value
-        for key in ("max", "weights", "activations", "source"):
-            flat[f"memory_{key}" + ("" if key == "source" else "_kb")] = (row["memory_kb"] or {}).get(key)
+        for key, value in (row["latency"] or {}).items():
+            flat[f"latency_{key}"] = value
+        for key, value in (row["memory"] or {}).items():
+            flat[f"memory_{key}"] = value
         writer.writerow({k: flat.get(k) for k in CSV_COLUMNS})
     return buffer.getvalue()
 
@@ -179,17 +152,18 @@ def write_plots(doc: dict[str, Any], directory: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
-    for name, metric, unit in (("memory.png", "memory_kb", "max memory (MB)"),
-                               ("latency.png", "latency_ms", "median latency (ms)")):
-        blocks = {t: m for t, m in _blocks(doc).items()
+    for name, metric, unit in (("memory.png", "memory", "max memory (MB)"),
+                               ("latency.png", "latency", "median latency (ms)")):
+        panels = {t: m for t, m in blocks(doc).items()
                   if any(r[metric] for rows in m.values() for r in rows.values())}
-        if not blocks:
+        if not panels:
             continue
-        fig, axes = plt.subplots(1, len(blocks), figsize=(4.5 * len(blocks), 3.6), squeeze=False)
-        for ax, (target, models) in zip(axes[0], blocks.items(), strict=True):
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+        for ax, (target, models) in zip(axes[0], panels.items(), strict=True):
             for model, by_size in models.items():
-                points = sorted((s, r[metric]["max"] / 1000 if metric == "memory_kb" else r[metric]["median"])
-                                for s, r in by_size.items() if r[metric] and r["status"] != "error")
+                points = sorted(
+                    (s, r[metric]["max_kb"] / KB_PER["mb"] if metric == "memory" else r[metric]["median_ms"])
+                    for s, r in by_size.items() if r[metric] and r["status"] != "error")
                 if points:
                     ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
             ax.set_title(target)

@@ -6,15 +6,16 @@ import dataclasses
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import InputError
+from ..core.errors import InputError
 from ..vanillanet.archs import MODEL_NAMES, ModelSpec, has_adaptive_pooling, min_input_size
+from .options import TargetOptions
+from .tolerance import PRECISIONS, Tolerance, tolerances
 
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
 SIMPLIFIERS: tuple[str, ...] = ("onnxslim", "onnxsim", "none")
 DEFAULT_OPSET = 18
 RANDOM_SEED = 0  # untrained builds use seeded random weights, so they are reproducible
@@ -99,27 +100,6 @@ class InputShape:
 
 
 @dataclass(frozen=True)
-class TargetOptions:
-    """Target-specific settings, typed, in one place (device configs set the same fields)."""
-
-    device: str | None = None  # OpenVINO CPU/GPU/NPU; ONNX Runtime CPU/CUDA
-    platform: str | None = None  # Rockchip SoC, e.g. rk3588
-    quant_algorithm: str | None = None  # rknn: normal | mmse | kl_divergence
-    calibration: Path | None = None  # int8: a directory of images or .npy arrays
-    calibration_sha256: str | None = None  # content hash of the calibration set (filled in)
-    io_dtype: str = "fp32"  # fp16 graphs: the dtype of the network's inputs and outputs (fp32 | fp16)
-    board: str | None = None  # rknn: a connected board's device id (measures instead of estimating)
-    workspace_mb: int | None = None  # TensorRT workspace pool limit
-    profile_sizes: tuple[int, ...] | None = None  # TensorRT dynamic profile min/opt/max square sizes
-    timing_cache: Path | None = field(default=None, compare=False)  # speeds builds, changes nothing
-
-    def key_fields(self) -> dict[str, Any]:
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
-        fields.pop("calibration")  # its content hash stands for it
-        return fields
-
-
-@dataclass(frozen=True)
 class BuildRequest:
     source: ModelSource
     target: str
@@ -130,6 +110,7 @@ class BuildRequest:
     simplifier: str = "onnxslim"
     verify: bool = True
     options: TargetOptions = TargetOptions()
+    tolerance: tuple[tuple[str, Tolerance], ...] = ()  # the user's overrides of the default tolerances
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -138,6 +119,21 @@ class BuildRequest:
             raise InputError(f"unknown simplifier '{self.simplifier}'; choose from {', '.join(SIMPLIFIERS)}")
         if not 7 <= self.opset <= 23:
             raise InputError(f"--opset must be between 7 and 23, got {self.opset}")
+
+    def tolerances(self) -> dict[str, Tolerance]:
+        return tolerances(self.tolerance)
+
+    def verify_shapes(self) -> list[InputShape]:
+        """The request's shape and, with --dynamic, a second one: the far end of the profile when
+        one is given (a dynamic engine only takes sizes inside it), else 32 pixels larger."""
+        shape = self.shape
+        if not self.dynamic:
+            return [shape]
+        profile = self.options.profile_sizes
+        if profile:
+            other = max(profile) if max(profile) != shape.height else min(profile)
+            return [shape] if other == shape.height else [shape, shape.resized(other, other)]
+        return [shape, shape.resized(shape.height + 32, shape.width + 32)]
 
     def _identity(self, checkpoint_sha256: str | None) -> dict[str, Any]:
         return {
@@ -148,6 +144,7 @@ class BuildRequest:
             "opset": self.opset,
             "simplifier": self.simplifier,
             "verify": self.verify,
+            "tolerance": [[p, t.as_dict()] for p, t in self.tolerance],
         }
 
     def cache_key(self, checkpoint_sha256: str | None, toolchain: dict[str, str | None]) -> str:
@@ -167,22 +164,19 @@ class BuildRequest:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able form, for handing the request to a worker process."""
-        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+        data = json.loads(json.dumps(dataclasses.asdict(self), default=str))
+        data["options"] = self.options.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BuildRequest:
         source = dict(data["source"])
         if source["checkpoint"] is not None:
             source["checkpoint"] = Path(source["checkpoint"])
-        options = dict(data["options"])
-        for key in ("calibration", "timing_cache"):
-            if options[key] is not None:
-                options[key] = Path(options[key])
-        if options["profile_sizes"] is not None:
-            options["profile_sizes"] = tuple(options["profile_sizes"])
-        fields = {k: v for k, v in data.items() if k not in ("source", "shape", "options")}
+        fields = {k: v for k, v in data.items() if k not in ("source", "shape", "options", "tolerance")}
         return cls(source=ModelSource(**source), shape=InputShape(*data["shape"].values()),
-                   options=TargetOptions(**options), **fields)
+                   options=TargetOptions.from_json(data["options"]),
+                   tolerance=tuple((p, Tolerance(**t)) for p, t in data["tolerance"]), **fields)
 
 
 def _digest(document: dict[str, Any]) -> str:

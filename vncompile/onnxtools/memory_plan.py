@@ -24,7 +24,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import InputError
+from ..api.target import MemoryFigure
+from ..core.errors import InputError
+from ..core.units import kb
 
 ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
@@ -53,6 +55,13 @@ class MemoryPlan:
 
     def as_dict(self) -> dict[str, object]:
         return {**asdict(self), "total_bytes": self.total_bytes}
+
+    def figure(self) -> MemoryFigure:
+        """The plan as a memory figure: weights + arena, ``estimated``, with the tensors live at its peak."""
+        live = ", ".join(f"{name} {kb(size):,.0f} KB" for name, size in self.live_at_peak[:4])
+        return MemoryFigure(kb(self.total_bytes), "estimated", weights_kb=kb(self.weight_bytes),
+                            activations_kb=kb(self.arena_bytes),
+                            detail=f"analytic plan (greedy arena); peak at {self.peak_node} with {live} live")
 
 
 def _element_bytes(elem_type: int, element_bytes: int | None) -> int:

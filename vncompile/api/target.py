@@ -1,25 +1,38 @@
-"""The target plugin protocol: what every backend tells and does.
+"""The target plugin API: what every backend tells and does.
 
 A target says whether it can run here (and why not), which ONNX it wants for a
 precision, compiles that ONNX into its artifacts in a build directory, and loads
 them back into a ``Session`` that runs one input. Third parties register a
 ``Target`` subclass under the ``vncompile.targets`` entry-point group.
+
+The contract, typed:
+- ``compile`` returns its artifacts, exactly one of them ``primary`` (the file a device
+  loads; its hash identifies the build in profiles and CI indexes), and its own facts,
+  which the manifest keeps under ``target.facts`` where they cannot overwrite the
+  pipeline's keys; ``load`` reads them back from there.
+- every memory figure says where it comes from (``measured`` / ``compiler`` / ``estimated``),
+  in KB (``core.units``: 1 KB = 1024 bytes);
+- a ``Session`` is a context manager and is closed after use; runtimes that time or
+  measure themselves (CUDA events, device memory) override ``time_runs`` / ``device_memory``.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from ..pipeline.request import BuildRequest, TargetOptions
+from ..core.errors import VncompileError
+from .options import TargetOptions
+from .request import BuildRequest
 
 OnnxForm = Literal["fp32", "fp16", "int8-qdq"]
 MemorySource = Literal["measured", "compiler", "estimated"]
+LatencySource = Literal["measured", "estimated"]
 
 
 @dataclass(frozen=True)
@@ -33,20 +46,30 @@ class Availability:
 @dataclass(frozen=True)
 class Artifact:
     path: str  # relative to the build directory
-    role: str  # e.g. "onnx", "openvino-xml", "engine", "rknn"
+    role: str  # e.g. "openvino-xml", "engine", "rknn"
+    primary: bool = False  # the artifact a device loads; exactly one per build
 
 
 @dataclass(frozen=True)
 class CompileResult:
     artifacts: list[Artifact]
     status: Literal["ok", "deferred"] = "ok"  # deferred: the artifact is built on the device itself
-    info: dict[str, Any] = field(default_factory=dict)  # target facts for the manifest
+    facts: dict[str, Any] = field(default_factory=dict)  # the target's own facts: manifest["target"]["facts"]
     notice: str = ""  # one line for the user (e.g. why a build was deferred)
+
+    def __post_init__(self) -> None:
+        primaries = [a.path for a in self.artifacts if a.primary]
+        if len(primaries) != 1:
+            raise VncompileError(f"a target must mark exactly one artifact primary, got {primaries or 'none'}")
+
+    @property
+    def primary(self) -> Artifact:
+        return next(a for a in self.artifacts if a.primary)
 
 
 @dataclass(frozen=True)
 class MemoryFigure:
-    """Max memory in KB and where the figure comes from."""
+    """Max memory in KB and where the figure comes from; the manifest's and a profile row's ``memory``."""
 
     max_kb: float
     source: MemorySource
@@ -54,20 +77,54 @@ class MemoryFigure:
     activations_kb: float | None = None
     detail: str = ""
 
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 @dataclass(frozen=True)
 class LatencyFigure:
-    """Latency samples in ms, when a target estimates rather than times (e.g. NPU cycles)."""
+    """Latency samples in ms and where they come from (timed on a runtime, or estimated by a compiler)."""
 
     samples_ms: list[float]
-    source: Literal["measured", "estimated"]
+    source: LatencySource
     detail: str = ""
 
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest's and a profile row's ``latency``: statistics over the samples."""
+        ordered = sorted(self.samples_ms)
+        n = len(ordered)
 
-class Session(Protocol):
+        def percentile(q: float) -> float:
+            return float(np.percentile(ordered, q))
+
+        return {"median_ms": float(np.median(ordered)), "mean_ms": float(np.mean(ordered)),
+                "p90_ms": percentile(90), "p99_ms": percentile(99), "min_ms": ordered[0], "max_ms": ordered[-1],
+                "runs": n, "source": self.source, "detail": self.detail}
+
+
+class Session(abc.ABC):
+    """A loaded artifact that runs inputs; close it (or use it as a context manager) when done."""
+
+    @abc.abstractmethod
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         """Run one input batch (NCHW float32) and return the outputs as float32 arrays."""
-        ...
+
+    def close(self) -> None:  # noqa: B027 - sessions without resources have nothing to release
+        """Release what the session holds (worker processes, device memory, scratch files)."""
+
+    def time_runs(self, x: np.ndarray, warmup: int, runs: int) -> LatencyFigure | None:
+        """Target-specific timing (e.g. CUDA events); None: the profiler's wall-clock loop."""
+        return None
+
+    def device_memory(self) -> MemoryFigure | None:
+        """Memory the runtime measures itself (e.g. GPU device memory); None: the process's peak RSS."""
+        return None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass
@@ -116,20 +173,17 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def load(self, build_dir: Path, manifest: dict[str, Any]) -> Session:
-        """A session over a finished build's artifacts."""
+        """A session over a finished build's artifacts (its facts: ``manifest["target"]["facts"]``)."""
 
     def compiler_memory(self, build_dir: Path, manifest: dict[str, Any]) -> MemoryFigure | None:
-        """The compiler's own memory plan, where the target has one."""
+        """The compiler's own memory plan (or an estimate), where the target has one without running."""
         return None
 
     def estimated_latency(self, build_dir: Path, manifest: dict[str, Any]) -> LatencyFigure | None:
         """A latency the toolchain estimates without running (e.g. from NPU cycle counts)."""
         return None
 
-    def measure_latency(self, session: Session, x: np.ndarray, warmup: int, runs: int) -> LatencyFigure | None:
-        """Target-specific timing (e.g. CUDA events); None: the profiler's wall-clock loop."""
-        return None
 
-    def measured_memory(self, session: Session) -> MemoryFigure | None:
-        """Memory the runtime measures itself (e.g. GPU device memory); None: the worker's peak RSS."""
-        return None
+def facts(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A build's target facts (what its ``compile`` returned)."""
+    return manifest["target"]["facts"]

@@ -11,6 +11,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .profiling.reports import blocks, paper_rows, sources, table_rows
+
 stderr = Console(stderr=True, highlight=False)
 
 
@@ -78,16 +80,21 @@ def render_description(facts: dict[str, Any], console: Console = stderr) -> None
 
 
 def render_verification(verification: dict[str, Any], console: Console = stderr) -> None:
+    """One row per stage; a multi-output network gets one row per output under each stage."""
     if verification.get("skipped"):
         console.print("verification skipped (--no-verify)")
         return
-    table = Table(title="verification against the float64 reference")
-    for column in ("stage", "precision", "max abs", "rel", "cosine", "top-1", ""):
-        table.add_column(column, justify="left" if column in ("stage", "precision") else "right")
-    for s in verification["stages"]:
-        top1 = "-" if s["top1_agreement"] is None else f"{s['top1_agreement']:.0%}"
-        table.add_row(s["stage"], s["precision"], f"{s['max_abs']:.2e}", f"{s['rel']:.2e}", f"{s['cosine']:.6f}",
-                      top1, "[green]ok[/]" if s["passed"] else "[red]FAIL[/]")
+    tolerance = "; ".join(f"{p} {', '.join(f'{k} {v:g}' for k, v in t.items())}"
+                          for p, t in verification["tolerance"].items())
+    table = Table(title="verification against the float64 reference", caption=f"tolerance: {tolerance}")
+    for column in ("stage", "output", "precision", "max abs", "rel", "cosine", "top-1", ""):
+        table.add_column(column, justify="left" if column in ("stage", "output", "precision") else "right")
+    for stage in verification["stages"]:
+        for i, o in enumerate(stage["outputs"]):
+            top1 = "-" if o["top1_agreement"] is None else f"{o['top1_agreement']:.0%}"
+            verdict = "[green]ok[/]" if o["passed"] else f"[red]FAIL[/] (passes {o['would_pass'] or '-'})"
+            table.add_row(stage["stage"] if i == 0 else "", o["name"], stage["precision"], f"{o['max_abs']:.2e}",
+                          f"{o['rel']:.2e}", f"{o['cosine']:.6f}", top1, verdict)
     console.print(table)
 
 
@@ -100,3 +107,28 @@ def render_targets(rows: list[dict[str, Any]], console: Console) -> None:
                       ", ".join(row["devices"]) or "-", ", ".join(row["precisions"]),
                       escape(row["reason"] or row["description"]))
     console.print(table)
+
+
+def render_profile(doc: dict[str, Any], console: Console) -> None:
+    sizes = doc["settings"]["sizes"]
+    for target, models in blocks(doc).items():
+        precisions = sorted({r["precision"] for rows in models.values() for r in rows.values()})
+        table = Table(title=f"{target} · {', '.join(precisions)} · max memory · median latency",
+                      caption=sources(models))
+        table.add_column("model")
+        for size in sizes:
+            table.add_column(str(size), justify="right")
+        for label, cells, style in table_rows(doc, models):
+            table.add_row(label, *cells, style=style or None)
+        console.print(table)
+    paper = Table(title="paper, Table 1: mobile NPU max memory", caption="Chen et al., NeurIPS 2023")
+    paper.add_column("model")
+    for size in doc["paper_table1"]["input_sizes"]:
+        paper.add_column(str(size), justify="right")
+    for label, cells in paper_rows(doc):
+        paper.add_row(label, *cells)
+    console.print(paper)
+    for row in doc["rows"]:
+        if row["reason"]:
+            console.print(f"[yellow]{escape(row['model'])} · {row['target']} · {row['size']}:[/] "
+                          f"{escape(row['reason'])}")

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputExists
+from .errors import OutputExists
 
 
 def _sibling(path: Path, tag: str) -> Path:

@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, VncompileError
-from .artifacts import atomic_directory
-from .cache import copy_tree
+from ..core.errors import InputError, VncompileError
+from ..core.io import atomic_directory
+from ..pipeline.build_process import BuildWorker
+from ..pipeline.cache import copy_tree
 from .matrix import Cell
-from .workers import BuildWorker
 
 INDEX_SCHEMA = 1
 

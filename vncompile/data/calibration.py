@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from .request import InputShape, TargetOptions
+from ..api.options import TargetOptions
+from ..api.request import InputShape
+from ..core.errors import InputError
 
 
 def _calibration_files(directory: Path) -> list[Path]:

@@ -1,0 +1,235 @@
+"""Settings declared once, as dataclass fields: validation and conversion derive from the declaration.
+
+A field declared with ``setting(kind, ...)`` can be set from a YAML document (device configs,
+the CI matrix) and, when it names a ``flag``, from the command line. Its ``Kind`` says what a
+value must be (``expected``, for the one-line error), converts a YAML value (``from_value``)
+and a command-line text (``from_text``). ``from_document`` builds the dataclass from a mapping:
+an unknown key, a missing required field or a wrong value is one line naming where and which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import InputError
+from .units import parse_memory_size
+
+T = TypeVar("T")
+REQUIRED: Any = dataclasses.MISSING
+SCHEMA_KEY = "vncompile.schema"
+
+
+class Kind:
+    """What one setting's values are."""
+
+    expected: str = "a value"
+
+    def from_value(self, value: Any) -> Any:
+        """A YAML value -> the field's value; ``ValueError`` if it is not one."""
+        return value
+
+    def from_text(self, text: str) -> Any:
+        """A command-line text -> the field's value; ``ValueError`` if it is not one."""
+        return self.from_value(text)
+
+
+class Text(Kind):
+    def __init__(self, expected: str = "a non-empty string") -> None:
+        self.expected = expected
+
+    def from_value(self, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError
+        return value
+
+
+class OneOf(Kind):
+    def __init__(self, choices: tuple[str, ...]) -> None:
+        self.choices = choices
+        self.expected = f"one of {', '.join(choices)}"
+
+    def from_value(self, value: Any) -> str:
+        if value not in self.choices:
+            raise ValueError
+        return value
+
+
+class Flag(Kind):
+    expected = "true or false"
+
+    def from_value(self, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError
+        return value
+
+
+class PositiveInt(Kind):
+    def __init__(self, expected: str = "a positive integer") -> None:
+        self.expected = expected
+
+    def from_value(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError
+        return value
+
+    def from_text(self, text: str) -> int:
+        try:
+            return self.from_value(int(text))
+        except (TypeError, ValueError):
+            raise ValueError from None
+
+
+class PositiveNumber(Kind):
+    expected = "a positive number"
+
+    def from_value(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError
+        return float(value)
+
+    def from_text(self, text: str) -> float:
+        try:
+            return self.from_value(float(text))
+        except (TypeError, ValueError):
+            raise ValueError from None
+
+
+class IntList(Kind):
+    """A non-empty list of positive integers; on the command line ``256,384,512`` (no empty items)."""
+
+    def __init__(self, expected: str = "a non-empty list of positive integers") -> None:
+        self.expected = expected
+
+    def from_value(self, value: Any) -> tuple[int, ...]:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError
+        return tuple(PositiveInt().from_value(v) for v in value)
+
+    def from_text(self, text: str) -> tuple[int, ...]:
+        parts = [part.strip() for part in str(text).split(",")]
+        if not parts or any(not part for part in parts):
+            raise ValueError
+        return self.from_value([PositiveInt().from_text(part) for part in parts])
+
+
+class TextList(Kind):
+    """One string or a non-empty list of strings (kept as a string, or a tuple)."""
+
+    def __init__(self, expected: str) -> None:
+        self.expected = expected
+
+    def from_value(self, value: Any) -> str | tuple[str, ...]:
+        if isinstance(value, str) and value.strip():
+            return value
+        if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+            return tuple(value)
+        raise ValueError
+
+
+class ListOf(Kind):
+    def __init__(self, expected: str, item: Callable[[Any], bool] | None = None) -> None:
+        self.expected, self.item = expected, item
+
+    def from_value(self, value: Any) -> list[Any]:
+        if not isinstance(value, list) or not value or (self.item and not all(self.item(v) for v in value)):
+            raise ValueError
+        return value
+
+
+class PathKind(Kind):
+    def __init__(self, expected: str = "a path") -> None:
+        self.expected = expected
+
+    def from_value(self, value: Any) -> Path:
+        return Path(Text().from_value(value))
+
+
+class MemorySize(Kind):
+    """``1.2GB`` -> KB (``core.units``)."""
+
+    expected = "a memory size such as 1.2GB, 900MB or 512KB"
+
+    def from_value(self, value: Any) -> float:
+        if not isinstance(value, str):
+            raise ValueError
+        return parse_memory_size(value)
+
+
+class Mapping_(Kind):
+    expected = "a mapping"
+
+    def from_value(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ValueError
+        return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    kind: Kind
+    help: str = ""
+    flag: str | None = None  # the command-line option, where one sets it
+    nested: type | None = None  # a dataclass of settings (a mapping in the document)
+
+
+def setting(kind: Kind, default: Any = REQUIRED, *, help: str = "", flag: str | None = None,
+            nested: type | None = None, compare: bool = True) -> Any:
+    """A dataclass field that documents, the command line and validation all read."""
+    metadata = {SCHEMA_KEY: Setting(kind, help, flag, nested)}
+    if default is REQUIRED:
+        return dataclasses.field(metadata=metadata, compare=compare)
+    if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda: default, metadata=metadata, compare=compare)
+    return dataclasses.field(default=default, metadata=metadata, compare=compare)
+
+
+def settings_of(cls: type) -> dict[str, tuple[dataclasses.Field, Setting]]:
+    """The declared settings of a dataclass, by field name."""
+    return {f.name: (f, f.metadata[SCHEMA_KEY]) for f in dataclasses.fields(cls) if SCHEMA_KEY in f.metadata}
+
+
+def convert(name: str, spec: Setting, value: Any, where: str, *, text: bool = False) -> Any:
+    """One value of one setting, converted, or a one-line error naming ``where`` and the field."""
+    if spec.nested is not None:
+        return from_document(spec.nested, value, f"{where}: {name}")
+    try:
+        return spec.kind.from_text(value) if text else spec.kind.from_value(value)
+    except ValueError as exc:
+        detail = f" ({exc})" if str(exc) and spec.kind.expected not in str(exc) else ""
+        raise InputError(f"{where}: '{name}' must be {spec.kind.expected}, got {value!r}{detail}") from None
+
+
+def check_keys(document: Any, known: Mapping[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(document, dict):
+        raise InputError(f"{where}: expected a mapping of fields, got {type(document).__name__}")
+    for key in document:
+        if key not in known:
+            raise InputError(f"{where}: unknown key '{key}' (known: {', '.join(known)})")
+    return document
+
+
+def values_of(cls: type, document: Any, where: str, *, partial: bool = False) -> dict[str, Any]:
+    """The converted values a document gives for ``cls``'s settings (all required ones unless ``partial``)."""
+    declared = settings_of(cls)
+    check_keys(document, declared, where)
+    values = {}
+    for name, (field, spec) in declared.items():
+        if name in document:
+            values[name] = convert(name, spec, document[name], where)
+        elif not partial and field.default is REQUIRED and field.default_factory is REQUIRED:  # type: ignore[misc]
+            raise InputError(f"{where}: missing field '{name}'")
+    return values
+
+
+def from_document(cls: Callable[..., T], document: Any, where: str, **fixed: Any) -> T:
+    """``cls`` built from a YAML mapping (plus ``fixed`` fields no document sets)."""
+    return cls(**values_of(cls, document, where), **fixed)  # type: ignore[arg-type]
+
+
+def updated(instance: T, changes: Any, where: str) -> T:
+    """``instance`` with the settings a (partial) mapping gives."""
+    return dataclasses.replace(instance, **values_of(type(instance), changes, where, partial=True))  # type: ignore

@@ -1,0 +1,1 @@
+"""Input data: calibration sets (images or arrays) and their preprocessing."""

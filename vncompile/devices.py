@@ -1,0 +1,82 @@
+"""Device configs (``configs/devices/*.yaml``): a target, its options, sizes and the CI runner.
+
+``DeviceConfig`` is declared once (``core.schema`` settings): an unknown key, a wrong type or
+a missing field is a one-line error naming the file and the field. ``build_request`` is the
+one way a device becomes a build: ``vncompile build --device``, ``profile --device`` and every
+``ci`` cell go through it, with what the command line typed on top. Relative paths inside a
+config (calibration sets, timing caches) are relative to the working directory, where CI jobs run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .api.options import TargetOptions
+from .api.request import BuildRequest, InputShape, ModelSource
+from .api.tolerance import PRECISIONS, Tolerance, ToleranceKind
+from .core.errors import InputError
+from .core.schema import Flag, IntList, Mapping_, MemorySize, OneOf, PositiveInt, Text, TextList, from_document, setting
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    target: str = setting(Text("a target name"))
+    precision: str = setting(OneOf(PRECISIONS))
+    sizes: tuple[int, ...] = setting(IntList())
+    runner: str | tuple[str, ...] = setting(TextList("a CI runner label or a list of labels"))
+    description: str = setting(Text("a string"), "")
+    dynamic: bool = setting(Flag(), False)
+    batch: int = setting(PositiveInt(), 1)
+    memory_limit: float | None = setting(MemorySize(), None)  # KB
+    tolerance: tuple[tuple[str, Tolerance], ...] = setting(ToleranceKind(), ())
+    options: TargetOptions = setting(Mapping_(), TargetOptions(), nested=TargetOptions)
+    name: str = ""  # the file's stem
+    path: Path | None = None
+
+    def build_request(self, source: ModelSource, size: int | None = None, *, sizes: tuple[int, ...] | None = None,
+                      shape: InputShape | None = None, **fields: Any) -> BuildRequest:
+        """The build of this device at ``size`` (or ``shape``); a dynamic device builds one artifact over all
+        of ``sizes`` (default: its own), optimized for ``size``. ``fields`` override the config's (the
+        command line's typed options, a CI override)."""
+        sizes = tuple(sizes or self.sizes)
+        shape = shape or InputShape.square(sizes[0] if size is None else size, self.batch)
+        fields.setdefault("target", self.target)
+        fields.setdefault("precision", self.precision)
+        fields.setdefault("tolerance", self.tolerance)
+        dynamic = fields.pop("dynamic", self.dynamic)
+        options = fields.pop("options", self.options)
+        if dynamic and options.profile_sizes is None:
+            options = dataclasses.replace(options, profile_sizes=(min(sizes), shape.height, max(sizes)))
+        return BuildRequest(source, shape=shape, dynamic=dynamic, options=options, **fields)
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}: not valid YAML{where}") from None
+
+
+def load_device_config(path: Path) -> DeviceConfig:
+    from .data.calibration import with_calibration_hash
+    from .targets import target_names
+
+    path = Path(path)
+    config = from_document(DeviceConfig, read_yaml(path), str(path), name=path.stem, path=path)
+    if config.target not in target_names():
+        raise InputError(f"{path}: 'target' must be one of {', '.join(target_names())}, got '{config.target}'")
+    return dataclasses.replace(config, options=with_calibration_hash(config.options))
+
+
+def is_device_config(value: str | None) -> bool:
+    """``--device`` takes a device name (CPU, GPU) or a device config file."""
+    return value is not None and (value.endswith((".yaml", ".yml")) or Path(value).is_file())

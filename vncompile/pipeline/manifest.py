@@ -1,0 +1,101 @@
+"""The bundle's ``manifest.json``: what was built, from what, with which toolchain, verified how.
+
+Its sections, for every target alike:
+- ``model``, ``input_shape``, ``dynamic``, ``opset``, ``simplifier``: what went in;
+- ``target``: ``name``, ``version``, ``device``, ``precision`` (the pipeline's) and ``facts`` (the
+  target's own, which cannot overwrite the pipeline's keys);
+- ``artifacts``: path, role, sha256, bytes, one of them ``primary``;
+- ``memory`` / ``latency``: what the target knows without running (a compiler's plan, an estimate),
+  in the same form ``vncompile profile`` reports (``api.target.MemoryFigure`` / ``LatencyFigure``);
+- ``verification``, ``stages`` (timings), ``toolchain``, ``cache_key``, ``created``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+from ..api.request import BuildRequest
+from ..api.target import CompileResult, LatencyFigure, MemoryFigure, Target
+from ..core.hashing import sha256_file
+
+MANIFEST_SCHEMA = 2
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def intact(directory: Path, manifest: dict[str, Any]) -> bool:
+    """Every listed artifact present with its recorded size and hash."""
+    for artifact in manifest.get("artifacts", []):
+        path = directory / artifact["path"]
+        if not path.is_file() or path.stat().st_size != artifact["bytes"]:
+            return False
+        if sha256_file(path) != artifact["sha256"]:
+            return False
+    return True
+
+
+def primary_artifact(manifest: dict[str, Any]) -> dict[str, Any]:
+    return next(a for a in manifest["artifacts"] if a.get("primary"))
+
+
+def default_output_dir(manifest: dict[str, Any]) -> Path:
+    """``build/<model>-<target>-<precision>-<size>``."""
+    shape = manifest["input_shape"]
+    size = str(shape[2]) if shape[2] == shape[3] else f"{shape[2]}x{shape[3]}"
+    target = manifest["target"]
+    return Path("build") / f"{manifest['model']['label']}-{target['name']}-{target['precision']}-{size}"
+
+
+def artifact_records(bundle: Path, result: CompileResult) -> list[dict[str, Any]]:
+    """The target-ready ONNX first (every bundle has it), then the target's artifacts, hashed."""
+    records = [{"path": "model.onnx", "role": "onnx", "primary": False}] + [
+        {"path": a.path, "role": a.role, "primary": a.primary} for a in result.artifacts if a.path != "model.onnx"
+    ]
+    if result.primary.path == "model.onnx":
+        records[0]["primary"] = True
+    for record in records:
+        path = bundle / record["path"]
+        record["sha256"], record["bytes"] = sha256_file(path), path.stat().st_size
+    return records
+
+
+def figures(memory: MemoryFigure | None, latency: LatencyFigure | None) -> dict[str, Any]:
+    return {"memory": None if memory is None else memory.as_dict(),
+            "latency": None if latency is None else latency.as_dict()}
+
+
+def new_manifest(request: BuildRequest, target: Target, model: dict[str, Any], result: CompileResult,
+                 bundle: Path, *, toolchain: dict[str, str | None], cache_key: str) -> dict[str, Any]:
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "status": result.status,
+        "model": model,
+        "target": {
+            "name": target.name,
+            "version": target.availability().version,
+            "device": request.options.device or target.default_device(),
+            "precision": request.precision,
+            "facts": dict(result.facts),
+        },
+        "input_shape": list(request.shape.as_tuple()),
+        "dynamic": request.dynamic,
+        "opset": request.opset,
+        "simplifier": request.simplifier,
+        "artifacts": artifact_records(bundle, result),
+        "memory": None,
+        "latency": None,
+        "verification": {"passed": None, "skipped": True, "tolerance": {}, "stages": []},
+        "stages": [],
+        "toolchain": toolchain,
+        "notice": result.notice or None,
+        "cache_key": cache_key,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,129 @@
+"""The isolated measurement of one built artifact: ``measure`` (the parent side) runs
+``python -m vncompile.profiling.measure`` once per cell.
+
+The parent writes a JSON request on stdin and reads the JSON result from the file the
+request names (not stdout, which runtimes may write to). One process per cell, so a
+crash, hang or out-of-memory kill costs one row, and memory is measured from a clean
+baseline: the peak resident set above the RSS after the runtime is imported. Nothing
+here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..api.target import LatencyFigure, MemoryFigure, Session, Target
+from ..core.errors import VncompileError
+from ..core.host import proc_kb
+from ..core.units import kb
+from ..toolchains.worker import describe_exit, last_line
+
+
+def measure(target: str, directory: Path, manifest: dict[str, Any], *, warmup: int, runs: int,
+            timeout_s: float) -> dict[str, Any]:
+    """One isolated measurement: ``{"memory": ..., "latency": ...}`` in the manifest's form; a crash,
+    hang or bad reply is one line."""
+    with tempfile.TemporaryDirectory(prefix="vncompile-measure-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        payload = json.dumps({"target": target, "directory": str(directory), "manifest": manifest,
+                              "warmup": warmup, "runs": runs, "result_path": str(result_path)})
+        try:
+            process = subprocess.run([sys.executable, "-m", "vncompile.profiling.measure"], input=payload,
+                                     capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise VncompileError(f"worker timed out after {timeout_s:g} s") from None
+        if process.returncode != 0:
+            raise VncompileError(f"worker {describe_exit(process.returncode)}: {last_line(process.stderr)}")
+        try:
+            return json.loads(result_path.read_text())
+        except (OSError, ValueError):
+            raise VncompileError("worker gave no readable result") from None
+
+
+# ---------------------------------------------------------------------------- the child
+
+
+def reset_peak_rss() -> int | None:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; return that baseline in KB."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None  # not Linux: peak can only be read, not reset
+    return proc_kb("/proc/self/status", "VmRSS")
+
+
+def peak_rss_kb() -> float | None:
+    peak = proc_kb("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
+    import resource
+
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _onnx_weight_kb(model: Path) -> float:
+    import onnx
+    from onnx import helper
+
+    total = 0
+    for init in onnx.load(str(model), load_external_data=False).graph.initializer:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+        total += int(np.prod(init.dims, dtype=np.int64)) * itemsize
+    return kb(total)
+
+
+def _wall_clock(session: Session, x: np.ndarray, warmup: int, runs: int) -> LatencyFigure:
+    for _ in range(warmup):
+        session.run(x)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(x)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return LatencyFigure(samples, "measured", f"wall clock, batch {x.shape[0]}, {warmup} warm-up runs")
+
+
+def measure_here(target: Target, directory: Path, manifest: dict[str, Any], warmup: int,
+                 runs: int) -> dict[str, Any]:
+    memory: MemoryFigure | None = target.compiler_memory(directory, manifest)
+    latency: LatencyFigure | None = target.estimated_latency(directory, manifest)
+    if target.executes and (memory is None or latency is None) and manifest["status"] == "ok":
+        baseline = reset_peak_rss()
+        with target.load(directory, manifest) as session:
+            x = np.random.default_rng(0).standard_normal(manifest["input_shape"], dtype=np.float32)
+            if latency is None:
+                latency = session.time_runs(x, warmup, runs) or _wall_clock(session, x, warmup, runs)
+            if memory is None:
+                memory = session.device_memory()
+            if memory is None and baseline is not None:
+                used = max(0.0, (peak_rss_kb() or 0.0) - baseline)
+                weights = _onnx_weight_kb(directory / "model.onnx")
+                memory = MemoryFigure(used, "measured", weights_kb=weights, activations_kb=max(0.0, used - weights),
+                                      detail="peak RSS above the post-import baseline; weights: the model's "
+                                             "initializers")
+    return {"latency": None if latency is None else latency.as_dict(),
+            "memory": None if memory is None else memory.as_dict()}
+
+
+def main() -> None:
+    from ..targets import get_target
+
+    request = json.loads(sys.stdin.read())
+    target = get_target(request["target"])
+    target.availability()  # imports the runtime, so the baseline excludes its libraries
+    result = measure_here(target, Path(request["directory"]), request["manifest"], request["warmup"],
+                          request["runs"])
+    Path(request["result_path"]).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
