@@ -50,8 +50,11 @@ def plan_in_log(out: Path) -> dict[str, float]:
 
 def test_fp16_build_verifies_on_the_simulator_with_the_compilers_plan(rknn_build):
     out, manifest = rknn_build("--precision", "fp16")
-    target = manifest["target"]
-    assert target["platform"] == "rk3588" and target["precision"] == "fp16" and target["device"] == "simulator"
+    target = manifest["target"]["facts"]
+    assert target["platform"] == "rk3588" and manifest["target"]["precision"] == "fp16"
+    assert manifest["target"]["device"] == "simulator"
+    assert [a["role"] for a in manifest["artifacts"] if a["primary"]] == ["rknn"]
+    assert manifest["memory"]["source"] == "compiler" and manifest["latency"]["source"] == "estimated"
     assert {a["role"] for a in manifest["artifacts"]} == {"onnx", "rknn", "rknn-layers"}
     assert (out / "model.rknn").stat().st_size > 0
     final = manifest["verification"]["stages"][-1]
@@ -94,7 +97,7 @@ def test_int8_build_quantizes_with_the_calibration_set(rknn_build, tmp_path):
         np.save(calibration / f"{i}.npy", np.random.default_rng(i).standard_normal((3, 224, 224), dtype=np.float32))
     out, manifest = rknn_build("--precision", "int8", "--platform", "rv1106", "--quant-algorithm", "kl_divergence",
                                "--calibration", calibration)
-    target = manifest["target"]
+    target = manifest["target"]["facts"]
     assert target["platform"] == "rv1106" and target["quant_algorithm"] == "kl_divergence"
     assert target["calibration"]["directory"] == str(calibration.resolve())
     assert target["calibration"]["samples"] == 4
