@@ -1,0 +1,186 @@
+"""The layer contracts below the pipeline: options declared once, tolerances, per-output verification,
+the target contract's manifest sections, units."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import NARROW
+from vncompile.api.options import TargetOptions
+from vncompile.api.request import BuildRequest, ModelSource
+from vncompile.api.target import Artifact, CompileResult, LatencyFigure
+from vncompile.api.tolerance import Tolerance, parse_tolerance, tolerances
+from vncompile.core.errors import InputError, VncompileError
+from vncompile.core.schema import settings_of
+from vncompile.core.units import kb, parse_memory_size
+from vncompile.devices import DeviceConfig
+from vncompile.pipeline.verify import compare, summarize
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------------------- one options model
+
+
+def test_every_target_option_has_one_declaration_for_config_cli_and_key():
+    declared = settings_of(TargetOptions)
+    assert set(declared) == {f.name for f in dataclasses.fields(TargetOptions)} - {"calibration_sha256"}
+    assert all(spec.flag and spec.help for _, spec in declared.values())
+    assert "timing_cache" not in TargetOptions().key_fields()  # speeds builds, changes nothing
+    assert "calibration" not in TargetOptions().key_fields()  # its content hash stands for it
+
+
+def test_options_round_trip_through_a_worker_payload():
+    options = TargetOptions(device="CPU", calibration=Path("cal"), profile_sizes=(256, 384, 512), workspace_mb=64,
+                            timing_cache=Path("t.cache"))
+    request = BuildRequest(ModelSource(model_name="vanillanet_5", width=NARROW), "tensorrt", options=options,
+                           tolerance=(parse_tolerance("fp16=rel:3e-2"),))
+    assert BuildRequest.from_json(request.to_json()) == request
+
+
+@pytest.mark.parametrize("document,message", [
+    ("target: onnxruntime\nprecision: fp32\nsizes: [224]\nrunner: x\nbogus: 1\n", "unknown key 'bogus'"),
+    ("target: onnxruntime\nprecision: fp32\nsizes: [224]\n", "missing field 'runner'"),
+    ("target: onnxruntime\nprecision: fp64\nsizes: [224]\nrunner: x\n", "'precision' must be one of fp32"),
+    ("target: onnxruntime\nprecision: fp32\nsizes: [224, 0]\nrunner: x\n", "'sizes' must be a non-empty list"),
+    ("target: onnxruntime\nprecision: fp32\nsizes: [224]\nrunner: x\nmemory_limit: lots\n",
+     "'memory_limit' must be a memory size"),
+    ("target: onnxruntime\nprecision: fp32\nsizes: [224]\nrunner: x\noptions: {workspace_mb: -1}\n",
+     "options: 'workspace_mb' must be a positive integer"),
+    ("target: onnxruntime\nprecision: fp32\nsizes: [224]\nrunner: x\ntolerance: [fp16=abs:1]\n",
+     "'tolerance' must be a list of tolerances"),
+    ("target: nope\nprecision: fp32\nsizes: [224]\nrunner: x\n", "'target' must be one of"),
+])
+def test_device_config_errors_name_the_file_and_the_field(tmp_path, document, message):
+    from vncompile.devices import load_device_config
+
+    path = write(tmp_path / "dev.yaml", document)
+    with pytest.raises(InputError, match=message) as info:
+        load_device_config(path)
+    assert str(info.value).startswith(str(path))
+
+
+def test_a_device_config_is_one_build_request_for_build_profile_and_ci(tmp_path):
+    from vncompile.devices import load_device_config
+
+    path = write(tmp_path / "gpu.yaml", "target: tensorrt\nprecision: fp16\nsizes: [256, 384, 512]\nrunner: jetson\n"
+                                        "dynamic: true\nbatch: 2\nmemory_limit: 1GB\ntolerance: [fp16=rel:3e-2]\n"
+                                        "options: {workspace_mb: 512}\n")
+    config = load_device_config(path)
+    assert isinstance(config, DeviceConfig) and config.memory_limit == 1024**2
+    source = ModelSource(model_name="vanillanet_5", width=NARROW)
+    request = config.build_request(source, 384)
+    assert request.dynamic and request.shape.as_tuple() == (2, 3, 384, 384)
+    assert request.options.profile_sizes == (256, 384, 512) and request.options.workspace_mb == 512
+    assert request.tolerances()["fp16"] == Tolerance(rel=3e-2)
+    typed = config.build_request(source, 256, precision="fp32", options=TargetOptions(workspace_mb=64))
+    assert typed.precision == "fp32" and typed.options.workspace_mb == 64 and typed.options.profile_sizes
+
+
+def test_profile_honours_a_device_configs_batch_and_dynamic(tmp_path):
+    from vncompile.devices import load_device_config
+    from vncompile.profiling.profile import ProfileRequest
+
+    config = load_device_config(write(tmp_path / "d.yaml", "target: onnxruntime\nprecision: fp32\nsizes: [64, 96]\n"
+                                                           "runner: x\ndynamic: true\nbatch: 2\n"))
+    profile = ProfileRequest(models=(ModelSource(model_name="vanillanet_5", width=NARROW),), targets=("onnxruntime",),
+                             sizes=(64, 96), device=config)
+    request = profile.build_request(profile.models[0], "onnxruntime", 64, "fp32")
+    assert request.dynamic and request.shape.batch == 2 and profile.batch_size == 2
+
+
+# ---------------------------------------------------------------------------- tolerances and per-output comparison
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("fp16=rel:3e-2", ("fp16", Tolerance(rel=3e-2))),
+    ("int8=cosine:0.98", ("int8", Tolerance(cosine=0.98))),
+    ("fp32=rel:1e-3,cosine:0.999", ("fp32", Tolerance(rel=1e-3, cosine=0.999))),
+])
+def test_tolerance_parsing(text, expected):
+    assert parse_tolerance(text) == expected
+    assert tolerances((expected,))[expected[0]] == expected[1]
+
+
+@pytest.mark.parametrize("text", ["fp16", "fp64=rel:1", "fp16=rel:", "fp16=abs:1", "int8=cosine:2", "fp16=rel:-1"])
+def test_bad_tolerances_are_refused(text):
+    with pytest.raises(InputError, match="--tolerance must look like"):
+        parse_tolerance(text)
+
+
+def test_each_output_is_compared_on_its_own_scale():
+    """A 1/4-resolution map in the hundreds and a 1/32 one near 1: an error that is small against the
+    first would hide in one concatenated vector; compared on its own, the small output fails."""
+    rng = np.random.default_rng(0)
+    big, small = rng.normal(0, 100, (1, 8, 16, 16)), rng.normal(0, 1, (1, 8, 2, 2))
+    reference = [[big, small]]
+    outputs = [[big, small + 0.05]]
+    stage = compare("onnx", "fp32", reference, outputs, ["stage0", "stage3"], Tolerance(rel=1e-3), classifier=False)
+    assert [o.passed for o in stage.outputs] == [True, False] and not stage.passed
+    assert stage.worst.name == "stage3" and stage.outputs[0].top1_agreement is None
+    verification = summarize([stage], tolerances())
+    line = verification.failure_line()
+    assert "output 'stage3'" in line and "needs rel <= 0.0001" in line
+    _, suggested = parse_tolerance(line.split("--tolerance ")[1].split(" would")[0])
+    assert suggested.accepts(stage.worst.rel, stage.worst.cosine)
+
+
+def test_top1_only_on_a_classifiers_logits():
+    logits = [[np.array([[0.1, 2.0, 0.3]])]]
+    stage = compare("t", "fp32", logits, logits, ["logits"], Tolerance(rel=1e-4), classifier=True)
+    assert stage.outputs[0].top1_agreement == 1.0
+    assert stage.as_dict()["top1_agreement"] == 1.0 and stage.as_dict()["outputs"][0]["name"] == "logits"
+
+
+def test_non_finite_outputs_fail_whatever_the_tolerance():
+    stage = compare("t", "fp32", [[np.ones((1, 4))]], [[np.array([[1, np.nan, 1, 1]])]], ["x"], Tolerance(rel=1e9),
+                    classifier=False)
+    assert not stage.passed and stage.outputs[0].would_pass is None
+
+
+# ---------------------------------------------------------------------------- the target contract
+
+
+def test_exactly_one_primary_artifact():
+    assert CompileResult([Artifact("a", "x", primary=True), Artifact("b", "y")]).primary.path == "a"
+    for artifacts in ([Artifact("a", "x")], [Artifact("a", "x", primary=True), Artifact("b", "y", primary=True)]):
+        with pytest.raises(VncompileError, match="exactly one artifact primary"):
+            CompileResult(artifacts)
+
+
+def test_latency_section_statistics():
+    section = LatencyFigure([3.0, 1.0, 2.0], "estimated", "cycles").as_dict()
+    assert (section["min_ms"], section["median_ms"], section["max_ms"], section["runs"]) == (1.0, 2.0, 3.0, 3)
+    assert section["source"] == "estimated"
+
+
+def test_analytic_build_has_the_same_memory_section_as_its_profile_row(tmp_path, run_cli):
+    import json
+
+    out = tmp_path / "b"
+    assert run_cli("build", "--model", "vanillanet_5", "--width", NARROW, "--target", "analytic", "--size", "64",
+                   "-o", out).code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["memory"]["source"] == "estimated" and manifest["latency"] is None
+    assert [a["role"] for a in manifest["artifacts"] if a["primary"]] == ["memory-plan"]
+    row = run_cli("profile", "--models", "vanillanet_5", "--width", NARROW, "--targets", "analytic", "--sizes", "64",
+                  "--format", "json").json()["rows"][0]
+    assert row["memory"] == manifest["memory"]
+    assert row["artifact_sha256"] == manifest["artifacts"][1]["sha256"]
+
+
+# ---------------------------------------------------------------------------- units
+
+
+def test_one_kb_is_1024_bytes_everywhere():
+    assert kb(2048) == 2.0
+    assert parse_memory_size("64MB") == parse_memory_size("64MiB") == 64 * 1024
+    with pytest.raises(ValueError, match="1 KB = 1024 bytes"):
+        parse_memory_size("64 parsecs")
