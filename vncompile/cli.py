@@ -216,11 +216,11 @@ def tolerance_option(f):
 
 def _target_options(kwargs: dict[str, Any], base: TargetOptions | None = None) -> TargetOptions:
     """Pop the target options out of a command's keyword arguments: the ones typed, on top of ``base``."""
-    from .data.calibration import with_calibration_hash
+    from .data.calibration import with_data_hashes
 
     typed = {name: kwargs.pop(name) for name in list(settings_of(TargetOptions)) if name in kwargs}
     typed = {name: value for name, value in typed.items() if value is not None}
-    return with_calibration_hash(dataclasses.replace(base or TargetOptions(), **typed))
+    return with_data_hashes(dataclasses.replace(base or TargetOptions(), **typed))
 
 
 def _device_config(kwargs: dict[str, Any]):

@@ -28,7 +28,7 @@ class DeviceConfig:
     target: str = setting(Text("a target name"))
     precision: str = setting(OneOf(PRECISIONS))
     sizes: tuple[int, ...] = setting(IntList())
-    runner: str | tuple[str, ...] = setting(TextList("a CI runner label or a list of labels"))
+    runner: str | tuple[str, ...] = setting(TextList("a CI runner label or a list of labels", single=True))
     description: str = setting(Text("a string"), "")
     dynamic: bool = setting(Flag(), False)
     batch: int = setting(PositiveInt(), 1)
@@ -67,14 +67,14 @@ def read_yaml(path: Path) -> Any:
 
 
 def load_device_config(path: Path) -> DeviceConfig:
-    from .data.calibration import with_calibration_hash
+    from .data.calibration import with_data_hashes
     from .targets import target_names
 
     path = Path(path)
     config = from_document(DeviceConfig, read_yaml(path), str(path), name=path.stem, path=path)
     if config.target not in target_names():
         raise InputError(f"{path}: 'target' must be one of {', '.join(target_names())}, got '{config.target}'")
-    return dataclasses.replace(config, options=with_calibration_hash(config.options))
+    return dataclasses.replace(config, options=with_data_hashes(config.options))
 
 
 def is_device_config(value: str | None) -> bool:

@@ -8,7 +8,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.schema import IntList, OneOf, PathKind, PositiveInt, Text, setting, settings_of
+from ..core.schema import (
+    FloatTriple,
+    IntList,
+    Kind,
+    NonNegativeNumber,
+    OneOf,
+    PathKind,
+    PositiveInt,
+    Text,
+    TextList,
+    UnitFraction,
+    setting,
+    settings_of,
+)
+
+SYNTHETIC = "synthetic"  # --calibration synthetic: seeded noise, accepted on purpose
+DEFAULT_CALIBRATION_SIZE = 256
+
+
+class CalibrationKind(Kind):
+    """A directory of calibration images (or .npy arrays), or ``synthetic``."""
+
+    expected = "a directory path, or 'synthetic'"
+
+    def from_value(self, value: Any) -> Path | str:
+        text = Text().from_value(value)
+        return SYNTHETIC if text == SYNTHETIC else Path(text)
 
 
 @dataclass(frozen=True)
@@ -17,9 +43,30 @@ class TargetOptions:
 
     device: str | None = setting(Text("a device name such as CPU, GPU or NPU"), None, flag="--device",
                                  help="target device, e.g. CPU, GPU, NPU, CUDA  [default: the target's first]")
-    calibration: Path | None = setting(
-        PathKind("a directory path"), None, flag="--calibration",
-        help="int8: directory of images or .npy inputs (default: a seeded synthetic set)")
+    calibration: Path | str | None = setting(
+        CalibrationKind(), None, flag="--calibration",
+        help="int8: images (any layout, searched recursively) or .npy inputs; 'synthetic' for seeded noise "
+             "(the default for random weights; a trained checkpoint needs real images)")
+    calibration_size: int = setting(PositiveInt(), DEFAULT_CALIBRATION_SIZE, flag="--calibration-size",
+                                    help="int8: calibration images used, sampled reproducibly  [default: 256]")
+    keep_fp32: tuple[str, ...] | None = setting(
+        TextList("a list of layer (node) names, or 'auto'"), None, flag="--keep-fp32",
+        help="int8: leave these conv layers unquantized (comma-separated node names from layers.csv), or 'auto' "
+             "(the stem and the classifier)")
+    eval_data: Path | None = setting(
+        PathKind("a directory path"), None, flag="--eval-data",
+        help="labelled images (ImageFolder, or a folder with labels.txt/.csv): top-1/top-5 of every stage")
+    max_top1_drop: float = setting(NonNegativeNumber("a number of points >= 0"), 1.0, flag="--max-top1-drop",
+                                   help="with --eval-data: fail when the target's top-1 is this many points below "
+                                        "the reference's  [default: 1]")
+    mean: tuple[float, float, float] | None = setting(
+        FloatTriple("three numbers, e.g. 0.485,0.456,0.406"), None, flag="--mean",
+        help="preprocessing mean per RGB channel  [default: ImageNet's]")
+    std: tuple[float, float, float] | None = setting(
+        FloatTriple("three positive numbers, e.g. 0.229,0.224,0.225", positive=True), None, flag="--std",
+        help="preprocessing std per RGB channel  [default: ImageNet's]")
+    crop_pct: float | None = setting(UnitFraction(), None, flag="--crop-pct",
+                                     help="center-crop fraction: resize to size/crop_pct, crop size  [default: 0.875]")
     io_dtype: str = setting(OneOf(("fp32", "fp16")), "fp32", flag="--io-dtype",
                             help="fp16 builds: the dtype of the network's inputs and outputs")
     platform: str | None = setting(
@@ -36,14 +83,21 @@ class TargetOptions:
         help="tensorrt --dynamic: min,opt,max square sizes, e.g. 256,384,512")
     timing_cache: Path | None = setting(PathKind("a file path"), None, flag="--timing-cache", compare=False,
                                         help="tensorrt: persistent timing cache file, reused across builds")
-    # Not a setting: the calibration set's content hash, filled in from ``calibration``.
+    # Not settings: the content hashes of the calibration and evaluation sets, filled in from the paths.
     calibration_sha256: str | None = None
+    eval_sha256: str | None = None
 
     def key_fields(self) -> dict[str, Any]:
-        """What the cache key hashes: every compared field, the calibration set by its content hash."""
+        """What the cache key hashes: every compared field, the image sets by their content hashes."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
-        fields.pop("calibration")
+        if fields.pop("calibration") == SYNTHETIC:
+            fields["calibration_sha256"] = SYNTHETIC
+        fields.pop("eval_data")
         return fields
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The preprocessing the options ask for, as ``data.preprocess.Preprocessing`` fields (defaults omitted)."""
+        return {k: v for k, v in (("mean", self.mean), ("std", self.std), ("crop_pct", self.crop_pct)) if v is not None}
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}

@@ -13,14 +13,14 @@ from typing import Any
 from .. import __version__
 from ..core.errors import InputError
 from ..vanillanet.archs import MODEL_NAMES, ModelSpec, has_adaptive_pooling, min_input_size
-from .options import TargetOptions
+from .options import SYNTHETIC, TargetOptions
 from .tolerance import PRECISIONS, Tolerance, tolerances
 
 SIMPLIFIERS: tuple[str, ...] = ("onnxslim", "onnxsim", "none")
 DEFAULT_OPSET = 18
 RANDOM_SEED = 0  # untrained builds use seeded random weights, so they are reproducible
-# What ``stages.quantize_qdq`` makes of an fp32 graph: part of the int8 ONNX's cache key.
-INT8_SCHEME = "qdq int8 symmetric, per-channel weights, float bias, minmax calibration"
+# What ``onnxtools.quantize`` makes of an fp32 graph: part of the int8 ONNX's cache key.
+INT8_SCHEME = "qdq int8 symmetric, per-channel weights, float bias, minmax calibration, excluded nodes float"
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,10 @@ class BuildRequest:
             raise InputError(f"unknown simplifier '{self.simplifier}'; choose from {', '.join(SIMPLIFIERS)}")
         if not 7 <= self.opset <= 23:
             raise InputError(f"--opset must be between 7 and 23, got {self.opset}")
+        if self.precision == "int8" and self.source.checkpoint is not None and self.options.calibration is None:
+            # Noise says nothing about the ranges a trained network's activations take on real images.
+            raise InputError("int8 of a trained checkpoint needs real calibration images: pass --calibration DIR "
+                             "(images in any layout), or --calibration synthetic to accept noise on purpose")
 
     def tolerances(self) -> dict[str, Tolerance]:
         return tolerances(self.tolerance)
@@ -154,12 +158,14 @@ class BuildRequest:
 
     def onnx_key(self, form: str, checkpoint_sha256: str | None, toolchain: dict[str, str | None]) -> str:
         """What the target-independent stages depend on: no target, only the ONNX form it asked for."""
-        int8 = form == "int8-qdq"
-        options = {"io_dtype": self.options.io_dtype if form == "fp16" else None,
-                   "calibration": self.options.calibration_sha256 if int8 else None,
-                   "int8_scheme": INT8_SCHEME if int8 else None}
-        return _digest({**self._identity(checkpoint_sha256), "form": form, "options": options,
-                        "toolchain": toolchain})
+        int8, options = form == "int8-qdq", self.options
+        preprocessing = options.preprocessing()
+        calibration = options.calibration_sha256 or (SYNTHETIC if options.calibration == SYNTHETIC else None)
+        keyed = {"io_dtype": options.io_dtype if form == "fp16" else None,
+                 "int8": {"calibration": calibration, "size": options.calibration_size, "keep_fp32": options.keep_fp32,
+                          "scheme": INT8_SCHEME, "preprocessing": preprocessing} if int8 else None,
+                 "eval": {"images": options.eval_sha256, "preprocessing": preprocessing} if options.eval_data else None}
+        return _digest({**self._identity(checkpoint_sha256), "form": form, "options": keyed, "toolchain": toolchain})
 
 
     def to_json(self) -> dict[str, Any]:

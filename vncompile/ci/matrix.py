@@ -126,9 +126,9 @@ def _model_entry(item: Any, where: str) -> ModelEntry:
 
 
 def _options(base: TargetOptions, changes: dict[str, Any], where: str) -> TargetOptions:
-    from ..data.calibration import with_calibration_hash
+    from ..data.calibration import with_data_hashes
 
-    return with_calibration_hash(updated(base, changes, f"{where}: options"))
+    return with_data_hashes(updated(base, changes, f"{where}: options"))
 
 
 def load_ci_config(path: Path) -> CiConfig:

@@ -98,6 +98,55 @@ class PositiveNumber(Kind):
             raise ValueError from None
 
 
+class NonNegativeNumber(Kind):
+    def __init__(self, expected: str = "a number >= 0") -> None:
+        self.expected = expected
+
+    def from_value(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError
+        return float(value)
+
+    def from_text(self, text: str) -> float:
+        try:
+            return self.from_value(float(text))
+        except (TypeError, ValueError):
+            raise ValueError from None
+
+
+class UnitFraction(NonNegativeNumber):
+    def __init__(self) -> None:
+        super().__init__("a number in (0, 1]")
+
+    def from_value(self, value: Any) -> float:
+        value = super().from_value(value)
+        if not 0 < value <= 1:
+            raise ValueError
+        return value
+
+
+class FloatTriple(Kind):
+    """Three numbers (per RGB channel): ``[0.5, 0.5, 0.5]`` in a config, ``0.5,0.5,0.5`` on the command line."""
+
+    def __init__(self, expected: str, positive: bool = False) -> None:
+        self.expected, self.positive = expected, positive
+
+    def from_value(self, value: Any) -> tuple[float, float, float]:
+        if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ValueError
+        numbers = (float(value[0]), float(value[1]), float(value[2]))
+        if self.positive and min(numbers) <= 0:
+            raise ValueError
+        return numbers
+
+    def from_text(self, text: str) -> tuple[float, float, float]:
+        try:
+            return self.from_value([float(part) for part in str(text).split(",")])
+        except (TypeError, ValueError):
+            raise ValueError from None
+
+
 class IntList(Kind):
     """A non-empty list of positive integers; on the command line ``256,384,512`` (no empty items)."""
 
@@ -117,17 +166,23 @@ class IntList(Kind):
 
 
 class TextList(Kind):
-    """One string or a non-empty list of strings (kept as a string, or a tuple)."""
+    """A non-empty list of strings (``a,b`` on the command line); with ``single``, one string stays a string."""
 
-    def __init__(self, expected: str) -> None:
-        self.expected = expected
+    def __init__(self, expected: str, single: bool = False) -> None:
+        self.expected, self.single = expected, single
 
     def from_value(self, value: Any) -> str | tuple[str, ...]:
         if isinstance(value, str) and value.strip():
-            return value
-        if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+            return value if self.single else tuple(v.strip() for v in value.split(","))
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v.strip() for v in value):
             return tuple(value)
         raise ValueError
+
+    def from_text(self, text: str) -> tuple[str, ...]:
+        parts = [p.strip() for p in str(text).split(",")]
+        if not all(parts):
+            raise ValueError
+        return tuple(parts)
 
 
 class ListOf(Kind):

@@ -1,70 +1,72 @@
-"""Calibration inputs for int8: a directory of images or .npy arrays, or a seeded synthetic set."""
+"""Calibration inputs for int8: real images (any layout below a directory) or .npy arrays, preprocessed
+like evaluation images; or a seeded synthetic set, for random weights or when asked for on purpose."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 
-from ..api.options import TargetOptions
+from ..api.options import SYNTHETIC, TargetOptions
 from ..api.request import InputShape
 from ..core.errors import InputError
+from .images import content_sha256, find_images, labelled_images
+from .preprocess import Preprocessing
+
+SAMPLE_SEED = 4321  # which images of a large set calibrate, reproducibly
+SYNTHETIC_COUNT = 16
 
 
-def _calibration_files(directory: Path) -> list[Path]:
-    if not Path(directory).is_dir():
-        raise InputError(f"{directory}: no such calibration directory")
-    files = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in (*IMAGE_SUFFIXES, ".npy"))
-    if not files:
-        raise InputError(f"{directory}: no images ({', '.join(IMAGE_SUFFIXES)}) or .npy files for calibration")
-    return files
+def preprocessing_of(options: TargetOptions) -> Preprocessing:
+    return Preprocessing(**options.preprocessing())
 
 
-def with_calibration_hash(options: TargetOptions) -> TargetOptions:
-    """The options with the calibration set's content hash filled in: part of what a build depends on."""
-    if options.calibration is None:
-        return options
-    return dataclasses.replace(options, calibration_sha256=directory_sha256(options.calibration))
+def with_data_hashes(options: TargetOptions) -> TargetOptions:
+    """The options with the calibration and evaluation sets' content hashes filled in: part of what a build
+    depends on (a changed image is a different build)."""
+    changes = {}
+    if options.calibration is not None and options.calibration != SYNTHETIC:
+        root = Path(options.calibration)
+        changes["calibration_sha256"] = content_sha256(root, find_images(root, arrays=True))
+    if options.eval_data is not None:
+        images = labelled_images(options.eval_data)
+        changes["eval_sha256"] = content_sha256(images.root, images.paths, json.dumps(images.labels).encode())
+    return dataclasses.replace(options, **changes) if changes else options
 
 
-def directory_sha256(directory: Path) -> str:
-    """Content hash of a calibration set (names and bytes), for the build cache key."""
-    digest = hashlib.sha256()
-    for path in _calibration_files(directory):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
+def sample(files: list[Path], count: int) -> list[Path]:
+    """``count`` of ``files``, the same ones every time (all of them when there are fewer)."""
+    if len(files) <= count:
+        return files
+    chosen = np.random.default_rng(SAMPLE_SEED).choice(len(files), size=count, replace=False)
+    return [files[i] for i in sorted(chosen)]
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+def calibration_samples(source: Path | str | None, shape: InputShape, count: int = SYNTHETIC_COUNT, *,
+                        preprocessing: Preprocessing | None = None) -> np.ndarray:
+    """(N, C, H, W) float32 calibration inputs: up to ``count`` images or .npy arrays from a directory, or
+    the seeded synthetic set (``None`` or ``synthetic``)."""
+    if source is None or source == SYNTHETIC:
+        rng = np.random.default_rng(SAMPLE_SEED)
+        return rng.standard_normal((min(count, SYNTHETIC_COUNT), *shape.as_tuple()[1:]), dtype=np.float32)
+    files = sample(find_images(Path(source), arrays=True), count)
+    preprocessing = preprocessing or Preprocessing()
+    return np.stack([_sample(p, shape, preprocessing) for p in files]).astype(np.float32)
 
 
-def calibration_samples(directory: Path | None, shape: InputShape, count: int = 16) -> np.ndarray:
-    """(N, C, H, W) float32 calibration inputs: images (ImageNet preprocessing) or .npy arrays
-    from ``directory``, or a seeded synthetic set when none is given."""
-    if directory is None:
-        rng = np.random.default_rng(4321)
-        return rng.standard_normal((count, *shape.as_tuple()[1:]), dtype=np.float32)
-    files = _calibration_files(directory)
-    samples = [_calibration_sample(p, shape) for p in files]
-    return np.stack(samples).astype(np.float32)
+def calibration_set(options: TargetOptions, shape: InputShape) -> np.ndarray:
+    """The build's calibration inputs: every int8 target (Q/DQ graphs, the rknn dataset) uses this set."""
+    return calibration_samples(options.calibration, shape, options.calibration_size,
+                               preprocessing=preprocessing_of(options))
 
 
-def _calibration_sample(path: Path, shape: InputShape) -> np.ndarray:
+def _sample(path: Path, shape: InputShape, preprocessing: Preprocessing) -> np.ndarray:
     if path.suffix == ".npy":
         array = np.load(path, allow_pickle=False)
         expected = shape.as_tuple()[1:]
         if array.shape != expected:
             raise InputError(f"{path}: calibration array has shape {array.shape}, expected {expected}")
         return array
-    try:
-        from PIL import Image
-    except ImportError:
-        raise InputError("calibration images need Pillow: pip install pillow (or give .npy arrays)") from None
-    with Image.open(path) as image:
-        image = image.convert("RGB").resize((shape.width, shape.height), Image.BILINEAR)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-    return ((array - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+    return preprocessing.load(path, shape.height, shape.width)

@@ -9,7 +9,7 @@ import numpy as np
 from .quiet import quiet
 
 # What ``quantize_qdq`` makes of an fp32 graph: part of the int8 ONNX's cache key.
-INT8_SCHEME = "qdq int8 symmetric, per-channel weights, float bias, minmax calibration"
+INT8_SCHEME = "qdq int8 symmetric, per-channel weights, float bias, minmax calibration, excluded nodes float"
 
 
 class _ArrayReader:
@@ -22,12 +22,38 @@ class _ArrayReader:
         return next(self._feeds, None)
 
 
-def quantize_qdq(src: Path, dst: Path, calibration: np.ndarray) -> Path:
+def conv_nodes(path: Path) -> list[str]:
+    """The graph's Conv node names in order (what ``--keep-fp32`` names)."""
+    import onnx
+
+    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type == "Conv"]
+
+
+def layers_to_keep(path: Path, keep: tuple[str, ...] | None) -> list[str]:
+    """``--keep-fp32``'s node names, checked against the graph; ``auto``: the first conv (the stem, which sees
+    the raw image) and the last (the classifier), the layers int8 hurts most in practice."""
+    if not keep:
+        return []
+    convs = conv_nodes(path)
+    if tuple(keep) == ("auto",):
+        return sorted({convs[0], convs[-1]}) if convs else []
+    unknown = [name for name in keep if name not in convs]
+    if unknown:
+        from ..core.errors import InputError
+
+        raise InputError(f"--keep-fp32: no conv layer named {unknown[0]!r} (the graph's: {', '.join(convs[:4])}, ...; "
+                         "layers.csv of an int8 build lists them)")
+    return list(keep)
+
+
+def quantize_qdq(src: Path, dst: Path, calibration: np.ndarray, keep_fp32: list[str] | None = None) -> Path:
+    """``keep_fp32``: conv node names left unquantized (float in, float out)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with quiet():
         quantize_static(
             str(src), str(dst), _ArrayReader("input", calibration), quant_format=QuantFormat.QDQ,
+            nodes_to_exclude=keep_fp32 or [],
             per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             # Float biases: TensorRT's parser takes DequantizeLinear only on activation types, not int32.

@@ -17,13 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from ..api.request import BuildRequest
-from ..api.target import CompileContext, CompileResult, MemoryFigure, Target
+from ..api.target import Artifact, CompileContext, CompileResult, MemoryFigure, Target
 from ..core.errors import OutputExists, VerificationError
 from ..core.hashing import sha256_file
 from ..core.host import toolchain_versions
 from ..core.io import atomic_directory, write_json
+from ..data.evaluation import EvalSet, load_eval_set
+from ..onnxtools.layers import LAYERS_CSV, describe_layers, read_layers, worst_layers
 from ..onnxtools.simplify import SIMPLIFIER_PACKAGES
 from ..targets import get_target, require_available
+from .accuracy import accuracy as accuracy_of
+from .accuracy import top1_drop
 from .cache import BuildCache, copy_tree
 from .manifest import default_output_dir, figures, intact, new_manifest, read_manifest
 from .prepare import PREPARE_STAGES, PreparedOnnx, prepare, verify_inputs
@@ -31,7 +35,7 @@ from .timing import SilentReporter, StageReporter, StageTimings
 from .verify import Verification, compare, summarize
 
 log = logging.getLogger("vncompile")
-STAGE_NAMES = [*PREPARE_STAGES, "reference", "compile", "verify"]
+STAGE_NAMES = [*PREPARE_STAGES, "reference", "evaluate", "compile", "verify"]
 
 
 @dataclass
@@ -147,29 +151,38 @@ def _run(request: BuildRequest, target: Target, keys: _Keys, cache: BuildCache, 
     target.check_request(request)
     form = target.onnx_form(request.precision)
     timings = StageTimings(reporter)
-    names = [s for s in STAGE_NAMES if (s != "quantize" or form == "int8-qdq")
-             and (s not in ("reference", "verify") or request.verify)]
+    evaluates = request.options.eval_data is not None
+    names = [s for s in STAGE_NAMES if (s != "quantize" or form == "int8-qdq") and (s != "evaluate" or evaluates)
+             and (s not in ("reference", "verify") or request.verify or (s == "verify" and evaluates))]
     reporter.start(f"{request.target} {request.precision} {request.shape.label}", names)
     try:
         with _build_log(bundle / "build.log"):
             log.info("request: %s", request)
-            prepared = prepare(request, form, keys.onnx, cache, work, timings, keys.checkpoint_sha256)
+            eval_set = load_eval_set(request.options, request.shape)
+            prepared = prepare(request, form, keys.onnx, cache, work, timings, keys.checkpoint_sha256, eval_set)
             after_prepare = len(timings.records)
             shutil.copyfile(prepared.onnx_path, bundle / "model.onnx")
+            extra = []
+            if prepared.layers_csv is not None:  # the int8 graph's per-layer report travels with the bundle
+                shutil.copyfile(prepared.layers_csv, bundle / LAYERS_CSV)
+                extra.append(Artifact(LAYERS_CSV, "int8-layers"))
             with timings.stage("compile"):
                 result = target.compile(CompileContext(bundle / "model.onnx", bundle, request, log,
                                                        _calibration(request, form)))
             manifest = new_manifest(request, target, prepared.model, result, bundle, toolchain=keys.toolchain,
-                                    cache_key=keys.build)
+                                    cache_key=keys.build, extra_artifacts=extra)
             manifest.update(figures(target.compiler_memory(bundle, manifest) or _estimated_memory(request, bundle),
                                     target.estimated_latency(bundle, manifest)))
-            if request.verify:
+            if request.verify or evaluates:
                 with timings.stage("verify"):
-                    verification = _verify(request, target, prepared, bundle, manifest, result)
-                manifest["verification"] = verification.as_dict()
-                _log_verification(verification)
-                if not verification.passed:
-                    raise VerificationError(verification.failure_line())
+                    verification, accuracy = _verify(request, target, prepared, bundle, manifest, result, eval_set)
+                if request.verify:
+                    manifest["verification"] = verification.as_dict()
+                    _log_verification(verification)
+                manifest["accuracy"] = accuracy
+                if request.verify and not verification.passed:
+                    raise VerificationError(_with_layers(verification.failure_line(), prepared, verification))
+                _check_accuracy(request, accuracy, prepared, target.name)
             manifest["stages"] = prepared.timings + timings.records[after_prepare:]
             log.info("build finished: %s", manifest["status"])
     finally:
@@ -182,9 +195,39 @@ def _calibration(request: BuildRequest, form: str):
     """Targets that quantize themselves (rknn) get the preprocessed calibration inputs."""
     if request.precision != "int8" or form == "int8-qdq":
         return None
-    from ..data.calibration import calibration_samples
+    from ..data.calibration import calibration_set
 
-    return calibration_samples(request.options.calibration, request.shape)
+    return calibration_set(request.options, request.shape)
+
+
+def _worst_layers(prepared: PreparedOnnx) -> str:
+    if prepared.layers_csv is None:
+        return ""
+    worst = worst_layers(read_layers(prepared.layers_csv))
+    names = ",".join(r["node"] for r in worst)
+    return f"; int8 breaks first at {describe_layers(worst)} (layers.csv): try --keep-fp32 {names}"
+
+
+def _with_layers(line: str, prepared: PreparedOnnx, verification: Verification) -> str:
+    failed_int8 = any(not s.passed and s.precision == "int8" for s in verification.stages)
+    return line + (_worst_layers(prepared) if failed_int8 else "")
+
+
+def _check_accuracy(request: BuildRequest, accuracy: dict[str, Any] | None, prepared: PreparedOnnx,
+                    target: str) -> None:
+    """A target more than --max-top1-drop points of top-1 below the reference fails, like a verification."""
+    if accuracy is None or "target" not in accuracy:
+        return
+    drop = top1_drop(accuracy, "target")
+    log.info("accuracy on %d images: reference top-1 %.2f%%, %s top-1 %.2f%% (drop %.2f points)", accuracy["images"],
+             accuracy["reference"]["top1"], target, accuracy["target"]["top1"], drop)
+    if drop > request.options.max_top1_drop:
+        hint = _worst_layers(prepared) if request.precision == "int8" else ""
+        raise VerificationError(
+            f"{target} {request.precision} top-1 on {accuracy['images']} images of {request.options.eval_data} is "
+            f"{accuracy['target']['top1']:.2f}%, {drop:.2f} points below the reference's "
+            f"{accuracy['reference']['top1']:.2f}% (allowed: --max-top1-drop {request.options.max_top1_drop:g})"
+            f"{hint}")
 
 
 def _estimated_memory(request: BuildRequest, bundle: Path) -> MemoryFigure | None:
@@ -197,19 +240,26 @@ def _estimated_memory(request: BuildRequest, bundle: Path) -> MemoryFigure | Non
 
 
 def _verify(request: BuildRequest, target: Target, prepared: PreparedOnnx, bundle: Path, manifest: dict[str, Any],
-            result: CompileResult) -> Verification:
+            result: CompileResult, eval_set: EvalSet | None) -> tuple[Verification, dict[str, Any] | None]:
+    """The target's outputs against the reference on the verification inputs, and its accuracy on the
+    labelled images; with nothing to run (deferred, analytic), the ONNX stages' figures alone."""
     errors = prepared.stage_errors
     tolerances = request.tolerances()
+    section = None if prepared.accuracy is None else dict(prepared.accuracy)
     if result.status == "ok" and target.executes:
         device = manifest["target"]["device"]
         with target.load(bundle, manifest) as session:
-            for shape in request.verify_shapes():
-                at = f" @{shape.size_label}" if request.dynamic else ""
-                outputs = [session.run(batch) for batch in verify_inputs(shape)]
-                errors.append(compare(f"{target.name} {device}{at}", request.precision, prepared.reference(shape),
-                                      outputs, prepared.output_names, tolerances[request.precision],
-                                      prepared.classifier))
-    return summarize(errors, tolerances)
+            if request.verify:
+                for shape in request.verify_shapes():
+                    at = f" @{shape.size_label}" if request.dynamic else ""
+                    outputs = [session.run(batch) for batch in verify_inputs(shape, eval_set)]
+                    errors.append(compare(f"{target.name} {device}{at}", request.precision,
+                                          prepared.reference(shape), outputs, prepared.output_names,
+                                          tolerances[request.precision], prepared.classifier))
+            if eval_set is not None and section is not None:
+                logits = eval_set.logits([session.run(b) for b in eval_set.batches(request.shape.batch)])
+                section["target"] = accuracy_of(logits, eval_set.labels, prepared.reference_top1())
+    return summarize(errors, tolerances), section
 
 
 def _log_verification(verification: Verification) -> None:

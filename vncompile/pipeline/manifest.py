@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api.request import BuildRequest
-from ..api.target import CompileResult, LatencyFigure, MemoryFigure, Target
+from ..api.target import Artifact, CompileResult, LatencyFigure, MemoryFigure, Target
 from ..core.hashing import sha256_file
 
 MANIFEST_SCHEMA = 2
@@ -54,10 +54,12 @@ def default_output_dir(manifest: dict[str, Any]) -> Path:
     return Path("build") / f"{manifest['model']['label']}-{target['name']}-{target['precision']}-{size}"
 
 
-def artifact_records(bundle: Path, result: CompileResult) -> list[dict[str, Any]]:
-    """The target-ready ONNX first (every bundle has it), then the target's artifacts, hashed."""
+def artifact_records(bundle: Path, result: CompileResult, extra: list[Artifact] = ()) -> list[dict[str, Any]]:
+    """The target-ready ONNX first (every bundle has it), then the target's artifacts and the pipeline's
+    reports (``extra``), hashed."""
     records = [{"path": "model.onnx", "role": "onnx", "primary": False}] + [
-        {"path": a.path, "role": a.role, "primary": a.primary} for a in result.artifacts if a.path != "model.onnx"
+        {"path": a.path, "role": a.role, "primary": a.primary} for a in [*result.artifacts, *extra]
+        if a.path != "model.onnx"
     ]
     if result.primary.path == "model.onnx":
         records[0]["primary"] = True
@@ -73,7 +75,8 @@ def figures(memory: MemoryFigure | None, latency: LatencyFigure | None) -> dict[
 
 
 def new_manifest(request: BuildRequest, target: Target, model: dict[str, Any], result: CompileResult,
-                 bundle: Path, *, toolchain: dict[str, str | None], cache_key: str) -> dict[str, Any]:
+                 bundle: Path, *, toolchain: dict[str, str | None], cache_key: str,
+                 extra_artifacts: list[Artifact] = ()) -> dict[str, Any]:
     return {
         "schema": MANIFEST_SCHEMA,
         "status": result.status,
@@ -89,10 +92,11 @@ def new_manifest(request: BuildRequest, target: Target, model: dict[str, Any], r
         "dynamic": request.dynamic,
         "opset": request.opset,
         "simplifier": request.simplifier,
-        "artifacts": artifact_records(bundle, result),
+        "artifacts": artifact_records(bundle, result, list(extra_artifacts)),
         "memory": None,
         "latency": None,
         "verification": {"passed": None, "skipped": True, "tolerance": {}, "stages": []},
+        "accuracy": None,  # with --eval-data: top-1/top-5 per stage on the labelled images
         "stages": [],
         "toolchain": toolchain,
         "notice": result.notice or None,

@@ -21,7 +21,10 @@ from ..api.tolerance import Tolerance
 from ..core.errors import VerificationError
 from ..core.hashing import sha256_file
 from ..core.io import write_json
+from ..data.evaluation import EvalSet
+from ..onnxtools.layers import LAYERS_CSV, layer_errors, write_layers
 from ..onnxtools.run import run_onnx, seeded_inputs
+from .accuracy import accuracy
 from .cache import BuildCache
 from .timing import StageTimings
 from .verify import StageError, compare
@@ -29,13 +32,21 @@ from .verify import StageError, compare
 log = logging.getLogger("vncompile")
 VERIFY_IMAGES = 4  # seeded inputs per verified size (top-1 agreement is over these)
 INPUT_SEED = 1234
-PREPARE_STAGES = ["load", "fuse", "export", "simplify", "quantize"]
+PREPARE_STAGES = ["load", "fuse", "export", "simplify", "quantize"]  # then "reference", "evaluate"
 FILES = {"exported.onnx": "onnx-exported", "simplified.onnx": "onnx-simplified", "model.onnx": "onnx"}
+EVAL_REFERENCE = "eval_reference.npz"  # the reference's top-1 per evaluation image: the targets' agreement
+LAYER_INPUTS = 16  # images the per-layer int8 analysis runs (each a full pass through two graphs)
 
 
-def verify_inputs(shape: InputShape) -> np.ndarray:
-    """The seeded batches every stage of every target sees for ``shape``."""
-    return seeded_inputs(shape, max(1, -(-VERIFY_IMAGES // shape.batch)), seed=INPUT_SEED)
+def verify_inputs(shape: InputShape, eval_set: EvalSet | None = None) -> np.ndarray:
+    """The batches every stage of every target sees for ``shape``: seeded noise (a check of exactness on any
+    input), then, with --eval-data, real images (the inputs the network was trained for)."""
+    batches = max(1, -(-VERIFY_IMAGES // shape.batch))
+    noise = seeded_inputs(shape, batches, seed=INPUT_SEED)
+    if eval_set is None or shape.as_tuple()[2:] != eval_set.inputs.shape[2:]:
+        return noise
+    images = np.stack(eval_set.batches(shape.batch)[:batches])
+    return np.concatenate([noise, images])
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,19 @@ class PreparedOnnx:
         return self.record["classifier"]
 
     @property
+    def accuracy(self) -> dict[str, Any] | None:
+        return self.record.get("accuracy")
+
+    def reference_top1(self) -> np.ndarray:
+        with np.load(self.directory / EVAL_REFERENCE) as npz:
+            return npz["top1"]
+
+    @property
+    def layers_csv(self) -> Path | None:
+        path = self.directory / LAYERS_CSV
+        return path if path.is_file() else None
+
+    @property
     def output_names(self) -> list[str]:
         return self.record["output_names"]
 
@@ -77,7 +101,8 @@ class PreparedOnnx:
 
 
 def prepare(request: BuildRequest, form: str, key: str, cache: BuildCache, work: Path,
-            timings: StageTimings, checkpoint_sha256: str | None = None) -> PreparedOnnx:
+            timings: StageTimings, checkpoint_sha256: str | None = None,
+            eval_set: EvalSet | None = None) -> PreparedOnnx:
     with cache.lock(key):
         record = cache.lookup(key, kind="onnx")
         if record is not None:
@@ -85,16 +110,16 @@ def prepare(request: BuildRequest, form: str, key: str, cache: BuildCache, work:
             return PreparedOnnx(cache.entry(key, "onnx"), record, cached=True)
         directory = work / "prepared"
         directory.mkdir()
-        record = _run(request, form, key, directory, timings, checkpoint_sha256)
+        record = _run(request, form, key, directory, timings, checkpoint_sha256, eval_set)
         return PreparedOnnx(cache.store(key, directory, kind="onnx"), record, cached=False)
 
 
 def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: StageTimings,
-         checkpoint_sha256: str | None) -> dict[str, Any]:
+         checkpoint_sha256: str | None, eval_set: EvalSet | None) -> dict[str, Any]:
     from ..api.request import check_input_shape
     from ..core.host import total_memory_bytes
-    from ..data.calibration import calibration_samples
-    from ..onnxtools.quantize import quantize_qdq
+    from ..data.calibration import calibration_set
+    from ..onnxtools.quantize import layers_to_keep, quantize_qdq
     from ..onnxtools.simplify import simplify_onnx
     from . import stages
 
@@ -115,8 +140,12 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
             _check_simplified(exported_onnx, simplified_onnx, request, form)
     if form == "int8-qdq":
         with timings.stage("quantize"):
-            calibration = calibration_samples(request.options.calibration, request.shape)
-            quantize_qdq(simplified_onnx, model_onnx, calibration)
+            calibration = calibration_set(request.options, request.shape)
+            quantize_qdq(simplified_onnx, model_onnx, calibration,
+                         layers_to_keep(simplified_onnx, request.options.keep_fp32))
+            # Where int8 departs from fp32, layer by layer, on real images when there are some.
+            probe = calibration if eval_set is None else eval_set.inputs
+            write_layers(layer_errors(simplified_onnx, model_onnx, probe[:LAYER_INPUTS]), directory / LAYERS_CSV)
     else:
         shutil.copyfile(simplified_onnx, model_onnx)
     names = stages.output_names(loaded.network)
@@ -124,7 +153,12 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
     errors: list[StageError] = []
     if request.verify:
         with timings.stage("reference"):
-            errors = _reference_and_onnx_errors(request, form, loaded, exported, directory, names, classifier)
+            errors = _reference_and_onnx_errors(request, form, loaded, exported, directory, names, classifier,
+                                                eval_set)
+    accuracy_section = None
+    if eval_set is not None:
+        with timings.stage("evaluate"):
+            accuracy_section = _stage_accuracy(request, form, loaded, exported, directory, classifier, eval_set)
     spec = exported.spec
     record = {
         "cache_key": key,
@@ -135,21 +169,56 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
         },
         "classifier": classifier,
         "output_names": names,
+        "accuracy": accuracy_section,
         "verification": [e.as_dict() for e in errors],
         "stages": list(timings.records),
         "artifacts": [{"path": name, "role": role, "sha256": sha256_file(directory / name),
                        "bytes": (directory / name).stat().st_size} for name, role in FILES.items()],
     }
-    if request.verify:
-        record["artifacts"].append({"path": "reference.npz", "role": "reference",
-                                    "sha256": sha256_file(directory / "reference.npz"),
-                                    "bytes": (directory / "reference.npz").stat().st_size})
+    extra = {"reference.npz": "reference", EVAL_REFERENCE: "eval-reference", LAYERS_CSV: "int8-layers"}
+    for name, role in extra.items():
+        if (directory / name).is_file():
+            record["artifacts"].append({"path": name, "role": role, "sha256": sha256_file(directory / name),
+                                        "bytes": (directory / name).stat().st_size})
     write_json(directory / "manifest.json", record)
     return record
 
 
+def _stage_accuracy(request, form, loaded, exported, directory: Path, classifier: bool,
+                    eval_set: EvalSet) -> dict[str, Any]:
+    """Top-1/top-5 of the reference and every torch and ONNX stage on the labelled images."""
+    import torch
+
+    from ..core.errors import InputError
+    from . import stages
+
+    if not classifier:
+        raise InputError("--eval-data measures a classifier's accuracy; this network has no classifier head")
+    batches = np.stack(eval_set.batches(request.shape.batch))
+    reference = eval_set.logits(stages.run_torch(loaded.network, batches, dtype=torch.float64))
+    if reference.shape[1] <= int(eval_set.labels.max()):
+        raise InputError(f"{eval_set.images.root}: labels go up to {int(eval_set.labels.max())} but the network has "
+                         f"{reference.shape[1]} classes")
+    top1 = np.argmax(reference, axis=1)
+    np.savez(directory / EVAL_REFERENCE, top1=top1)
+    section: dict[str, Any] = {"images": len(eval_set.labels), "classes": len(eval_set.images.classes),
+                               "layout": eval_set.images.layout,
+                               "preprocessing": request.options.preprocessing() or "imagenet defaults",
+                               "reference": accuracy(reference, eval_set.labels)}
+    runs = {}
+    if exported is not loaded:
+        runs["torch fused"] = stages.run_torch(exported.network, batches)
+    runs["onnx exported"] = run_onnx(directory / "exported.onnx", batches)
+    runs["onnx simplified"] = run_onnx(directory / "simplified.onnx", batches)
+    if form == "int8-qdq":
+        runs["onnx int8 qdq"] = run_onnx(directory / "model.onnx", batches)
+    for stage, outputs in runs.items():
+        section[stage] = accuracy(eval_set.logits(outputs), eval_set.labels, top1)
+    return section
+
+
 def _reference_and_onnx_errors(request, form, loaded, exported, directory: Path, names: list[str],
-                               classifier: bool) -> list[StageError]:
+                               classifier: bool, eval_set: EvalSet | None) -> list[StageError]:
     """The float64 reference (saved for the targets) and the errors of the torch and ONNX stages."""
     import torch
 
@@ -164,7 +233,7 @@ def _reference_and_onnx_errors(request, form, loaded, exported, directory: Path,
 
     for shape in request.verify_shapes():
         at = f" @{shape.size_label}" if request.dynamic else ""
-        inputs = verify_inputs(shape)
+        inputs = verify_inputs(shape, eval_set)
         reference = stages.run_torch(loaded.network, inputs, dtype=torch.float64)
         for b, batch in enumerate(reference):
             for o, output in enumerate(batch):

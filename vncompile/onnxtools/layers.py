@@ -1,0 +1,100 @@
+"""Where int8 breaks: every conv's output in the int8 (Q/DQ) graph against the fp32 graph, on real inputs.
+
+What rknn-toolkit2's ``accuracy_analysis`` and Polygraphy's layerwise mode do: mark each conv's
+output as a graph output in both models, run the same inputs, and compare tensor by tensor
+(cosine similarity and relative error, max abs / max |fp32|). The quantizer keeps each conv's
+output name (it inserts Q/DQ after it), so the same names exist in both graphs.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .run import onnx_feed
+
+LAYERS_CSV = "layers.csv"
+COLUMNS = ["index", "node", "output", "cosine", "rel", "quantized"]
+
+
+def _with_outputs(path: Path, names: list[str]) -> bytes:
+    import onnx
+
+    model = onnx.load(str(path))
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.ValueInfoProto(name=name))
+    return model.SerializeToString()
+
+
+def _run_all(model: bytes, names: list[str], inputs: np.ndarray) -> dict[str, list[np.ndarray]]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # No graph optimizations: fusions would remove the very tensors being compared.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    feed = onnx_feed(session)
+    values: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for x in inputs:
+        for name, value in zip(names, session.run(names, feed(x[None])), strict=True):
+            values[name].append(np.asarray(value, dtype=np.float64).ravel())
+    return values
+
+
+def layer_errors(fp32: Path, int8: Path, inputs: np.ndarray) -> list[dict[str, Any]]:
+    """One row per conv of the fp32 graph, in graph order."""
+    import onnx
+
+    fp32_graph = onnx.load(str(fp32), load_external_data=False).graph
+    convs = [(n.name, n.output[0]) for n in fp32_graph.node if n.op_type == "Conv"]
+    int8_graph = onnx.load(str(int8), load_external_data=False).graph
+    quantized_inputs = {n.output[0] for n in int8_graph.node if n.op_type == "DequantizeLinear"}
+    int8_convs = {n.name: n for n in int8_graph.node if n.op_type == "Conv"}
+    names = [output for _, output in convs]
+    reference = _run_all(_with_outputs(fp32, names), names, inputs)
+    quantized = _run_all(_with_outputs(int8, names), names, inputs)
+    rows = []
+    for index, (node, output) in enumerate(convs):
+        ref, out = np.concatenate(reference[output]), np.concatenate(quantized[output])
+        denom = float(np.linalg.norm(ref) * np.linalg.norm(out))
+        cosine = float(np.dot(ref, out) / denom) if denom else 1.0
+        rel = float(np.max(np.abs(ref - out)) / (np.max(np.abs(ref)) or 1.0))
+        conv = int8_convs.get(node)
+        is_quantized = conv is not None and conv.input[0] in quantized_inputs
+        rows.append({"index": index, "node": node, "output": output, "cosine": cosine, "rel": rel,
+                     "quantized": is_quantized})
+    return rows
+
+
+def write_layers(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "cosine": f"{row['cosine']:.6f}", "rel": f"{row['rel']:.4g}"})
+
+
+def read_layers(path: Path) -> list[dict[str, Any]]:
+    with open(path, newline="") as f:
+        return [{**r, "cosine": float(r["cosine"]), "rel": float(r["rel"])} for r in csv.DictReader(f)]
+
+
+def worst_layers(rows: list[dict[str, Any]], count: int = 3) -> list[dict[str, Any]]:
+    """The layers whose int8 output departs most from fp32 *by themselves*: the drop in cosine from the
+    layer feeding them, so the first broken layer ranks above everything downstream of it."""
+    ranked = []
+    previous = 1.0
+    for row in rows:
+        ranked.append((previous - row["cosine"], row))
+        previous = row["cosine"]
+    return [row for _, row in sorted(ranked, key=lambda x: -x[0])[:count]]
+
+
+def describe_layers(rows: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{r['node']} (cosine {r['cosine']:.3f})" for r in rows)
