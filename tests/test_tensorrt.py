@@ -29,7 +29,11 @@ from vncompile.core.errors import TargetUnavailable, VncompileError
 from vncompile.pipeline.cache import BuildCache
 from vncompile.targets import get_target
 from vncompile.targets import tensorrt as trt_target
-from vncompile.targets.tensorrt import TensorRTSession, build_engine, probe_toolchain
+from vncompile.targets.tensorrt import toolchain as trt_toolchain
+from vncompile.targets.tensorrt.builder import build_engine
+from vncompile.targets.tensorrt.profile import shape_profile
+from vncompile.targets.tensorrt.runner import TensorRTSession
+from vncompile.targets.tensorrt.toolchain import probe_toolchain
 
 W = str(NARROW)
 NARROW_SOURCE = ModelSource(model_name="vanillanet_5", width=NARROW)
@@ -127,7 +131,7 @@ def deferred(tmp_path_factory) -> tuple[Path, dict[str, CliRun]]:
     runs = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VNCOMPILE_CACHE_DIR", str(root / "cache"))
-        patch.setattr(trt_target, "nvidia_gpus", lambda: ())
+        patch.setattr(trt_toolchain, "nvidia_gpus", lambda: ())
         for name, extra in DEFERRED_BUILDS.items():
             runs[name] = narrow_build(root / name, *extra)
     return root, runs
@@ -186,7 +190,7 @@ def test_dynamic_bundle_verifies_two_sizes_and_default_profile_spans_half_to_dou
     stages = {s["stage"] for s in manifest["verification"]["stages"]}
     assert {f"onnx simplified{at}" for at in verified_at()} <= stages
     request = BuildRequest(NARROW_SOURCE, "tensorrt", shape=InputShape(2, 3, 224, 192), dynamic=True)
-    profile = trt_target.shape_profile(request)
+    profile = shape_profile(request)
     assert profile.as_dict() == {"min": [1, 3, 112, 96], "opt": [2, 3, 224, 192], "max": [2, 3, 448, 384]}
 
 
@@ -241,7 +245,7 @@ def test_bad_tensorrt_options_are_one_line_errors(tmp_path, run_cli, args, messa
 
 def test_availability_reports_deferred_mode_and_the_version(monkeypatch):
     with monkeypatch.context() as patch:
-        patch.setattr(trt_target, "nvidia_gpus", lambda: ())
+        patch.setattr(trt_toolchain, "nvidia_gpus", lambda: ())
         patch.setattr(trt_target, "import_tensorrt", lambda: "TensorRT is not installed (pip install tensorrt)")
         here = get_target("tensorrt").availability()
     assert here.available and here.version is None and here.devices == ()
@@ -392,7 +396,7 @@ def test_dynamic_session_takes_any_size_in_its_profile(deferred, monkeypatch):
                            options=TargetOptions(profile_sizes=(160, 224, 320)))
     toolchain = probe_toolchain()
     session = TensorRTSession(toolchain, build_engine(toolchain, onnx_path, request,
-                                                      trt_target.shape_profile(request)).plan)
+                                                      shape_profile(request)).plan)
     for size in (160, 320, 224):  # buffers grow, then are reused
         assert session.run(np.ones((1, 3, size, size), np.float32))[0].shape == (1, 1000)
     with pytest.raises(VncompileError, match="does not take an input of 1x3x352x352"):

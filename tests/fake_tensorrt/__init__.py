@@ -52,5 +52,5 @@ def install(monkeypatch: pytest.MonkeyPatch, version: str = TRT10, gpus: tuple[F
                          ("cuda.bindings.runtime", cudart)):
         module.__spec__ = importlib.machinery.ModuleSpec(name, None)  # importlib.util.find_spec needs one
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr("vncompile.targets.tensorrt.nvidia_gpus", lambda: tuple(g.name for g in gpus))
+    monkeypatch.setattr("vncompile.targets.tensorrt.toolchain.nvidia_gpus", lambda: tuple(g.name for g in gpus))
     return FakeInstall(api, trt, cudart)
