@@ -14,8 +14,9 @@ one ONNX gives the same types on both majors and its ONNX Runtime verification s
 them. fp32 builds clear TF32, which rounds convolution inputs to 10-bit mantissas and would
 miss fp32's 1e-4 tolerance.
 
-No TensorRT object is created before nvidia-smi and CUDA have both confirmed a GPU: TensorRT
-without a usable GPU logs a CUDA error and then crashes the process at exit.
+No TensorRT object is created before CUDA itself (cudaGetDeviceCount, not nvidia-smi, which
+JetPack 5 lacks) has confirmed a GPU: TensorRT without a usable GPU logs a CUDA error and then
+crashes the process at exit.
 
 API sources (NVIDIA/TensorRT, tags v10.16 and v11.1): python/src/infer/pyCore.cpp and
 python/docstrings/infer/pyCoreDoc.h for names and signatures, python/src/parsers/pyOnnx.cpp,

@@ -10,17 +10,17 @@ from typing import Any
 
 from ...api.request import BuildRequest
 from ...core.errors import InputError, VncompileError
-from ...core.io import atomic_file
+from ...core.io import atomic_file, file_lock
 from .profile import ShapeProfile
 from .script import ONNX
-from .toolchain import Toolchain, _major, forwarding_logger
+from .toolchain import Toolchain, forwarding_logger, major_version
 
 log = logging.getLogger("vncompile")
 
 
 def network_flags(trt: ModuleType) -> int:
     """STRONGLY_TYPED on TensorRT 10; 11 networks are always strongly typed and the flag is deprecated."""
-    if _major(trt.__version__) >= 11:
+    if major_version(trt.__version__) >= 11:
         return 0
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
@@ -63,16 +63,21 @@ def _read_timing_cache(path: Path) -> bytes:
         raise InputError(f"cannot read the timing cache {path}: {exc.strerror}") from None
 
 
+def _timing_cache_from(config: Any, blob: bytes) -> Any | None:
+    """TensorRT's cache from a serialized one, or None when TensorRT cannot read it."""
+    try:
+        return config.create_timing_cache(blob)  # None: TensorRT could not read it
+    except (RuntimeError, ValueError):  # undocumented either way: treat a raise like None
+        return None
+
+
 def attach_timing_cache(config: Any, path: Path) -> str:
     """Reuse the cache in ``path`` when TensorRT accepts it; replace a corrupt one, or one from another GPU
     or TensorRT version, with a new cache and return a warning (a build never fails on its cache)."""
     blob = _read_timing_cache(path)
     warning = ""
     if blob:
-        try:
-            cache = config.create_timing_cache(blob)  # None: TensorRT could not read it
-        except (RuntimeError, ValueError):  # undocumented either way: treat a raise like None
-            cache = None
+        cache = _timing_cache_from(config, blob)
         # ignore_mismatch False: TensorRT says another device's timings "may lead to functional/performance bugs"
         if cache is not None and config.set_timing_cache(cache, False):
             log.info("tensorrt: reusing the timing cache %s (%d bytes)", path, len(blob))
@@ -86,11 +91,24 @@ def attach_timing_cache(config: Any, path: Path) -> str:
 
 
 def save_timing_cache(config: Any, path: Path) -> None:
-    """Write the config's (grown) timing cache back, atomically: a concurrent reader never sees half a file."""
-    serialized = bytes(config.get_timing_cache().serialize())
+    """Write the config's grown cache back, merged with what the file holds by now.
+
+    Builds sharing one --timing-cache (ci --jobs) each attached the file as it was when they began, so a
+    plain write would drop the timings the others saved meanwhile: under a lock (``path``.lock), combine
+    the file's entries into this cache, then replace the file atomically (attaching needs no lock: it
+    never sees half a file), as Polygraphy's save_timing_cache and trtexec do.
+    """
+    cache = config.get_timing_cache()
     try:
-        with atomic_file(path, force=True) as tmp:
-            tmp.write_bytes(serialized)
+        with file_lock(path.with_name(f"{path.name}.lock")):
+            blob = _read_timing_cache(path)
+            saved = _timing_cache_from(config, blob) if blob else None
+            # ignore_mismatch False: another GPU's or version's file is replaced, as attach_timing_cache replaced it
+            if saved is not None and not cache.combine(saved, False):
+                log.info("tensorrt: the timing cache %s is another GPU's or TensorRT version's; replacing it", path)
+            serialized = bytes(cache.serialize())
+            with atomic_file(path, force=True) as tmp:
+                tmp.write_bytes(serialized)
     except OSError as exc:
         raise InputError(f"cannot write the timing cache {path}: {exc.strerror}") from None
     log.info("tensorrt: wrote the timing cache %s (%d bytes)", path, len(serialized))

@@ -1,4 +1,13 @@
-"""cuda-python's runtime API: the calls vncompile makes, checked, and the probe for a usable GPU."""
+"""cuda-python's runtime API: the calls vncompile makes, checked, and the probe for a usable GPU.
+
+The probe is CUDA's own ``cudaGetDeviceCount``, not nvidia-smi: JetPack 5 has no nvidia-smi and
+JetPack 6's lists little, while the runtime works on every device TensorRT does. It also tells a
+missing GPU apart from a driver older than cuda-python's runtime (cuda-python 13 on a CUDA 12
+driver), which needs another cuda-python, not another machine.
+
+cuda-python (NVIDIA/cuda-python, cuda_bindings/cuda/bindings/runtime.pyx.in, 12.9 and 13.x): every
+call returns ``(cudaError_t, *values)``, the values ``None`` when the call failed.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +35,15 @@ class GpuFacts:
     compute_capability: str  # "8.6"
 
 
+# pyproject's extras, by the CUDA major of the driver: each pins the cuda-python (runtime) major to it
+CUDA_EXTRAS = {12: "tensorrt-cu12", 13: "tensorrt-cu13"}
+
+
+def cuda_version(encoded: int) -> str:
+    """CUDA's 1000 * major + 10 * minor encoding (12040) as "12.4"."""
+    return f"{encoded // 1000}.{encoded % 1000 // 10}"
+
+
 class CudaRuntime:
     """cuda-python's runtime calls return (cudaError_t, *values); this returns the values or raises one line."""
 
@@ -45,9 +63,27 @@ class CudaRuntime:
     def missing_device(self) -> str:
         """Why CUDA cannot use a GPU here, or "" when it can."""
         error, count = self.api.cudaGetDeviceCount()
-        if error != self.api.cudaError_t.cudaSuccess:
-            return f"CUDA sees no usable GPU ({self.error_name(error)})"
-        return "" if count > 0 else "CUDA sees no GPU"
+        if error == self.api.cudaError_t.cudaSuccess:
+            return "" if count > 0 else "no NVIDIA GPU here (CUDA finds none)"
+        name = self.error_name(error)
+        if name == "cudaErrorNoDevice":
+            return f"no NVIDIA GPU here (CUDA finds none: {name})"
+        if name == "cudaErrorInsufficientDriver":
+            return self.driver_too_old(name)
+        return f"CUDA cannot use the GPU here ({name})"
+
+    def driver_too_old(self, error_name: str) -> str:
+        """cudaErrorInsufficientDriver: no driver at all, or one older than cuda-python's runtime."""
+        driver = self.api.cudaDriverGetVersion()[1] or 0  # 0: no driver is installed
+        if driver == 0:
+            return f"no NVIDIA GPU here (no NVIDIA driver: {error_name})"
+        runtime = self.api.cudaRuntimeGetVersion()[1] or 0
+        problem = f"CUDA runtime {cuda_version(runtime)} needs a newer driver than {cuda_version(driver)}: {error_name}"
+        driver_major = driver // 1000
+        if runtime // 1000 > driver_major and driver_major in CUDA_EXTRAS:
+            return (f"{problem}; install cuda-python<{driver_major + 1} "
+                    f"(pip install 'vncompile[{CUDA_EXTRAS[driver_major]}]')")
+        return f"{problem}; update the NVIDIA driver"
 
     def current_gpu(self) -> GpuFacts:
         device = self("cudaGetDevice")

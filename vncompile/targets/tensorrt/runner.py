@@ -35,6 +35,7 @@ class DeviceMemory:
 
     delta: int
     activations: int
+    activations_source: str
     weights: int
     weights_source: str
     io_buffers: int
@@ -141,23 +142,31 @@ class TensorRTSession(Session):
         accounted = memory.activations + memory.weights + memory.io_buffers
         detail = (f"device-memory delta {_mb(memory.delta)} (cudaMemGetInfo before deserializing vs now, with "
                   f"TensorRT's runtime allocations); activations {_mb(memory.activations)} "
-                  f"(ICudaEngine.device_memory_size_v2); weights {_mb(memory.weights)} ({memory.weights_source}); "
+                  f"({memory.activations_source}); weights {_mb(memory.weights)} ({memory.weights_source}); "
                   f"I/O buffers {_mb(memory.io_buffers)} (cudaMalloc); max: the larger of the delta and their sum")
         return MemoryFigure(kb(max(memory.delta, accounted)), "measured", kb(memory.weights), kb(memory.activations),
                             detail)
 
     def memory_breakdown(self) -> DeviceMemory:
         engine = self.engine
-        activations = getattr(engine, "device_memory_size_v2", None)
-        if activations is None:  # TensorRT 10.0 only has the deprecated name
-            activations = engine.device_memory_size
-        if hasattr(engine, "get_engine_stat"):  # TensorRT 10.14 and later
+        if hasattr(engine, "device_memory_size_v2"):  # 10.1 and later
+            activations, activations_source = engine.device_memory_size_v2, "ICudaEngine.device_memory_size_v2"
+        else:  # 10.0 has only the name 10.1 deprecated
+            activations, activations_source = engine.device_memory_size, "ICudaEngine.device_memory_size"
+        weights, weights_source = self._weights(engine)
+        return DeviceMemory(self._free_at_start - self._cuda.free_memory(), int(activations), activations_source,
+                            weights, weights_source, sum(size for _pointer, size in self._buffers.values()))
+
+    def _weights(self, engine: Any) -> tuple[int, str]:
+        """TensorRT's weights statistic where it has a working one, else the plan's size (an upper bound)."""
+        if not hasattr(engine, "get_engine_stat"):
+            return self.plan_bytes, f"{ENGINE} size (an upper bound: no weights statistic before TensorRT 10.14)"
+        try:
             weights = engine.get_engine_stat(self._trt.EngineStat.TOTAL_WEIGHTS_SIZE)
-            weights_source = "ICudaEngine.get_engine_stat(TOTAL_WEIGHTS_SIZE)"
-        else:
-            weights, weights_source = self.plan_bytes, f"{ENGINE} size (an upper bound: no statistic before 10.14)"
-        return DeviceMemory(self._free_at_start - self._cuda.free_memory(), int(activations), int(weights),
-                            weights_source, sum(size for _pointer, size in self._buffers.values()))
+        except (TypeError, RuntimeError) as exc:  # 10.14's binding puts keep_alive on the int it returns
+            return self.plan_bytes, (f"{ENGINE} size (an upper bound: get_engine_stat(TOTAL_WEIGHTS_SIZE) failed in "
+                                     f"these bindings: {type(exc).__name__}: {exc})")
+        return int(weights), "ICudaEngine.get_engine_stat(TOTAL_WEIGHTS_SIZE)"
 
     def _bind(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """Set the input shape, size the device buffers and give TensorRT their addresses."""

@@ -21,7 +21,9 @@ def trtexec_arguments(request: BuildRequest, profile: ShapeProfile | None) -> li
     if request.precision == "fp32":
         arguments.append("--noTF32")
     if request.options.workspace_mb is not None:
-        arguments.append(f"--memPoolSize=workspace:{request.options.workspace_mb}M")
+        # no unit suffix: every trtexec from 10.0 to 11.x reads a bare number as MiB, while 10.0.x applied
+        # a suffix and then read the product as MiB again (256M: a 256 TiB limit)
+        arguments.append(f"--memPoolSize=workspace:{request.options.workspace_mb}")
     if profile is not None:
         arguments += [f"--{kind}Shapes={INPUT_NAME}:{_dims(shape)}"
                       for kind, shape in (("min", profile.min), ("opt", profile.opt), ("max", profile.max))]
@@ -50,6 +52,8 @@ def build_script(request: BuildRequest, profile: ShapeProfile | None) -> str:
         "# TensorRT 11 networks are always strongly typed and it ignores the flag.",
         "# TRTEXEC: the trtexec binary (default: trtexec on PATH).",
         "# TIMING_CACHE: a timing cache file reused across builds (default, and relative to: this directory).",
+        "# A timing cache holds one GPU model's timings for one TensorRT version: keep one per kind of device",
+        "# (e.g. TIMING_CACHE=orin-trt10.cache); trtexec does not refuse another GPU's cache.",
         "set -eu",
         'cd "$(dirname "$0")"',
         'TRTEXEC="${TRTEXEC:-trtexec}"',

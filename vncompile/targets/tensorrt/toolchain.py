@@ -8,16 +8,15 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from ...core.host import nvidia_gpus
 from .cuda import CudaRuntime, GpuFacts, import_cudart
 
 log = logging.getLogger("vncompile")
 
 OLDEST_MAJOR = 10
-INSTALL_HINT = "pip install tensorrt cuda-python"  # no brackets: the CLI prints notices as Rich markup
+INSTALL_HINT = "pip install 'vncompile[tensorrt-cu12]', or tensorrt-cu13 with a CUDA 13 driver"
 
 
-def _major(version: str) -> int:
+def major_version(version: str) -> int:
     return int(version.split(".")[0])
 
 
@@ -28,10 +27,10 @@ def import_tensorrt() -> ModuleType | str:
     except ModuleNotFoundError as exc:
         if exc.name != "tensorrt":
             return f"TensorRT does not import ({exc})"
-        return f"TensorRT is not installed ({INSTALL_HINT} on a GPU machine)"
+        return f"TensorRT is not installed (on a GPU machine: {INSTALL_HINT})"
     except (ImportError, OSError) as exc:  # a wheel without its libraries, or a broken system install
         return f"TensorRT does not import ({type(exc).__name__}: {exc})"
-    if _major(trt.__version__) < OLDEST_MAJOR:
+    if major_version(trt.__version__) < OLDEST_MAJOR:
         return f"TensorRT {trt.__version__} is older than {OLDEST_MAJOR}, the oldest vncompile builds with"
     return trt
 
@@ -50,13 +49,16 @@ class Toolchain:
 
 
 def missing_pieces(trt: ModuleType | str) -> list[str]:
-    """What a real build lacks here, given ``trt`` (the module, or why not), cheaply: no CUDA call and no
-    TensorRT object. Empty when nothing."""
-    missing = [] if nvidia_gpus() else ["no NVIDIA GPU here (nvidia-smi lists none)"]
+    """What a real build lacks here, given ``trt`` (the module, or why not): a GPU CUDA can use, TensorRT,
+    cuda-python. Creates no TensorRT object. Empty when nothing."""
+    cudart = import_cudart()
+    if cudart is None:
+        missing = [f"cuda-python is not installed ({INSTALL_HINT})"]  # and without it, no CUDA probe either
+    else:
+        unusable = CudaRuntime(cudart).missing_device()
+        missing = [unusable] if unusable else []
     if isinstance(trt, str):
         missing.append(trt)
-    if import_cudart() is None:
-        missing.append(f"cuda-python is not installed ({INSTALL_HINT})")
     return missing
 
 
@@ -67,9 +69,6 @@ def probe_toolchain() -> Toolchain | str:
     if missing or isinstance(trt, str):
         return "; ".join(missing)
     cuda = CudaRuntime(import_cudart())  # type: ignore[arg-type]
-    unusable = cuda.missing_device()
-    if unusable:
-        return unusable
     return Toolchain(trt, cuda, cuda.current_gpu())
 
 
