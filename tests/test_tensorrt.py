@@ -19,21 +19,29 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import NARROW, one_line_error
-from tests.fake_tensorrt import A100, FAKE_COMPUTE_MS, H100, TRT10, TRT11, FakeCudaCrash, install
+from tests.fake_tensorrt import A100, FAKE_COMPUTE_MS, H100, TRT10, TRT11, FakeCudaCrash, FakeGpu, install
 from tests.fake_tensorrt.tensorrt_api import CACHE_MAGIC, PLAN_MAGIC
 from vncompile.api.options import TargetOptions
 from vncompile.api.request import BuildRequest, InputShape, ModelSource
 from vncompile.api.target import Availability
 from vncompile.cli import main
+from vncompile.core import host
 from vncompile.core.errors import TargetUnavailable, VncompileError
 from vncompile.pipeline.cache import BuildCache
 from vncompile.targets import get_target
 from vncompile.targets import tensorrt as trt_target
-from vncompile.targets.tensorrt import TensorRTSession, build_engine, probe_toolchain
+from vncompile.targets.tensorrt import builder as builder_module
+from vncompile.targets.tensorrt import toolchain as trt_toolchain
+from vncompile.targets.tensorrt.builder import build_engine, network_flags
+from vncompile.targets.tensorrt.cuda import CudaRuntime, GpuFacts
+from vncompile.targets.tensorrt.profile import shape_profile
+from vncompile.targets.tensorrt.runner import TensorRTSession
+from vncompile.targets.tensorrt.toolchain import probe_toolchain
 
 W = str(NARROW)
 NARROW_SOURCE = ModelSource(model_name="vanillanet_5", width=NARROW)
 PROFILE_SIZES = (160, 224, 320)
+ORIN = FakeGpu("Orin", (8, 7))  # what CUDA names a Jetson AGX Orin's GPU
 DEFERRED_BUILDS = {  # name -> extra CLI arguments; the fake tests reuse these builds' prepared ONNX
     "fp16": ["--precision", "fp16"],
     "int8": ["--precision", "int8"],
@@ -122,12 +130,12 @@ def qdq_conv_model(path: Path, float_bias: bool = False) -> Path:
 
 @pytest.fixture(scope="module")
 def deferred(tmp_path_factory) -> tuple[Path, dict[str, CliRun]]:
-    """The deferred bundles, built once through the CLI with nvidia-smi listing no GPU (deferred on any machine)."""
+    """The deferred bundles, built once through the CLI where CUDA finds no GPU (deferred on any machine)."""
     root = tmp_path_factory.mktemp("deferred")
     runs = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VNCOMPILE_CACHE_DIR", str(root / "cache"))
-        patch.setattr(trt_target, "nvidia_gpus", lambda: ())
+        install(patch, TRT10, gpus=())
         for name, extra in DEFERRED_BUILDS.items():
             runs[name] = narrow_build(root / name, *extra)
     return root, runs
@@ -139,7 +147,7 @@ def test_fp16_bundle_is_deferred_with_a_notice_and_fp16_weights(deferred):
     assert "notice:" in run.err and "no NVIDIA GPU here" in run.err and "build_engine.sh" in run.err
     manifest = run.manifest
     assert manifest["status"] == "deferred" and "deferred" in run.err.splitlines()[-1]
-    assert manifest["notice"].startswith("no NVIDIA GPU here") and "deferred the engine" in manifest["notice"]
+    assert manifest["notice"].startswith("no NVIDIA GPU here (CUDA finds none: cudaErrorNoDevice): deferred the engine")
     assert "no NVIDIA GPU here" in manifest["target"]["facts"]["deferred_because"]
     assert {a["role"] for a in manifest["artifacts"]} == {"onnx", "trtexec-script"}
     assert not (run.out_dir / "model.engine").exists()
@@ -162,9 +170,10 @@ def test_build_script_holds_the_trtexec_command(deferred):
     assert arguments == ["--onnx=model.onnx", "--saveEngine=model.engine", "--stronglyTyped", "--skipInference",
                          "--timingCacheFile=$TIMING_CACHE"]
     assert not {"--fp16", "--int8", "--best", "--bf16"} & set(arguments)  # TensorRT 11 has none of them
+    assert "# A timing cache holds one GPU model's timings for one TensorRT version" in script
     dynamic_arguments = trtexec_arguments((dynamic / "build_engine.sh").read_text())
     assert dynamic_arguments == ["--onnx=model.onnx", "--saveEngine=model.engine", "--stronglyTyped", "--noTF32",
-                                 "--memPoolSize=workspace:256M", "--minShapes=input:1x3x160x160",
+                                 "--memPoolSize=workspace:256", "--minShapes=input:1x3x160x160",
                                  "--optShapes=input:1x3x224x224", "--maxShapes=input:1x3x320x320", "--skipInference",
                                  "--timingCacheFile=$TIMING_CACHE"]
     target = deferred[1]["dynamic"].manifest["target"]["facts"]
@@ -186,7 +195,7 @@ def test_dynamic_bundle_verifies_two_sizes_and_default_profile_spans_half_to_dou
     stages = {s["stage"] for s in manifest["verification"]["stages"]}
     assert {f"onnx simplified{at}" for at in verified_at()} <= stages
     request = BuildRequest(NARROW_SOURCE, "tensorrt", shape=InputShape(2, 3, 224, 192), dynamic=True)
-    profile = trt_target.shape_profile(request)
+    profile = shape_profile(request)
     assert profile.as_dict() == {"min": [1, 3, 112, 96], "opt": [2, 3, 224, 192], "max": [2, 3, 448, 384]}
 
 
@@ -241,12 +250,12 @@ def test_bad_tensorrt_options_are_one_line_errors(tmp_path, run_cli, args, messa
 
 def test_availability_reports_deferred_mode_and_the_version(monkeypatch):
     with monkeypatch.context() as patch:
-        patch.setattr(trt_target, "nvidia_gpus", lambda: ())
+        patch.setattr(trt_toolchain, "import_cudart", lambda: None)
         patch.setattr(trt_target, "import_tensorrt", lambda: "TensorRT is not installed (pip install tensorrt)")
         here = get_target("tensorrt").availability()
     assert here.available and here.version is None and here.devices == ()
-    assert here.reason.startswith("deferred: no NVIDIA GPU here") and "build_engine.sh" in here.reason
-    assert "TensorRT is not installed" in here.reason
+    assert here.reason.startswith("deferred: cuda-python is not installed (pip install 'vncompile[tensorrt-cu12]'")
+    assert "TensorRT is not installed" in here.reason and "build_engine.sh" in here.reason
     fake = install(monkeypatch, TRT11, gpus=())
     no_gpu = get_target("tensorrt").availability()
     assert no_gpu.available and no_gpu.version == TRT11 and "no NVIDIA GPU here" in no_gpu.reason
@@ -323,7 +332,31 @@ def test_timing_cache_is_reused_and_a_bad_one_rebuilt(deferred, tmp_path, monkey
     install(monkeypatch, other, gpus=(H100,))  # the cache is another TensorRT version's
     assert "rebuilt it" in build_engine(probe_toolchain(), onnx_path, request, None).warning
     assert json.loads(cache.read_bytes()[len(CACHE_MAGIC):])["version"] == other
-    assert sorted(p.name for p in cache.parent.iterdir()) == ["timing.cache"]  # atomic writes leave nothing
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["timing.cache", "timing.cache.lock"]  # atomic writes
+
+
+def test_concurrent_builds_merge_their_timing_caches(deferred, tmp_path, monkeypatch):
+    """Two builds share one --timing-cache (ci --jobs 2): the second saves while the first builds, and the
+    first's save keeps the second's timings instead of overwriting them."""
+    cache = tmp_path / "timing.cache"
+    request = request_for(timing_cache=cache)
+    fake = install(monkeypatch, TRT10)
+    toolchain = probe_toolchain()
+    fp16, int8 = (deferred[1][name].out_dir / "model.onnx" for name in ("fp16", "int8"))
+    save = builder_module.save_timing_cache
+
+    def save_after_another_build(config, path):
+        monkeypatch.setattr(builder_module, "save_timing_cache", save)
+        build_engine(toolchain, int8, request, None)  # attached the cache as it was: empty
+        save(config, path)
+
+    monkeypatch.setattr(builder_module, "save_timing_cache", save_after_another_build)
+    build_engine(toolchain, fp16, request, None)
+    both = fake.records.timing_misses
+    assert fake.records.timing_hits == 0  # each began with the empty file
+    for onnx_path in (fp16, int8):
+        build_engine(toolchain, onnx_path, request, None)
+    assert fake.records.timing_misses == both  # every timing of both builds came from the file: none was lost
 
 
 def test_a_timing_cache_notice_reaches_the_user(seeded, tmp_path, monkeypatch):
@@ -355,7 +388,15 @@ def test_load_refuses_another_gpu_or_version_before_deserializing(seeded, tmp_pa
     assert fake.records.deserialized == 1 and session.run(np.zeros((1, 3, 224, 224), np.float32))[0].shape == (1, 1000)
 
 
-@pytest.mark.parametrize("version", [TRT10, "10.8.0.43", TRT11])
+TRT10_0, TRT10_8, TRT10_14 = "10.0.1.6", "10.8.0.43", "10.14.1.48"
+WEIGHTS_STATISTIC = {TRT10: "ICudaEngine.get_engine_stat(TOTAL_WEIGHTS_SIZE)", TRT11: "ICudaEngine.get_engine_stat(",
+                     TRT10_0: "model.engine size (an upper bound: no weights statistic before TensorRT 10.14)",
+                     TRT10_8: "model.engine size (an upper bound: no weights statistic before TensorRT 10.14)",
+                     TRT10_14: "model.engine size (an upper bound: get_engine_stat(TOTAL_WEIGHTS_SIZE) failed in these "
+                               "bindings: TypeError: cannot create weak reference to 'int' object)"}
+
+
+@pytest.mark.parametrize("version", [TRT10, TRT10_0, TRT10_8, TRT10_14, TRT11])
 def test_latency_and_memory_hooks(deferred, monkeypatch, version):
     onnx_path = deferred[1]["fp16"].out_dir / "model.onnx"
     fake = install(monkeypatch, version)
@@ -372,13 +413,15 @@ def test_latency_and_memory_hooks(deferred, monkeypatch, version):
     memory = session.device_memory()
     io_bytes = x.nbytes + 1000 * 4
     assert memory.source == "measured" and memory.activations_kb == header["activations"] / 1024
-    weights = header["weights"] if version != "10.8.0.43" else len(plan)  # no weights statistic before 10.14
+    statistic = version in (TRT10, TRT11)  # none before 10.14; 10.14's raises
+    weights = header["weights"] if statistic else len(plan)
     assert memory.weights_kb == weights / 1024
     delta = header["weights"] + header["activations"] + io_bytes  # what the fake device lost
     assert memory.max_kb == max(delta, header["activations"] + weights + io_bytes) / 1024
-    for label in ("cudaMemGetInfo", "device_memory_size_v2", "cudaMalloc",
-                  "get_engine_stat(TOTAL_WEIGHTS_SIZE)" if version != "10.8.0.43" else "model.engine size"):
+    activations = "(ICudaEngine.device_memory_size)" if version == TRT10_0 else "(ICudaEngine.device_memory_size_v2)"
+    for label in ("cudaMemGetInfo", activations, "cudaMalloc", WEIGHTS_STATISTIC[version]):
         assert label in memory.detail
+    assert fake.records.deprecated == []  # 10.0's device_memory_size is deprecated only from 10.1
     session.close()
     assert fake.machine.allocations == {} and fake.machine.streams == {} and fake.machine.reserved == {}
     with pytest.raises(VncompileError, match="session is closed"):
@@ -392,7 +435,7 @@ def test_dynamic_session_takes_any_size_in_its_profile(deferred, monkeypatch):
                            options=TargetOptions(profile_sizes=(160, 224, 320)))
     toolchain = probe_toolchain()
     session = TensorRTSession(toolchain, build_engine(toolchain, onnx_path, request,
-                                                      trt_target.shape_profile(request)).plan)
+                                                      shape_profile(request)).plan)
     for size in (160, 320, 224):  # buffers grow, then are reused
         assert session.run(np.ones((1, 3, size, size), np.float32))[0].shape == (1, 1000)
     with pytest.raises(VncompileError, match="does not take an input of 1x3x352x352"):
@@ -413,9 +456,48 @@ def test_no_tensorrt_object_without_a_usable_gpu(seeded, tmp_path, monkeypatch):
     run = narrow_build(tmp_path / "b", "--precision", "fp16")
     assert run.code == 0 and run.manifest["status"] == "deferred"
     assert run.manifest["target"]["version"] == TRT10 and "no NVIDIA GPU here" in run.manifest["notice"]
-    broken = install(monkeypatch, TRT11, gpus=(A100,), cuda_broken=True)  # nvidia-smi lists it, CUDA cannot use it
-    assert probe_toolchain() == "CUDA sees no usable GPU (cudaErrorNoDevice)"
-    assert fake.machine.trt_objects_created == broken.machine.trt_objects_created == 0
+    assert fake.cudart.cudaGetDeviceCount() == (fake.cudart.cudaError_t.cudaErrorNoDevice, None)  # cuda-python's
+    assert fake.machine.trt_objects_created == 0
+
+
+def test_a_driver_older_than_cuda_pythons_runtime_names_the_fix(seeded, tmp_path, monkeypatch):
+    """cuda-python 13 (a CUDA 13 runtime) on a CUDA 12 driver: the notice says which cuda-python to install."""
+    fake = install(monkeypatch, TRT10, runtime=13000, driver=12040)
+    run = narrow_build(tmp_path / "b", "--precision", "fp16")
+    assert run.code == 0 and run.manifest["status"] == "deferred"
+    assert run.manifest["notice"].startswith(
+        "CUDA runtime 13.0 needs a newer driver than 12.4: cudaErrorInsufficientDriver; install cuda-python<13 "
+        "(pip install 'vncompile[tensorrt-cu12]'): deferred the engine")
+    with pytest.raises(VncompileError, match="^CUDA cudaMalloc failed: cudaErrorInsufficientDriver$"):
+        CudaRuntime(fake.cudart)("cudaMalloc", 16)  # a failed call's (error, None), as one line
+    install(monkeypatch, TRT10, runtime=12090, driver=11080)  # no extra for CUDA 11
+    assert probe_toolchain() == ("CUDA runtime 12.9 needs a newer driver than 11.8: cudaErrorInsufficientDriver; "
+                                 "update the NVIDIA driver")
+    install(monkeypatch, TRT10, driver=0)  # CUDA's answer on a machine without a driver
+    assert probe_toolchain() == "no NVIDIA GPU here (no NVIDIA driver: cudaErrorInsufficientDriver)"
+    assert fake.machine.trt_objects_created == 0
+
+
+def test_the_gpu_probe_needs_no_nvidia_smi(monkeypatch):
+    """JetPack 5 has no nvidia-smi: CUDA alone confirms the GPU."""
+    monkeypatch.setattr(host, "nvidia_gpus", lambda: ())
+    monkeypatch.setattr(host.shutil, "which", lambda name: None)
+    install(monkeypatch, TRT10, gpus=(ORIN,))
+    toolchain = probe_toolchain()
+    assert not isinstance(toolchain, str) and toolchain.gpu == GpuFacts(ORIN.name, "8.7")
+    assert get_target("tensorrt").availability().devices == ("GPU",)
+
+
+@pytest.mark.parametrize("version,flags", [
+    (TRT10_8, {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}),
+    (TRT10, {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1, "PREFER_JIT_PYTHON_PLUGINS": 2, "PREFER_AOT_PYTHON_PLUGINS": 3}),
+    (TRT11, {"STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1, "PREFER_AOT_PYTHON_PLUGINS": 2}),
+])
+def test_network_flags_follow_nvinfer(monkeypatch, version, flags):
+    """include/NvInfer.h's NetworkDefinitionCreationFlag: 10.9 added the plugin flags, 11 renumbered."""
+    trt = install(monkeypatch, version).trt
+    assert {flag.name: int(flag) for flag in trt.NetworkDefinitionCreationFlag} == flags
+    assert network_flags(trt) == (0 if version == TRT11 else 1 << 1)  # 11: always typed, the flag deprecated
 
 
 @pytest.mark.parametrize("version", [TRT10, TRT11])

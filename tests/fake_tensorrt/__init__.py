@@ -1,8 +1,9 @@
 """A strict, test-only fake of TensorRT 10 and 11 and of cuda-python, injected through ``sys.modules``.
 
 ``install(monkeypatch, version, gpus)`` puts a fake ``tensorrt`` (see ``tensorrt_api``) and a fake
-``cuda.bindings.runtime`` (see ``cuda_runtime``) in ``sys.modules`` over one fake machine, and makes
-nvidia-smi list its GPUs. The fake engine runs its ONNX with ONNX Runtime, so builds verify for real.
+``cuda.bindings.runtime`` (see ``cuda_runtime``) in ``sys.modules`` over one fake machine: GPUs, and
+the CUDA versions of its driver and of cuda-python's runtime. The fake engine runs its ONNX with ONNX
+Runtime, so builds verify for real.
 Never shipped: it lives under tests/.
 """
 
@@ -41,9 +42,10 @@ class FakeInstall:
 
 
 def install(monkeypatch: pytest.MonkeyPatch, version: str = TRT10, gpus: tuple[FakeGpu, ...] = (A100,),
-            cuda_broken: bool = False) -> FakeInstall:
-    """Replace tensorrt and cuda-python for the rest of the test (monkeypatch undoes it)."""
-    machine = FakeMachine(gpus, cuda_broken=cuda_broken)
+            driver: int = 12080, runtime: int = 12090) -> FakeInstall:
+    """Replace tensorrt and cuda-python for the rest of the test (monkeypatch undoes it). ``driver`` and
+    ``runtime``: CUDA versions as cudaDriverGetVersion and cudaRuntimeGetVersion encode them (12080: 12.8)."""
+    machine = FakeMachine(gpus, driver=driver, runtime=runtime)
     api = FakeTensorRT(version, machine)
     trt, cudart = api.module(), FakeCudaRuntime(machine).module()
     cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
@@ -52,5 +54,4 @@ def install(monkeypatch: pytest.MonkeyPatch, version: str = TRT10, gpus: tuple[F
                          ("cuda.bindings.runtime", cudart)):
         module.__spec__ = importlib.machinery.ModuleSpec(name, None)  # importlib.util.find_spec needs one
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr("vncompile.targets.tensorrt.nvidia_gpus", lambda: tuple(g.name for g in gpus))
     return FakeInstall(api, trt, cudart)

@@ -3,8 +3,10 @@
 Conventions copied from cuda-python (``cuda.bindings.runtime``; NVIDIA/cuda-python,
 cuda_bindings/cuda/bindings/runtime.pyx.in and its .pyi; NVIDIA/TensorRT
 samples/python/common_runtime.py): every call returns a tuple whose first element is a
-``cudaError_t``; handles (``cudaStream_t``, ``cudaEvent_t``) are objects that ``int()``
-turns into their address; device pointers are ints. Enum values are the CUDA headers'.
+``cudaError_t``, and the values are ``None`` when the call failed; handles (``cudaStream_t``,
+``cudaEvent_t``) are objects that ``int()`` turns into their address; device pointers are ints.
+Enum values are the CUDA headers'. Versions as CUDA encodes them (12040: 12.4); a runtime needs a
+driver of its major or later (minor-version compatibility), else cudaErrorInsufficientDriver.
 
 The "device" memory is host memory (ctypes buffers) whose addresses serve as device
 pointers, so copies are real ``memmove``s and the fake engine computes real outputs. What a
@@ -28,8 +30,10 @@ class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's names
     cudaSuccess = 0
     cudaErrorInvalidValue = 1
     cudaErrorMemoryAllocation = 2
+    cudaErrorInsufficientDriver = 35
     cudaErrorInvalidDevicePointer = 17
     cudaErrorNoDevice = 100
+    cudaErrorInvalidDevice = 101
     cudaErrorInvalidResourceHandle = 400
     cudaErrorNotReady = 600
 
@@ -88,7 +92,8 @@ class FakeMachine:
     """The GPUs and the state CUDA and the fake TensorRT share: allocations, streams, events, clocks."""
 
     gpus: tuple[FakeGpu, ...]
-    cuda_broken: bool = False  # nvidia-smi lists a GPU, but CUDA cannot use it (e.g. a driver mismatch)
+    driver: int = 12080  # the CUDA version the driver supports, as cudaDriverGetVersion encodes it; 0: no driver
+    runtime: int = 12090  # cuda-python's CUDA runtime (cudaRuntimeGetVersion): 13xxx for cuda-python 13
     allocations: dict[int, Any] = field(default_factory=dict)  # pointer -> ctypes buffer
     freed: set[int] = field(default_factory=set)
     reserved: dict[int, int] = field(default_factory=dict)  # TensorRT's own device memory, by owner id
@@ -98,8 +103,13 @@ class FakeMachine:
     _next_handle: int = 0x1000
 
     @property
+    def driver_too_old(self) -> bool:
+        """CUDA's minor-version compatibility: a runtime runs on any driver of its major or later, not earlier."""
+        return self.driver // 1000 < self.runtime // 1000
+
+    @property
     def gpu(self) -> FakeGpu | None:
-        return self.gpus[0] if self.gpus and not self.cuda_broken else None
+        return self.gpus[0] if self.gpus and not self.driver_too_old else None
 
     def handle(self) -> int:
         self._next_handle += 0x10
@@ -143,8 +153,11 @@ class FakeCudaRuntime:
                 setattr(runtime, name, getattr(self, name))
         return runtime
 
-    def _no_device(self) -> bool:
-        return self.machine.gpu is None
+    def _unusable(self) -> cudaError_t | None:
+        """The error every device call returns when CUDA cannot use a GPU, or None when it can."""
+        if self.machine.driver_too_old:  # also what a machine without a driver reports
+            return cudaError_t.cudaErrorInsufficientDriver
+        return cudaError_t.cudaErrorNoDevice if self.machine.gpu is None else None
 
     # -------------------------------------------------------------- devices
 
@@ -152,43 +165,52 @@ class FakeCudaRuntime:
         _strict("cudaGetErrorName", error=(error, cudaError_t))
         return cudaError_t.cudaSuccess, error.name.encode()
 
-    def cudaGetDeviceCount(self) -> tuple[cudaError_t, int]:  # noqa: N802
-        if self._no_device():
-            return cudaError_t.cudaErrorNoDevice, 0
-        return cudaError_t.cudaSuccess, len(self.machine.gpus)
+    def cudaDriverGetVersion(self) -> tuple[cudaError_t, int]:  # noqa: N802 - works without a usable GPU
+        return cudaError_t.cudaSuccess, self.machine.driver
 
-    def cudaGetDevice(self) -> tuple[cudaError_t, int]:  # noqa: N802
-        return (cudaError_t.cudaErrorNoDevice, 0) if self._no_device() else (cudaError_t.cudaSuccess, 0)
+    def cudaRuntimeGetVersion(self) -> tuple[cudaError_t, int]:  # noqa: N802 - the runtime's own, no driver needed
+        return cudaError_t.cudaSuccess, self.machine.runtime
+
+    def cudaGetDeviceCount(self) -> tuple[cudaError_t, int | None]:  # noqa: N802
+        error = self._unusable()
+        return (error, None) if error else (cudaError_t.cudaSuccess, len(self.machine.gpus))
+
+    def cudaGetDevice(self) -> tuple[cudaError_t, int | None]:  # noqa: N802
+        error = self._unusable()
+        return (error, None) if error else (cudaError_t.cudaSuccess, 0)
 
     def cudaGetDeviceProperties(self, device: int) -> tuple[cudaError_t, Any]:  # noqa: N802
         _strict("cudaGetDeviceProperties", device=(device, int))
-        if self._no_device() or device >= len(self.machine.gpus):
-            return cudaError_t.cudaErrorInvalidValue, None
+        error = self._unusable() or (cudaError_t.cudaErrorInvalidDevice if device >= len(self.machine.gpus) else None)
+        if error:
+            return error, None
         gpu = self.machine.gpus[device]
         # cudaDeviceProp.name is the C char[256]: bytes, NUL-padded
         return cudaError_t.cudaSuccess, types.SimpleNamespace(name=gpu.name.encode() + b"\0" * 4,
                                                               major=gpu.capability[0], minor=gpu.capability[1],
                                                               totalGlobalMem=gpu.memory)
 
-    def cudaDeviceGetAttribute(self, attr: cudaDeviceAttr, device: int) -> tuple[cudaError_t, int]:  # noqa: N802
+    def cudaDeviceGetAttribute(self, attr: cudaDeviceAttr, device: int) -> tuple[cudaError_t, int | None]:  # noqa: N802
         _strict("cudaDeviceGetAttribute", attr=(attr, cudaDeviceAttr), device=(device, int))
-        if self._no_device():
-            return cudaError_t.cudaErrorNoDevice, 0
+        error = self._unusable()
+        if error:
+            return error, None
         major, minor = self.machine.gpus[device].capability
         return cudaError_t.cudaSuccess, major if attr == cudaDeviceAttr.cudaDevAttrComputeCapabilityMajor else minor
 
-    def cudaMemGetInfo(self) -> tuple[cudaError_t, int, int]:  # noqa: N802
-        gpu = self.machine.gpu
-        if gpu is None:
-            return cudaError_t.cudaErrorNoDevice, 0, 0
+    def cudaMemGetInfo(self) -> tuple[cudaError_t, int | None, int | None]:  # noqa: N802
+        gpu, error = self.machine.gpu, self._unusable()
+        if gpu is None or error:
+            return error or cudaError_t.cudaErrorNoDevice, None, None
         return cudaError_t.cudaSuccess, gpu.memory - self.machine.used(), gpu.memory
 
     # -------------------------------------------------------------- memory
 
-    def cudaMalloc(self, size: int) -> tuple[cudaError_t, int]:  # noqa: N802
+    def cudaMalloc(self, size: int) -> tuple[cudaError_t, int | None]:  # noqa: N802
         _strict("cudaMalloc", size=(size, int))
-        if self._no_device():
-            return cudaError_t.cudaErrorNoDevice, 0
+        error = self._unusable()
+        if error:
+            return error, None
         buffer = ctypes.create_string_buffer(max(size, 1))
         pointer = ctypes.addressof(buffer)
         self.machine.allocations[pointer] = buffer
@@ -221,8 +243,9 @@ class FakeCudaRuntime:
     # -------------------------------------------------------------- streams and events
 
     def cudaStreamCreate(self) -> tuple[cudaError_t, cudaStream_t | None]:  # noqa: N802
-        if self._no_device():
-            return cudaError_t.cudaErrorNoDevice, None
+        error = self._unusable()
+        if error:
+            return error, None
         handle = self.machine.handle()
         self.machine.streams[handle] = 0.0
         return cudaError_t.cudaSuccess, cudaStream_t(handle)
@@ -243,8 +266,9 @@ class FakeCudaRuntime:
         return (cudaError_t.cudaSuccess,)
 
     def cudaEventCreate(self) -> tuple[cudaError_t, cudaEvent_t | None]:  # noqa: N802
-        if self._no_device():
-            return cudaError_t.cudaErrorNoDevice, None
+        error = self._unusable()
+        if error:
+            return error, None
         handle = self.machine.handle()
         self.machine.events[handle] = _Event()
         return cudaError_t.cudaSuccess, cudaEvent_t(handle)
@@ -268,13 +292,13 @@ class FakeCudaRuntime:
                 other.complete = True
         return (cudaError_t.cudaSuccess,)
 
-    def cudaEventElapsedTime(self, start: cudaEvent_t, end: cudaEvent_t) -> tuple[cudaError_t, float]:  # noqa: N802
+    def cudaEventElapsedTime(self, start: cudaEvent_t, end: cudaEvent_t) -> tuple[cudaError_t, float | None]:  # noqa: N802
         _strict("cudaEventElapsedTime", start=(start, cudaEvent_t), end=(end, cudaEvent_t))
         first, last = self.machine.events.get(int(start)), self.machine.events.get(int(end))
         if first is None or last is None:
-            return cudaError_t.cudaErrorInvalidResourceHandle, 0.0
+            return cudaError_t.cudaErrorInvalidResourceHandle, None
         if not (first.complete and last.complete):  # CUDA: the events must have completed
-            return cudaError_t.cudaErrorNotReady, 0.0
+            return cudaError_t.cudaErrorNotReady, None
         return cudaError_t.cudaSuccess, float(last.time_ms - first.time_ms)  # type: ignore[operator]
 
     def cudaEventDestroy(self, event: cudaEvent_t) -> tuple[cudaError_t]:  # noqa: N802

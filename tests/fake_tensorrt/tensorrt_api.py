@@ -26,7 +26,10 @@ What differs by version (diff of pyCoreDoc.h and pyCore.cpp, v10.16 -> v11.1): 1
 BuilderFlags FP16, BF16, INT8, FP8, INT4, FP4, OBEY/PREFER_PRECISION_CONSTRAINTS, WEIGHTLESS and
 REJECT_EMPTY_ALGORITHMS, NetworkDefinitionCreationFlag.EXPLICIT_BATCH, IBuilderConfig.int8_calibrator,
 ICudaEngine.device_memory_size and Builder.platform_has_fast_fp16; it deprecated (and ignores)
-NetworkDefinitionCreationFlag.STRONGLY_TYPED. ICudaEngine.get_engine_stat appeared in 10.14.
+NetworkDefinitionCreationFlag.STRONGLY_TYPED and renumbered the creation flags (include/NvInfer.h).
+Within 10: ICudaEngine.device_memory_size_v2 appeared in 10.1, the PREFER_*_PYTHON_PLUGINS creation
+flags in 10.9, ICudaEngine.get_engine_stat in 10.14 (whose binding's py::keep_alive on an int result
+makes every call raise; 10.15 dropped it).
 
 Where TensorRT fails by logging an error and returning None or False, so does the fake; a wrong
 argument type is a TypeError as pybind11 raises it; a missing name is an AttributeError (pybind11
@@ -61,6 +64,14 @@ REMOVED_IN_11 = {"FP16", "BF16", "INT8", "FP8", "INT4", "FP4", "OBEY_PRECISION_C
                  "PREFER_PRECISION_CONSTRAINTS", "WEIGHTLESS", "REJECT_EMPTY_ALGORITHMS"}
 PRECISION_FLAGS = ("FP16", "BF16", "INT8", "FP8", "INT4", "FP4")  # refused with a strongly typed network
 QUANTIZED_ONNX_TYPES = {"INT8", "UINT8", "FLOAT8E4M3FN", "INT4", "FLOAT4E2M1"}
+
+
+def network_creation_flags(major: int, minor: int) -> dict[str, int]:
+    """NetworkDefinitionCreationFlag as include/NvInfer.h numbers it: 11 dropped EXPLICIT_BATCH and renumbered."""
+    if major >= 11:
+        return {"STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1, "PREFER_AOT_PYTHON_PLUGINS": 2}
+    plugins = {"PREFER_JIT_PYTHON_PLUGINS": 2, "PREFER_AOT_PYTHON_PLUGINS": 3} if minor >= 9 else {}  # new in 10.9
+    return {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1, **plugins}
 
 
 class FakeCudaCrash(BaseException):  # noqa: N818 - not an Exception: nothing may swallow it
@@ -195,15 +206,16 @@ class FakeTensorRT:
         self.records = Records()
         flags = [f for f in BUILDER_FLAGS_10 if self.major == 10 or f not in REMOVED_IN_11]
         self.BuilderFlag = enum.Enum("BuilderFlag", flags)
-        creation = (["EXPLICIT_BATCH"] if self.major == 10 else []) + ["STRONGLY_TYPED", "PREFER_AOT_PYTHON_PLUGINS",
-                                                                       "PREFER_JIT_PYTHON_PLUGINS"]
         self.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag",
-                                                          {n: i for i, n in enumerate(creation, start=0 if
-                                                                                      self.major == 10 else 1)})
+                                                          network_creation_flags(self.major, self.minor))
 
     @property
     def has_engine_stat(self) -> bool:
         return (self.major, self.minor) >= (10, 14)
+
+    @property
+    def has_device_memory_size_v2(self) -> bool:
+        return (self.major, self.minor) >= (10, 1)
 
     def require_gpu(self, what: str) -> None:
         if self.machine.gpu is None:
@@ -703,8 +715,12 @@ class ICudaEngine:
         return self._runtime._api
 
     def __getattr__(self, name: str) -> Any:
-        if name == "device_memory_size" and self._api.major == 10:
-            self._api.deprecated("ICudaEngine.device_memory_size (deprecated in 10.1: device_memory_size_v2)")
+        api = self._api
+        if name == "device_memory_size" and api.major == 10:
+            if api.has_device_memory_size_v2:
+                api.deprecated("ICudaEngine.device_memory_size (deprecated in 10.1: device_memory_size_v2)")
+            return self._header["activations"]
+        if name == "device_memory_size_v2" and api.has_device_memory_size_v2:  # new in 10.1
             return self._header["activations"]
         if name == "get_engine_stat" and self._api.has_engine_stat:  # new in 10.14
             return self._engine_stat
@@ -719,15 +735,14 @@ class ICudaEngine:
         return max(1, len(self._header["profiles"]))
 
     @property
-    def device_memory_size_v2(self) -> int:
-        return self._header["activations"]
-
-    @property
     def hardware_compatibility_level(self) -> Any:
         return self._runtime._trt.HardwareCompatibilityLevel[self._header["hardware_compatibility_level"]]
 
     def _engine_stat(self, stat: Any) -> int:
         _expect("get_engine_stat", stat=(stat, self._runtime._trt.EngineStat))
+        if (self._api.major, self._api.minor) == (10, 14):
+            # 10.14 binds it with py::keep_alive<0, 1>: pybind11 cannot make the int result keep the engine alive
+            raise TypeError("cannot create weak reference to 'int' object")
         return self._header["weights"] if stat.name == "TOTAL_WEIGHTS_SIZE" else 0
 
     def get_tensor_name(self, index: int) -> str | None:
@@ -777,7 +792,7 @@ class IExecutionContext:
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._addresses: dict[str, int] = {}
         machine = engine._api.machine
-        machine.reserved[id(self)] = engine.device_memory_size_v2  # the STATIC strategy allocates it now
+        machine.reserved[id(self)] = engine._header["activations"]  # the STATIC strategy allocates it now
         weakref.finalize(self, machine.reserved.pop, id(self), None)
 
     def _error(self, message: str) -> bool:

@@ -57,7 +57,8 @@ def cpu_name() -> str:
 
 @cache
 def nvidia_gpus() -> tuple[str, ...]:
-    """GPU names from nvidia-smi: the check that must come before any TensorRT/CUDA object."""
+    """GPU names from nvidia-smi, for machine_info: extra information only, never a check that a GPU is
+    usable (JetPack 5 has no nvidia-smi; targets ask CUDA itself)."""
     if shutil.which("nvidia-smi") is None:
         return ()
     try:
