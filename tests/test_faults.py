@@ -8,6 +8,7 @@ half-written cache entry, so the same command succeeds once the fault is gone.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -18,6 +19,8 @@ import pytest
 import torch
 
 from tests.conftest import NARROW, one_line_error, random_network
+from vncompile.core.errors import OutputError
+from vncompile.core.io import atomic_directory
 
 W = str(NARROW)
 SMALL = ["--target", "onnxruntime", "--size", "64"]
@@ -221,6 +224,43 @@ def test_deploy_to_a_full_disk_leaves_nothing(small_disk, run_cli, tmp_path, suf
     fill(small_disk, leave=16 * 1024)
     out = small_disk / f"deploy{suffix}"
     result = run_cli("deploy", ckpt, "-o", out)
+    assert result.code == 1
+    assert one_line_error(result) == f"error: cannot write output {out}: no space left on device"
+    assert sorted(os.listdir(small_disk)) == ["filler"]
+
+
+def test_a_full_disk_under_profile_leaves_nothing(small_disk, run_cli):
+    fill(small_disk, leave=4 * 1024)
+    out = small_disk / "profile"
+    result = run_cli("profile", "--models", "vanillanet_5", "--width", W, "--targets", "analytic", "--sizes", "64",
+                     "--runs", "1", "--warmup", "0", "-o", out)
+    assert result.code == 1
+    assert one_line_error(result) == f"error: cannot write output {out}: no space left on device"
+    assert sorted(os.listdir(small_disk)) == ["filler"]
+
+
+@pytest.mark.parametrize("code,words", [
+    (errno.EACCES, "permission denied"),  # what a non-root user gets for a directory it may not write
+    (errno.EPERM, "permission denied"),
+    (errno.EROFS, "read-only file system"),
+    (errno.EDQUOT, "disk quota exceeded"),
+])
+def test_the_os_reasons_root_cannot_provoke_here_are_worded(tmp_path, code, words):
+    # Tests run as root, which may write anywhere: the refusal is raised where the OS would raise it.
+    out = tmp_path / "out"
+    with pytest.raises(OutputError) as raised, atomic_directory(out) as tmp:
+        raise OSError(code, os.strerror(code), str(tmp / "model.onnx"))
+    assert str(raised.value) == f"cannot write output {out}: {words}"
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_under_ci_leaves_nothing(small_disk, run_cli, tmp_path):
+    from tests.test_ci import write_matrix
+
+    matrix = write_matrix(tmp_path, ["x86-onnxruntime-fp32"])
+    fill(small_disk, leave=32 * 1024)
+    out = small_disk / "dist"
+    result = run_cli("ci", matrix, "-o", out)
     assert result.code == 1
     assert one_line_error(result) == f"error: cannot write output {out}: no space left on device"
     assert sorted(os.listdir(small_disk)) == ["filler"]

@@ -132,7 +132,11 @@ def atomic_directory(path: Path, *, force: bool = False, what: str = "output") -
             if path.exists():
                 old = _sibling(path, "old")
                 os.rename(path, old)
-                os.rename(tmp, path)
+                try:
+                    os.rename(tmp, path)
+                except OSError:
+                    os.rename(old, path)  # put the old output back: a failed write leaves it as it was
+                    raise
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(tmp, path)
