@@ -355,11 +355,8 @@ def attach_timing_cache(config: Any, path: Path) -> str:
 def save_timing_cache(config: Any, path: Path) -> None:
     """Write the config's (grown) timing cache back, atomically: a concurrent reader never sees half a file."""
     serialized = bytes(config.get_timing_cache().serialize())
-    try:
-        with atomic_file(path, force=True) as tmp:
-            tmp.write_bytes(serialized)
-    except OSError as exc:
-        raise InputError(f"cannot write the timing cache {path}: {exc.strerror}") from None
+    with atomic_file(path, force=True, what="TensorRT timing cache") as tmp:
+        tmp.write_bytes(serialized)
     log.info("tensorrt: wrote the timing cache %s (%d bytes)", path, len(serialized))
 
 
