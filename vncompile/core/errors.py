@@ -45,3 +45,7 @@ class VerificationError(VncompileError):
 
 class OutputExists(InputError):
     """An output exists and differs from what we would write; ``--force`` replaces it."""
+
+
+class OutputError(VncompileError):
+    """An output, or the build cache, could not be written: no space, no permission, not a directory."""

@@ -1,11 +1,14 @@
 """Writing outputs atomically: a temporary sibling, renamed into place on success.
 
 A failure at any point leaves the destination as it was (absent, or the old output),
-and an existing output is replaced only when the caller says so (``--force``).
+and an existing output is replaced only when the caller says so (``--force``). The
+OS's refusals (no space, no permission, a read-only file system, a file where a
+directory should be) become one ``OutputError`` naming what could not be written.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -15,11 +18,55 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputExists
+from .errors import OutputError, OutputExists
 
 
 def _sibling(path: Path, tag: str) -> Path:
     return path.parent / f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+# Failures that say the disk is full even when the OS names no file (a plain write()).
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_WORDS = {errno.EPERM: "permission denied"}  # EPERM's own words ("operation not permitted") hide the cause
+
+
+def _why(exc: OSError, path: Path) -> str:
+    """The reason a write failed, in the words a user acts on."""
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and blocking is not None:
+        return f"{blocking} is a file, not a directory"
+    if exc.errno in _WORDS:
+        return _WORDS[exc.errno]
+    if exc.errno is not None:
+        return os.strerror(exc.errno).lower()
+    return str(exc)
+
+
+def output_error(exc: OSError, path: Path, what: str = "output") -> OutputError:
+    return OutputError(f"cannot write {what} {path}: {_why(exc, Path(path))}")
+
+
+def _concerns(exc: OSError, *paths: Path) -> bool:
+    """Whether ``exc`` is a failure to write at, under or above ``paths`` (not, say, an unreadable input)."""
+    names = [Path(n) for n in (exc.filename, getattr(exc, "filename2", None)) if n is not None]
+    if not names:
+        return exc.errno in _NO_SPACE
+    return any(n == p or p in n.parents or n in p.parents for n in names for p in paths)
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """Create ``path``'s missing parent directories; returns those it created, outermost first."""
+    missing = [p for p in reversed(path.parents) if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    for directory in reversed(directories):
+        try:
+            directory.rmdir()
+        except OSError:
+            return  # not empty (someone else wrote there meanwhile) or gone: leave it
 
 
 def refuse_existing(path: Path, force: bool) -> None:
@@ -28,22 +75,46 @@ def refuse_existing(path: Path, force: bool) -> None:
 
 
 @contextmanager
-def atomic_file(path: Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it becomes ``path``."""
-    path = Path(path)
-    refuse_existing(path, force)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(path, "tmp")
+def _written(path: Path, what: str, tmp: Path) -> Iterator[list[Path]]:
+    """Translate the OS's refusal to write ``path`` (via ``tmp``) into an ``OutputError``.
+
+    Yields a list for the parent directories the writer creates: a failed write removes
+    them again, so it leaves nothing behind.
+    """
+    created: list[Path] = []
     try:
-        yield tmp
-        refuse_existing(path, force)  # another process may have written it meanwhile
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        yield created
+    except OSError as exc:
+        _remove_empty(created)
+        if _concerns(exc, path, tmp, *created):
+            raise output_error(exc, path, what) from None
+        raise
+    except BaseException:
+        _remove_empty(created)
+        raise
 
 
 @contextmanager
-def atomic_directory(path: Path, *, force: bool = False) -> Iterator[Path]:
+def atomic_file(path: Path, *, force: bool = False, what: str = "output") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it becomes ``path``.
+
+    ``what`` names the output in the error a failed write raises ("cannot write <what> <path>: ...").
+    """
+    path = Path(path)
+    refuse_existing(path, force)
+    tmp = _sibling(path, "tmp")
+    with _written(path, what, tmp) as created:
+        created += _make_parents(path)
+        try:
+            yield tmp
+            refuse_existing(path, force)  # another process may have written it meanwhile
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_directory(path: Path, *, force: bool = False, what: str = "output") -> Iterator[Path]:
     """Yield an empty temporary directory beside ``path``; on success it becomes ``path``.
 
     Replacing an existing directory is two renames, so readers never see a mix of the
@@ -51,28 +122,37 @@ def atomic_directory(path: Path, *, force: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     refuse_existing(path, force)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(path, "tmp")
-    tmp.mkdir()
-    try:
-        yield tmp
-        refuse_existing(path, force)
-        if path.exists():
-            old = _sibling(path, "old")
-            os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _written(path, what, tmp) as created:
+        created += _make_parents(path)
+        tmp.mkdir()
+        try:
+            yield tmp
+            refuse_existing(path, force)
+            if path.exists():
+                old = _sibling(path, "old")
+                os.rename(path, old)
+                try:
+                    os.rename(tmp, path)
+                except OSError:
+                    os.rename(old, path)  # put the old output back: a failed write leaves it as it was
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
-def file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path, what: str = "lock file") -> Iterator[None]:
     """An exclusive lock between processes, held while the block runs (flock on ``path``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "w")  # noqa: SIM115 - closed below, after the translation of its failure
+    except OSError as exc:
+        raise output_error(exc, path, what) from None
+    with handle:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no cross-process lock

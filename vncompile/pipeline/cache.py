@@ -47,7 +47,7 @@ class BuildCache:
         return self.root / kind / key
 
     def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
-        return file_lock(self.root / "locks" / f"{key}.lock")
+        return file_lock(self.root / "locks" / f"{key}.lock", what="build cache lock")
 
     def lookup(self, key: str, kind: str = "builds") -> dict[str, Any] | None:
         """The cached manifest, or None (an altered entry is removed so it gets rebuilt)."""
@@ -64,6 +64,6 @@ class BuildCache:
     def store(self, key: str, directory: Path, kind: str = "builds") -> Path:
         """Copy ``directory`` into the cache; returns the entry."""
         entry = self.entry(key, kind)
-        with atomic_directory(entry, force=True) as tmp:
+        with atomic_directory(entry, force=True, what="build cache entry") as tmp:
             copy_tree(directory, tmp)
         return entry

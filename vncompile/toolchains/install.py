@@ -70,7 +70,7 @@ def _fresh_install(spec: ToolchainSpec, home: Path, display: _Display) -> Instal
         with open(log_path, "w") as log:
             base_python, base_version = find_python(spec)
             version = _build_environment(spec, env, base_python, base_version, log, log_path, display)
-        with atomic_file(home / MARKER, force=True) as tmp:
+        with atomic_file(home / MARKER, force=True, what="toolchain marker") as tmp:
             write_json(tmp, marker_document(spec, env.name, version, base_python))
     except BaseException:
         shutil.rmtree(env, ignore_errors=True)

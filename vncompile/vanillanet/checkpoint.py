@@ -16,6 +16,7 @@ once act_learn has reached 1.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import pickle
 import re
@@ -175,6 +176,24 @@ def _training_args(obj: Any) -> Mapping[str, Any]:
     return args if isinstance(args, Mapping) else {}
 
 
+def _non_finite(tensor: torch.Tensor) -> str | None:
+    """'2 NaN', '1 Inf' or '2 NaN and 1 Inf' values in a floating tensor, or None when all are finite."""
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+        return None
+    counts = [(int(torch.isnan(tensor).sum()), "NaN"), (int(torch.isinf(tensor).sum()), "Inf")]
+    return " and ".join(f"{n} {kind}" for n, kind in counts if n)
+
+
+def _check_finite(path: Path, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """A NaN or Inf weight (a diverged run, a corrupt save) would surface only as a wrong verification later."""
+    bad = [f"{name} has {what} value(s)" for name, tensor in state_dict.items()
+           if (what := _non_finite(tensor)) is not None]
+    if len(bad) == 1:
+        raise CheckpointError(f"{path}: {bad[0]}")
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} tensors hold non-finite values: {_few(bad, 3)}")
+
+
 # ---------------------------------------------------------------------------- inference
 
 
@@ -303,6 +322,7 @@ def load_checkpoint(
         if isinstance(obj, Mapping) and isinstance(obj.get("vncompile"), Mapping):
             hints.append(str(obj["vncompile"].get("model", "")))
     state_dict, weights_key = _select_weights(path, obj, weights)
+    _check_finite(path, state_dict)
     args = _training_args(obj)
     # The official release names files after the variant: the longest name in it wins.
     hints += [str(args.get("model", "")), *sorted((n for n in MODEL_NAMES if n in path.name), key=len, reverse=True)]
@@ -333,10 +353,18 @@ def instantiate(ckpt: Checkpoint, *, act_learn: float | None = None) -> nn.Modul
     ``act_learn`` overrides the slope the schedule implies (train form only).
     """
     net = create_model(ckpt.spec)
-    result = net.load_state_dict(ckpt.state_dict, strict=False)
+    # load_state_dict raises a multi-line RuntimeError on a shape mismatch: find them first, for one line.
+    expected = net.state_dict()
+    wrong = {key for key, tensor in ckpt.state_dict.items() if key in expected and tensor.shape != expected[key].shape}
+    result = net.load_state_dict({k: v for k, v in ckpt.state_dict.items() if k not in wrong}, strict=False)
     problems = []
-    if result.missing_keys:
-        problems.append(f"missing keys {_few(result.missing_keys)}")
+    if wrong:
+        shapes = [f"{key} is {_dims(ckpt.state_dict[key].shape)}, expected {_dims(expected[key].shape)}"
+                  for key in ckpt.state_dict if key in wrong]
+        problems.append(f"wrong shapes: {_few(shapes)}")
+    missing = [key for key in result.missing_keys if key not in wrong]
+    if missing:
+        problems.append(f"missing keys {_few(missing)}")
     if result.unexpected_keys:
         problems.append(f"unexpected keys {_few(result.unexpected_keys)}")
     if problems:
@@ -344,6 +372,10 @@ def instantiate(ckpt: Checkpoint, *, act_learn: float | None = None) -> nn.Modul
     if isinstance(net, VanillaNet):
         net.set_act_learn(ckpt.act_learn.value if act_learn is None else act_learn)
     return net.eval()
+
+
+def _dims(shape: torch.Size) -> str:
+    return "x".join(map(str, shape)) or "a scalar"
 
 
 def _few(keys: list[str], n: int = 4) -> str:
@@ -366,10 +398,18 @@ def deploy_payload(net: nn.Module, spec: ModelSpec) -> tuple[dict[str, torch.Ten
 def write_deploy_checkpoint(
     tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path, fmt: Literal["safetensors", "torch"]
 ) -> None:
-    """Write safetensors, or the official ``{'model': state_dict}`` torch layout."""
-    if fmt == "safetensors":
-        from safetensors.torch import save_file
+    """Write safetensors, or the official ``{'model': state_dict}`` torch layout.
 
-        save_file(tensors, str(path), metadata=metadata)
+    Both are serialized in memory and written with one plain write, so a full disk or a
+    refused write is the OS's own error (``OSError``, errno and file), which the atomic
+    writers turn into a one-line message; the libraries' writers report it without errno.
+    """
+    if fmt == "safetensors":
+        from safetensors.torch import save
+
+        data = save(tensors, metadata=metadata)
     else:
-        torch.save({"model": tensors, "vncompile": {"model": metadata["vncompile.model"]}}, path)
+        buffer = io.BytesIO()
+        torch.save({"model": tensors, "vncompile": {"model": metadata["vncompile.model"]}}, buffer)
+        data = buffer.getvalue()
+    Path(path).write_bytes(data)

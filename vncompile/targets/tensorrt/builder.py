@@ -99,18 +99,15 @@ def save_timing_cache(config: Any, path: Path) -> None:
     never sees half a file), as Polygraphy's save_timing_cache and trtexec do.
     """
     cache = config.get_timing_cache()
-    try:
-        with file_lock(path.with_name(f"{path.name}.lock")):
-            blob = _read_timing_cache(path)
-            saved = _timing_cache_from(config, blob) if blob else None
-            # ignore_mismatch False: another GPU's or version's file is replaced, as attach_timing_cache replaced it
-            if saved is not None and not cache.combine(saved, False):
-                log.info("tensorrt: the timing cache %s is another GPU's or TensorRT version's; replacing it", path)
-            serialized = bytes(cache.serialize())
-            with atomic_file(path, force=True) as tmp:
-                tmp.write_bytes(serialized)
-    except OSError as exc:
-        raise InputError(f"cannot write the timing cache {path}: {exc.strerror}") from None
+    with file_lock(path.with_name(f"{path.name}.lock"), what="TensorRT timing cache lock"):
+        blob = _read_timing_cache(path)
+        saved = _timing_cache_from(config, blob) if blob else None
+        # ignore_mismatch False: another GPU's or version's file is replaced, as attach_timing_cache replaced it
+        if saved is not None and not cache.combine(saved, False):
+            log.info("tensorrt: the timing cache %s is another GPU's or TensorRT version's; replacing it", path)
+        serialized = bytes(cache.serialize())
+        with atomic_file(path, force=True, what="TensorRT timing cache") as tmp:
+            tmp.write_bytes(serialized)
     log.info("tensorrt: wrote the timing cache %s (%d bytes)", path, len(serialized))
 
 

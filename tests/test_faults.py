@@ -1,0 +1,266 @@
+"""Faults a user causes end as one line and a non-zero exit, with nothing half-written.
+
+Bad checkpoints (a NaN weight, a tensor of the wrong shape) are input errors (exit 2);
+an output or a cache that cannot be written (no such directory, a file in the way,
+a full disk) is a failed build (exit 1) that leaves no temporary siblings and no
+half-written cache entry, so the same command succeeds once the fault is gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import NARROW, one_line_error, random_network
+from vncompile.core.errors import OutputError
+from vncompile.core.io import atomic_directory
+
+W = str(NARROW)
+SMALL = ["--target", "onnxruntime", "--size", "64"]
+
+
+def checkpoint_with(tmp_path: Path, change) -> Path:
+    """A narrow vanillanet_5 state_dict, changed by ``change`` (in place), saved as ckpt.pth."""
+    state_dict = random_network().state_dict()
+    change(state_dict)
+    path = tmp_path / "ckpt.pth"
+    torch.save(state_dict, path)
+    return path
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Temporary siblings a failed atomic write would leave (``.name.tmp-...``, ``.name.old-...``)."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob(".*") if ".tmp-" in p.name
+                  or ".old-" in p.name)
+
+
+def cache_entries(cache: Path) -> list[str]:
+    return sorted(str(p.relative_to(cache)) for kind in ("builds", "onnx") if (cache / kind).is_dir()
+                  for p in (cache / kind).iterdir())
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def nan_in_first_conv(sd):
+    sd["stages.0.conv1.0.weight"].view(-1)[0] = math.nan
+
+
+def non_finite_in_five(sd):
+    for i, key in enumerate(["stem1.0.weight", "stem2.0.weight", "stages.0.conv1.0.weight",
+                             "stages.1.conv1.0.weight", "stages.2.conv1.0.weight"]):
+        sd[key].view(-1)[: i + 1] = math.inf if i % 2 else math.nan
+
+
+@pytest.mark.parametrize("command", [
+    ["build", "-o", "{out}", *SMALL],
+    ["inspect"],
+    ["deploy", "-o", "{out}.safetensors"],
+])
+def test_a_nan_weight_is_named_by_every_command_that_loads(tmp_path, run_cli, command):
+    ckpt = checkpoint_with(tmp_path, nan_in_first_conv)
+    args = [a.format(out=tmp_path / "out") for a in command]
+    result = run_cli(args[0], ckpt, *args[1:])
+    assert result.code == 2
+    assert one_line_error(result) == f"error: {ckpt}: stages.0.conv1.0.weight has 1 NaN value(s)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth"]
+
+
+def test_several_non_finite_tensors_name_the_first_few_and_how_many(tmp_path, run_cli):
+    ckpt = checkpoint_with(tmp_path, non_finite_in_five)
+    result = run_cli("inspect", ckpt)
+    assert result.code == 2
+    assert one_line_error(result) == (
+        f"error: {ckpt}: 5 tensors hold non-finite values: stem1.0.weight has 1 NaN value(s), "
+        "stem2.0.weight has 2 Inf value(s), stages.0.conv1.0.weight has 3 NaN value(s) and 2 more")
+
+
+def test_a_tensor_of_the_wrong_shape_is_named_with_both_shapes(tmp_path, run_cli):
+    expected = "x".join(map(str, random_network().state_dict()["stages.1.conv2.0.weight"].shape))
+
+    def wrong_shape(sd):
+        sd["stages.1.conv2.0.weight"] = torch.zeros(3, 3, 1, 1)
+
+    ckpt = checkpoint_with(tmp_path, wrong_shape)
+    for command in (["build", "-o", tmp_path / "out", *SMALL], ["inspect"]):
+        result = run_cli(command[0], ckpt, *command[1:])
+        assert result.code == 2
+        line = one_line_error(result)
+        assert f"stages.1.conv2.0.weight is 3x3x1x1, expected {expected}" in line, line
+        assert line.startswith(f"error: {ckpt}: does not match vanillanet_5")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- outputs that cannot be written
+
+
+@pytest.fixture
+def a_file(tmp_path) -> Path:
+    path = tmp_path / "file"
+    path.write_text("not a directory\n")
+    return path
+
+
+@pytest.mark.parametrize("output,reason", [
+    ("/proc/vncompile-out", "no such file or directory"),
+    ("{file}/out", "{file} is a file, not a directory"),
+    ("{file}/sub/out", "{file} is a file, not a directory"),
+])
+def test_build_to_an_unwritable_output_is_one_line(tmp_path, run_cli, a_file, output, reason):
+    out = output.format(file=a_file)
+    result = run_cli("build", "--model", "vanillanet_5", "--width", W, *SMALL, "-o", out)
+    assert result.code == 1
+    assert one_line_error(result) == f"error: cannot write output {out}: {reason.format(file=a_file)}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    assert a_file.read_text() == "not a directory\n"
+
+
+@pytest.mark.parametrize("command", [
+    ["deploy", "{ckpt}", "-o", "{file}/deploy.safetensors"],
+    ["deploy", "{ckpt}", "-o", "{file}/deploy.pth"],
+    ["profile", "--models", "vanillanet_5", "--width", W, "--targets", "analytic", "--sizes", "64", "--runs", "1",
+     "--warmup", "0", "-o", "{file}/profile"],
+])
+def test_deploy_and_profile_to_an_unwritable_output_are_one_line(tmp_path, run_cli, a_file, command):
+    ckpt = checkpoint_with(tmp_path, lambda sd: None)
+    args = [a.format(ckpt=ckpt, file=a_file) for a in command]
+    result = run_cli(*args)
+    assert result.code == 1
+    assert one_line_error(result) == f"error: cannot write output {args[-1]}: {a_file} is a file, not a directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth", "file"]
+
+
+def test_ci_to_an_unwritable_output_is_one_line(tmp_path, run_cli, a_file):
+    from tests.test_ci import write_matrix
+
+    matrix = write_matrix(tmp_path, ["x86-onnxruntime-fp32"])
+    result = run_cli("ci", matrix, "-o", a_file / "dist")
+    assert result.code == 1
+    out = a_file / "dist"
+    assert one_line_error(result) == f"error: cannot write output {out}: {a_file} is a file, not a directory"
+
+
+def test_an_unwritable_cache_is_one_line(tmp_path, run_cli, a_file, monkeypatch):
+    monkeypatch.setenv("VNCOMPILE_CACHE_DIR", str(a_file / "cache"))
+    result = run_cli("build", "--model", "vanillanet_5", "--width", W, *SMALL, "-o", tmp_path / "out")
+    assert result.code == 1
+    assert one_line_error(result).startswith(f"error: cannot write build cache lock {a_file / 'cache'}/locks/")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 16 MB tmpfs: room for a narrow build and its cache entries, until ``fill`` takes it.
+
+    Mounting needs root (or CAP_SYS_ADMIN): the test is skipped where it is not allowed.
+    """
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` but ``leave`` bytes (less than a build's artifacts need); remove the file for space."""
+    filler = disk / "filler"
+    free = shutil.disk_usage(disk).free
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, free - leave))
+    return filler
+
+
+def build_to(run_cli, out: Path):
+    return run_cli("build", "--model", "vanillanet_5", "--width", W, *SMALL, "-o", out)
+
+
+def test_a_full_output_disk_leaves_nothing_and_the_retry_succeeds(small_disk, run_cli, isolated_cache):
+    filler = fill(small_disk, leave=32 * 1024)
+    out = small_disk / "bundle"
+    result = build_to(run_cli, out)
+    assert result.code == 1
+    assert one_line_error(result) == f"error: cannot write output {out}: no space left on device"
+    assert sorted(os.listdir(small_disk)) == ["filler"]
+    filler.unlink()
+    retry = build_to(run_cli, out)
+    assert retry.code == 0, retry.err
+    assert (out / "manifest.json").is_file() and leftovers(small_disk) == []
+
+
+def test_a_full_cache_disk_leaves_no_half_written_entry(small_disk, run_cli, monkeypatch, tmp_path):
+    cache = small_disk / "cache"
+    monkeypatch.setenv("VNCOMPILE_CACHE_DIR", str(cache))
+    filler = fill(small_disk, leave=32 * 1024)
+    out = tmp_path / "bundle"
+    result = build_to(run_cli, out)
+    assert result.code == 1
+    line = one_line_error(result)
+    assert line.startswith(f"error: cannot write build cache entry {cache}/") and line.endswith(
+        ": no space left on device"), line
+    assert cache_entries(cache) == [] and leftovers(cache) == []
+    assert not out.exists()
+    filler.unlink()
+    retry = build_to(run_cli, out)
+    assert retry.code == 0, retry.err
+    assert (out / "manifest.json").is_file() and len(cache_entries(cache)) == 2
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_deploy_to_a_full_disk_leaves_nothing(small_disk, run_cli, tmp_path, suffix):
+    ckpt = checkpoint_with(tmp_path, lambda sd: None)
+    fill(small_disk, leave=16 * 1024)
+    out = small_disk / f"deploy{suffix}"
+    result = run_cli("deploy", ckpt, "-o", out)
+    assert result.code == 1
+    assert one_line_error(result) == f"error: cannot write output {out}: no space left on device"
+    assert sorted(os.listdir(small_disk)) == ["filler"]
+
+
+def test_a_full_disk_under_profile_leaves_nothing(small_disk, run_cli):
+    fill(small_disk, leave=4 * 1024)
+    out = small_disk / "profile"
+    result = run_cli("profile", "--models", "vanillanet_5", "--width", W, "--targets", "analytic", "--sizes", "64",
+                     "--runs", "1", "--warmup", "0", "-o", out)
+    assert result.code == 1
+    assert one_line_error(result) == f"error: cannot write output {out}: no space left on device"
+    assert sorted(os.listdir(small_disk)) == ["filler"]
+
+
+@pytest.mark.parametrize("code,words", [
+    (errno.EACCES, "permission denied"),  # what a non-root user gets for a directory it may not write
+    (errno.EPERM, "permission denied"),
+    (errno.EROFS, "read-only file system"),
+    (errno.EDQUOT, "disk quota exceeded"),
+])
+def test_the_os_reasons_root_cannot_provoke_here_are_worded(tmp_path, code, words):
+    # Tests run as root, which may write anywhere: the refusal is raised where the OS would raise it.
+    out = tmp_path / "out"
+    with pytest.raises(OutputError) as raised, atomic_directory(out) as tmp:
+        raise OSError(code, os.strerror(code), str(tmp / "model.onnx"))
+    assert str(raised.value) == f"cannot write output {out}: {words}"
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_under_ci_leaves_nothing(small_disk, run_cli, tmp_path):
+    from tests.test_ci import write_matrix
+
+    matrix = write_matrix(tmp_path, ["x86-onnxruntime-fp32"])
+    fill(small_disk, leave=32 * 1024)
+    out = small_disk / "dist"
+    result = run_cli("ci", matrix, "-o", out)
+    assert result.code == 1
+    assert one_line_error(result) == f"error: cannot write output {out}: no space left on device"
+    assert sorted(os.listdir(small_disk)) == ["filler"]
