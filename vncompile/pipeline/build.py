@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..api.request import BuildRequest
 from ..api.target import Artifact, CompileContext, CompileResult, MemoryFigure, Target
 from ..core.errors import OutputExists, VerificationError
@@ -30,7 +32,7 @@ from .accuracy import accuracy as accuracy_of
 from .accuracy import top1_drop
 from .cache import BuildCache, copy_tree
 from .manifest import default_output_dir, figures, intact, new_manifest, read_manifest
-from .prepare import PREPARE_STAGES, PreparedOnnx, prepare, verify_inputs
+from .prepare import PREPARE_STAGES, PreparedOnnx, prepare, real_images, verify_inputs
 from .timing import SilentReporter, StageReporter, StageTimings
 from .verify import Verification, compare, summarize
 
@@ -159,7 +161,9 @@ def _run(request: BuildRequest, target: Target, keys: _Keys, cache: BuildCache, 
         with _build_log(bundle / "build.log"):
             log.info("request: %s", request)
             eval_set = load_eval_set(request.options, request.shape)
-            prepared = prepare(request, form, keys.onnx, cache, work, timings, keys.checkpoint_sha256, eval_set)
+            real = real_images(request, eval_set) if request.verify else None
+            prepared = prepare(request, form, keys.onnx, cache, work, timings, keys.checkpoint_sha256, eval_set,
+                               real)
             after_prepare = len(timings.records)
             shutil.copyfile(prepared.onnx_path, bundle / "model.onnx")
             extra = []
@@ -175,7 +179,8 @@ def _run(request: BuildRequest, target: Target, keys: _Keys, cache: BuildCache, 
                                     target.estimated_latency(bundle, manifest)))
             if request.verify or evaluates:
                 with timings.stage("verify"):
-                    verification, accuracy = _verify(request, target, prepared, bundle, manifest, result, eval_set)
+                    verification, accuracy = _verify(request, target, prepared, bundle, manifest, result, eval_set,
+                                                     real)
                 if request.verify:
                     manifest["verification"] = verification.as_dict()
                     _log_verification(verification)
@@ -240,7 +245,8 @@ def _estimated_memory(request: BuildRequest, bundle: Path) -> MemoryFigure | Non
 
 
 def _verify(request: BuildRequest, target: Target, prepared: PreparedOnnx, bundle: Path, manifest: dict[str, Any],
-            result: CompileResult, eval_set: EvalSet | None) -> tuple[Verification, dict[str, Any] | None]:
+            result: CompileResult, eval_set: EvalSet | None,
+            real: np.ndarray | None) -> tuple[Verification, dict[str, Any] | None]:
     """The target's outputs against the reference on the verification inputs, and its accuracy on the
     labelled images; with nothing to run (deferred, analytic), the ONNX stages' figures alone."""
     errors = prepared.stage_errors
@@ -252,9 +258,11 @@ def _verify(request: BuildRequest, target: Target, prepared: PreparedOnnx, bundl
             if request.verify:
                 for shape in request.verify_shapes():
                     at = f" @{shape.size_label}" if request.dynamic else ""
-                    outputs = [session.run(batch) for batch in verify_inputs(shape, eval_set)]
+                    inputs = verify_inputs(shape, real)
+                    outputs = [session.run(batch) for batch in inputs.batches]
                     errors.append(compare(f"{target.name} {device}{at}", request.precision,
-                                          prepared.reference(shape), outputs, prepared.output_names,
+                                          inputs.judged(request.precision, prepared.reference(shape)),
+                                          inputs.judged(request.precision, outputs), prepared.output_names,
                                           tolerances[request.precision], prepared.classifier))
             if eval_set is not None and section is not None:
                 logits = eval_set.logits([session.run(b) for b in eval_set.batches(request.shape.batch)])

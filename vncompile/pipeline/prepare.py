@@ -38,15 +38,41 @@ EVAL_REFERENCE = "eval_reference.npz"  # the reference's top-1 per evaluation im
 LAYER_INPUTS = 16  # images the per-layer int8 analysis runs (each a full pass through two graphs)
 
 
-def verify_inputs(shape: InputShape, eval_set: EvalSet | None = None) -> np.ndarray:
-    """The batches every stage of every target sees for ``shape``: seeded noise (a check of exactness on any
-    input), then, with --eval-data, real images (the inputs the network was trained for)."""
-    batches = max(1, -(-VERIFY_IMAGES // shape.batch))
-    noise = seeded_inputs(shape, batches, seed=INPUT_SEED)
-    if eval_set is None or shape.as_tuple()[2:] != eval_set.inputs.shape[2:]:
-        return noise
-    images = np.stack(eval_set.batches(shape.batch)[:batches])
-    return np.concatenate([noise, images])
+@dataclass(frozen=True)
+class VerifyInputs:
+    """The batches every stage of every target sees for one shape: seeded noise first (a check of exactness
+    on any input), then real images when the build has some (evaluation images, else real calibration ones)."""
+
+    batches: np.ndarray
+    noise: int  # how many of ``batches`` are noise
+
+    def judged(self, precision: str, values: list) -> list:
+        """What a stage is judged on: an int8 graph calibrated on real images is only meant for inputs like
+        them (noise falls outside its activation ranges), so with real images it is judged on those alone."""
+        return values[self.noise:] if precision == "int8" and len(values) > self.noise else values
+
+
+def verify_inputs(shape: InputShape, real: np.ndarray | None = None) -> VerifyInputs:
+    count = max(1, -(-VERIFY_IMAGES // shape.batch))
+    noise = seeded_inputs(shape, count, seed=INPUT_SEED)
+    if real is None or len(real) == 0 or real.shape[1:] != shape.as_tuple()[1:]:
+        return VerifyInputs(noise, count)
+    repeats = -(-count * shape.batch // len(real))
+    images = np.concatenate([real] * repeats)[:count * shape.batch].reshape(count, *shape.as_tuple())
+    return VerifyInputs(np.concatenate([noise, images]), count)
+
+
+def real_images(request: BuildRequest, eval_set: EvalSet | None) -> np.ndarray | None:
+    """A few real images for verification: the evaluation set's, else a real calibration set's."""
+    from ..api.options import SYNTHETIC
+    from ..data.calibration import calibration_set
+
+    if eval_set is not None:
+        return eval_set.inputs[:VERIFY_IMAGES]
+    calibration = request.options.calibration
+    if request.precision == "int8" and calibration is not None and calibration != SYNTHETIC:
+        return calibration_set(request.options, request.shape)[:VERIFY_IMAGES]
+    return None
 
 
 @dataclass(frozen=True)
@@ -102,7 +128,7 @@ class PreparedOnnx:
 
 def prepare(request: BuildRequest, form: str, key: str, cache: BuildCache, work: Path,
             timings: StageTimings, checkpoint_sha256: str | None = None,
-            eval_set: EvalSet | None = None) -> PreparedOnnx:
+            eval_set: EvalSet | None = None, real: np.ndarray | None = None) -> PreparedOnnx:
     with cache.lock(key):
         record = cache.lookup(key, kind="onnx")
         if record is not None:
@@ -110,12 +136,12 @@ def prepare(request: BuildRequest, form: str, key: str, cache: BuildCache, work:
             return PreparedOnnx(cache.entry(key, "onnx"), record, cached=True)
         directory = work / "prepared"
         directory.mkdir()
-        record = _run(request, form, key, directory, timings, checkpoint_sha256, eval_set)
+        record = _run(request, form, key, directory, timings, checkpoint_sha256, eval_set, real)
         return PreparedOnnx(cache.store(key, directory, kind="onnx"), record, cached=False)
 
 
 def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: StageTimings,
-         checkpoint_sha256: str | None, eval_set: EvalSet | None) -> dict[str, Any]:
+         checkpoint_sha256: str | None, eval_set: EvalSet | None, real: np.ndarray | None) -> dict[str, Any]:
     from ..api.request import check_input_shape
     from ..core.host import total_memory_bytes
     from ..data.calibration import calibration_set
@@ -153,8 +179,7 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
     errors: list[StageError] = []
     if request.verify:
         with timings.stage("reference"):
-            errors = _reference_and_onnx_errors(request, form, loaded, exported, directory, names, classifier,
-                                                eval_set)
+            errors = _reference_and_onnx_errors(request, form, loaded, exported, directory, names, classifier, real)
     accuracy_section = None
     if eval_set is not None:
         with timings.stage("evaluate"):
@@ -218,7 +243,7 @@ def _stage_accuracy(request, form, loaded, exported, directory: Path, classifier
 
 
 def _reference_and_onnx_errors(request, form, loaded, exported, directory: Path, names: list[str],
-                               classifier: bool, eval_set: EvalSet | None) -> list[StageError]:
+                               classifier: bool, real: np.ndarray | None) -> list[StageError]:
     """The float64 reference (saved for the targets) and the errors of the torch and ONNX stages."""
     import torch
 
@@ -229,21 +254,22 @@ def _reference_and_onnx_errors(request, form, loaded, exported, directory: Path,
     errors, arrays = [], {}
 
     def check(stage: str, precision: str, reference, outputs) -> None:
-        errors.append(compare(stage, precision, reference, outputs, names, tolerances[precision], classifier))
+        errors.append(compare(stage, precision, inputs.judged(precision, reference), inputs.judged(precision, outputs),
+                              names, tolerances[precision], classifier))
 
     for shape in request.verify_shapes():
         at = f" @{shape.size_label}" if request.dynamic else ""
-        inputs = verify_inputs(shape, eval_set)
-        reference = stages.run_torch(loaded.network, inputs, dtype=torch.float64)
+        inputs = verify_inputs(shape, real)
+        reference = stages.run_torch(loaded.network, inputs.batches, dtype=torch.float64)
         for b, batch in enumerate(reference):
             for o, output in enumerate(batch):
                 arrays[f"{shape.label}/{b}/{o}"] = output
         if exported is not loaded:
-            check(f"torch fused{at}", "fp32", reference, stages.run_torch(exported.network, inputs))
+            check(f"torch fused{at}", "fp32", reference, stages.run_torch(exported.network, inputs.batches))
         for name, stage in (("exported.onnx", "onnx exported"), ("simplified.onnx", "onnx simplified")):
-            check(f"{stage}{at}", onnx_precision, reference, run_onnx(directory / name, inputs))
+            check(f"{stage}{at}", onnx_precision, reference, run_onnx(directory / name, inputs.batches))
         if form == "int8-qdq":
-            check(f"onnx int8 qdq{at}", "int8", reference, run_onnx(directory / "model.onnx", inputs))
+            check(f"onnx int8 qdq{at}", "int8", reference, run_onnx(directory / "model.onnx", inputs.batches))
     np.savez(directory / "reference.npz", **arrays)
     return errors
 
