@@ -315,7 +315,7 @@ def _run_build(run_build, request, output, force, as_json) -> None:
     elif outcome.cached:
         stderr.print(f"served from the cache -> {outcome.out_dir}")
     else:
-        render_verification(manifest["verification"])
+        render_verification(manifest["verification"], manifest.get("accuracy"))
         if manifest.get("notice"):
             stderr.print(f"[yellow]notice:[/] {escape(manifest['notice'])}")
         stderr.print(f"[bold]{manifest['status']}[/] -> {outcome.out_dir}")

@@ -79,22 +79,37 @@ def render_description(facts: dict[str, Any], console: Console = stderr) -> None
     console.print(counts)
 
 
-def render_verification(verification: dict[str, Any], console: Console = stderr) -> None:
-    """One row per stage; a multi-output network gets one row per output under each stage."""
-    if verification.get("skipped"):
+def render_verification(verification: dict[str, Any], accuracy: dict[str, Any] | None = None,
+                        console: Console = stderr) -> None:
+    """One row per stage (per output, for a multi-output network); with --eval-data, each stage's top-1 and
+    agreement on the labelled images beside its numerical error."""
+    if verification.get("skipped") and accuracy is None:
         console.print("verification skipped (--no-verify)")
         return
     tolerance = "; ".join(f"{p} {', '.join(f'{k} {v:g}' for k, v in t.items())}"
                           for p, t in verification["tolerance"].items())
-    table = Table(title="verification against the float64 reference", caption=f"tolerance: {tolerance}")
-    for column in ("stage", "output", "precision", "max abs", "rel", "cosine", "top-1", ""):
+    caption = f"tolerance: {tolerance}" if tolerance else ""
+    if accuracy is not None:
+        caption += (f"{'; ' if caption else ''}images: {accuracy['images']} labelled, reference top-1 "
+                    f"{accuracy['reference']['top1']:.2f}%, top-5 {accuracy['reference']['top5']:.2f}%")
+    table = Table(title="verification against the float64 reference", caption=caption)
+    columns = ["stage", "output", "precision", "max abs", "rel", "cosine", "top-1 agree", ""]
+    if accuracy is not None:
+        columns[-1:-1] = ["top-1 images", "agreement"]
+    for column in columns:
         table.add_column(column, justify="left" if column in ("stage", "output", "precision") else "right")
+    target_stage = verification["stages"][-1]["stage"] if verification["stages"] else None
     for stage in verification["stages"]:
         for i, o in enumerate(stage["outputs"]):
             top1 = "-" if o["top1_agreement"] is None else f"{o['top1_agreement']:.0%}"
             verdict = "[green]ok[/]" if o["passed"] else f"[red]FAIL[/] (passes {o['would_pass'] or '-'})"
-            table.add_row(stage["stage"] if i == 0 else "", o["name"], stage["precision"], f"{o['max_abs']:.2e}",
-                          f"{o['rel']:.2e}", f"{o['cosine']:.6f}", top1, verdict)
+            cells = [stage["stage"] if i == 0 else "", o["name"], stage["precision"], f"{o['max_abs']:.2e}",
+                     f"{o['rel']:.2e}", f"{o['cosine']:.6f}", top1]
+            if accuracy is not None:
+                key = "target" if stage["stage"] == target_stage and "target" in accuracy else stage["stage"]
+                found = accuracy.get(key) if i == 0 else None
+                cells += ["-", "-"] if not found else [f"{found['top1']:.2f}%", f"{found.get('agreement', 100):.1f}%"]
+            table.add_row(*cells, verdict)
     console.print(table)
 
 

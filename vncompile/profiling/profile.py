@@ -76,7 +76,7 @@ def _row(source: ModelSource, target: str, size: int, request: ProfileRequest) -
     return {
         "model": _label(source), "network": source.model_name, "target": target, "precision": request.precision,
         "size": size, "batch": request.batch_size, "status": "error", "reason": None, "latency": None,
-        "memory": None, "artifact_sha256": None,
+        "memory": None, "artifact_sha256": None, "top1": None,
     }
 
 
@@ -101,6 +101,8 @@ def profile_cell(source: ModelSource, target: str, size: int, request: ProfileRe
         return row
     row["network"] = manifest["model"]["name"]
     row["artifact_sha256"] = primary_artifact(manifest)["sha256"]
+    accuracy = manifest.get("accuracy") or {}
+    row["top1"] = accuracy.get("target", {}).get("top1")  # with --eval-data: the artifact's top-1 on the images
     if manifest["status"] != "ok":
         row["reason"] = f"{manifest['status']}: {manifest.get('notice') or 'nothing to run here'}"
         return row
