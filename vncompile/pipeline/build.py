@@ -182,7 +182,7 @@ def _calibration(request: BuildRequest, form: str):
     """Targets that quantize themselves (rknn) get the preprocessed calibration inputs."""
     if request.precision != "int8" or form == "int8-qdq":
         return None
-    from .calibration import calibration_samples
+    from ..data.calibration import calibration_samples
 
     return calibration_samples(request.options.calibration, request.shape)
 
