@@ -28,8 +28,6 @@ import hashlib
 import logging
 import re
 import shutil
-import tempfile
-import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -217,10 +215,6 @@ class RknnSettings:
         return cls(recorded["platform"], manifest["target"]["precision"], recorded.get("quant_algorithm"))
 
 
-def _start_worker(scratch: Path, logger: logging.Logger) -> Worker:
-    return start_worker("rknn", logger, cwd=scratch)
-
-
 def _request(worker: Worker, op: str, args: dict[str, Any] | None = None,
              timeout: float = RUN_TIMEOUT_S) -> WorkerReply:
     try:
@@ -231,11 +225,19 @@ def _request(worker: Worker, op: str, args: dict[str, Any] | None = None,
 
 def _compile(worker: Worker, onnx: Path, settings: RknnSettings, dataset: Path | None,
              export: Path | None) -> CompilerReport:
-    reply = _request(worker, "build", {"onnx": str(onnx), "platform": settings.platform,
+    """Build ``onnx`` (and write the .rknn to ``export``). The toolkit reads and writes only paths inside
+    the worker's directory, the same length for everyone: their lengths move its heap, whose addresses
+    end up in the .rknn (see ``toolchains.worker``). ``dataset`` is written there already."""
+    assert worker.scratch is not None, "start_worker gives every toolchain worker its directory"
+    model, exported = worker.scratch / "model.onnx", worker.scratch / RKNN_MODEL
+    shutil.copyfile(onnx, model)
+    reply = _request(worker, "build", {"onnx": str(model), "platform": settings.platform,
                                        "quantize": settings.precision == "int8",
                                        "quant_algorithm": settings.quant_algorithm,
                                        "dataset": None if dataset is None else str(dataset),
-                                       "export": None if export is None else str(export)}, BUILD_TIMEOUT_S)
+                                       "export": None if export is None else str(exported)}, BUILD_TIMEOUT_S)
+    if export is not None:
+        shutil.move(exported, export)
     layers = parse_layer_table(reply.output)
     if not layers:
         raise VncompileError("rknn-toolkit2 printed no per-layer table ('Network Layer Information Table'); "
@@ -278,9 +280,9 @@ def _recorded_calibration(manifest: dict[str, Any]) -> np.ndarray:
 class RknnSimulatorSession(Session):
     """model.onnx rebuilt with the recorded settings in a persistent worker, run on the toolkit's simulator."""
 
-    def __init__(self, worker: Worker, scratch: Path) -> None:
-        self._worker, self._scratch = worker, scratch
-        self._finalizer = weakref.finalize(self, _release, worker, scratch)
+    def __init__(self, worker: Worker) -> None:
+        assert worker.scratch is not None, "start_worker gives every toolchain worker its directory"
+        self._worker, self._scratch = worker, worker.scratch
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         batch = self._scratch / "input.npy"
@@ -289,12 +291,7 @@ class RknnSimulatorSession(Session):
         return [np.load(path).astype(np.float32) for path in reply.result["outputs"]]
 
     def close(self) -> None:
-        self._finalizer()
-
-
-def _release(worker: Worker, scratch: Path) -> None:
-    worker.close()
-    shutil.rmtree(scratch, ignore_errors=True)
+        self._worker.close()  # the worker's process and its directory (the worker's finalizer is the safety net)
 
 
 # ---------------------------------------------------------------------------- the target
@@ -357,15 +354,14 @@ class RknnTarget(Target):
 
     def compile(self, ctx: CompileContext) -> CompileResult:
         settings = RknnSettings.of_request(ctx.request)
-        with tempfile.TemporaryDirectory(prefix="vncompile-rknn-") as tmp:
-            scratch = Path(tmp)
+        with start_worker("rknn", ctx.log) as worker:
+            assert worker.scratch is not None
             dataset = None
             if settings.precision == "int8":
                 assert ctx.calibration is not None, "the pipeline passes calibration inputs for int8"
-                dataset = write_dataset(ctx.calibration, ctx.request.shape.batch, scratch)
-            with _start_worker(scratch, ctx.log) as worker:
-                report = _compile(worker, ctx.onnx_path, settings, dataset, ctx.build_dir / RKNN_MODEL)
-                toolkit = worker.facts.get("version")
+                dataset = write_dataset(ctx.calibration, ctx.request.shape.batch, worker.scratch)
+            report = _compile(worker, ctx.onnx_path, settings, dataset, ctx.build_dir / RKNN_MODEL)
+            toolkit = worker.facts.get("version")
         write_layer_table(report.layers, ctx.build_dir / LAYER_TABLE)
         clock = NPU_CLOCKS[settings.platform]
         ctx.log.info("rknn: %s %s, memory plan %.1f KB internal + %.1f KB weights, %d layers, %d cycles",
@@ -392,23 +388,18 @@ class RknnTarget(Target):
     def load(self, build_dir: Path, manifest: dict[str, Any]) -> Session:
         settings = RknnSettings.of_manifest(manifest)
         calibration = _recorded_calibration(manifest) if settings.precision == "int8" else None
-        scratch = Path(tempfile.mkdtemp(prefix="vncompile-rknn-sim-"))
+        worker = start_worker("rknn", log)
         try:
-            worker = _start_worker(scratch, log)
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
-        session = RknnSimulatorSession(worker, scratch)
-        try:
+            assert worker.scratch is not None
             dataset = None if calibration is None else write_dataset(calibration, manifest["input_shape"][0],
-                                                                     scratch)
+                                                                     worker.scratch)
             report = _compile(worker, build_dir / "model.onnx", settings, dataset, export=None)
             _check_same_compile(report, manifest)
             _request(worker, "init_runtime", {"target": None})  # None: the simulator
         except BaseException:
-            session.close()
+            worker.close()
             raise
-        return session
+        return RknnSimulatorSession(worker)
 
     def compiler_memory(self, build_dir: Path, manifest: dict[str, Any]) -> MemoryFigure | None:
         target = facts(manifest)
@@ -446,7 +437,7 @@ def _check_same_compile(report: CompilerReport, manifest: dict[str, Any]) -> Non
 def _on_board(build_dir: Path, manifest: dict[str, Any], op: str, **runtime: bool) -> WorkerReply:
     """``op`` (eval_perf / eval_memory) on the board running the bundle's model.rknn itself."""
     target = facts(manifest)
-    with tempfile.TemporaryDirectory(prefix="vncompile-rknn-board-") as tmp, _start_worker(Path(tmp), log) as worker:
+    with start_worker("rknn", log, inherit=("PATH",)) as worker:  # the user's PATH: where their adb is
         _request(worker, "load_rknn", {"path": str(build_dir / RKNN_MODEL)})
         _request(worker, "init_runtime", {"target": target["platform"], "device_id": target["board"], **runtime})
         return _request(worker, op)

@@ -36,7 +36,8 @@ class ToolchainInstallError(VncompileError):
 
 
 def toolchain_environ() -> dict[str, str]:
-    """The environment a toolchain's python runs in: nothing of ours leaks into its imports."""
+    """The environment the installer's pip and import check run in: nothing of ours leaks into their imports.
+    (A worker gets a canonical environment instead: ``worker.canonical_environ``.)"""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
     env["PYTHONNOUSERSITE"] = "1"  # ~/.local site-packages would shadow the pinned ones
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"

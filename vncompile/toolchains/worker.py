@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import platform
 import queue
 import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import weakref
 from collections import deque
@@ -28,14 +30,18 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import TargetUnavailable, VncompileError
-from .install import toolchain_environ
-from .installed import InstalledToolchain, locate
-from .spec import get_spec
+from .installed import InstalledToolchain, locate, venv_python
+from .spec import WORKERS_DIR, ToolchainSpec, get_spec
 
 END_OF_OUTPUT = "\x1evncompile-worker end of request "  # the protocol module's marker, without the id
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 OUTPUT_SYNC_SECONDS = 10.0  # after a reply, how long its output may still be on the way
 STOP_SECONDS = 10.0
+PROTOCOL_SCRIPT = "vncompile_worker_protocol.py"
+# Where a toolchain worker's directory goes: a fixed parent, not $TMPDIR, so that its path (and every path
+# under it the toolkit sees) has the same length for every user; see ``canonical_environ``.
+CANONICAL_TMP = Path("/tmp")
+CANONICAL_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def describe_exit(code: int) -> str:
@@ -92,20 +98,70 @@ def missing_message(installed: InstalledToolchain) -> str:
     return f"the {installed.name} toolchain is not installed (looked in {installed.path}); run `{installed.fix}`"
 
 
-def start_worker(name: str, log: logging.Logger, *, root: Path | None = None, cwd: Path | None = None,
+def start_worker(name: str, log: logging.Logger, *, root: Path | None = None, inherit: tuple[str, ...] = (),
                  start_timeout: float = 180.0) -> Worker:
-    """A started worker for the installed toolchain ``name``, or ``ToolchainMissing``."""
+    """A started worker for the installed toolchain ``name``, or ``ToolchainMissing``.
+
+    The worker runs in a directory of its own, ``worker.scratch`` (removed when it is closed): the
+    files the caller hands the toolchain belong there. ``inherit`` names variables of the user's
+    environment the worker needs beyond the canonical one (e.g. ``PATH`` to find a board's adb).
+    """
     installed = locate(name, root)
     if not installed.installed or installed.python is None:
         raise ToolchainMissing(missing_message(installed))
     spec = get_spec(name)
-    command = [str(installed.python), "-u", str(spec.worker_path)]
-    env = toolchain_environ()
-    if spec.fixed_addresses:
-        command, env = fixed_address_command(command), {**env, "PYTHONHASHSEED": "0"}
-    worker = Worker(name, command, log, env=env, cwd=cwd, label=f"the {name} toolchain worker")
-    worker.start(start_timeout)
+    scratch = canonical_scratch(name)
+    try:
+        command = canonical_command(scratch, installed.python, spec)
+        if spec.fixed_addresses:
+            command = fixed_address_command(command)
+        env = {**canonical_environ(scratch), **{k: os.environ[k] for k in inherit if k in os.environ}}
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    worker = Worker(name, command, log, env=env, cwd=scratch, scratch=scratch, label=f"the {name} toolchain worker")
+    try:
+        worker.start(start_timeout)
+    except BaseException:
+        worker.close()
+        raise
     return worker
+
+
+# Some SDKs (rknn-toolkit2) write heap addresses into their artifacts. With address randomization off
+# the heap still moves with everything the process starts with: the size of its environment, its
+# argv (the interpreter's and the script's paths), its working directory, and the length of every
+# path it is handed. Two users (different $HOME, cache, checkout, $TMPDIR) got different .rknn bytes.
+# So a toolchain worker starts from the same bytes everywhere: an environment built from scratch with
+# fixed values, and a directory of fixed-length path holding the environment (through a link), the
+# worker scripts (copied) and whatever files the caller hands the toolkit.
+
+
+def canonical_scratch(name: str) -> Path:
+    """A new directory ``/tmp/vncompile-<name>-XXXXXXXX``: the same path length for every user.
+
+    Where /tmp is not writable, the usual temporary directory (builds work, but their artifacts may
+    then differ from other users')."""
+    parent = CANONICAL_TMP if os.access(CANONICAL_TMP, os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix=f"vncompile-{name}-", dir=parent))
+
+
+def canonical_command(scratch: Path, python: Path, spec: ToolchainSpec) -> list[str]:
+    """The worker's command with paths inside ``scratch`` only: the environment linked, the scripts copied."""
+    environment = scratch / "env"
+    environment.symlink_to(python.parents[1], target_is_directory=True)  # <venv>/bin/python
+    scripts = scratch / "worker"
+    scripts.mkdir()
+    for script in (spec.worker, PROTOCOL_SCRIPT):
+        shutil.copyfile(WORKERS_DIR / script, scripts / script)
+    return [str(venv_python(environment)), "-u", str(scripts / spec.worker)]
+
+
+def canonical_environ(scratch: Path) -> dict[str, str]:
+    """The worker's whole environment: fixed values only, so nothing of the user's (their $HOME,
+    $PYTHONPATH, the SDK's own RKNN_* switches, thread limits) reaches the toolchain."""
+    return {"PATH": CANONICAL_PATH, "HOME": str(scratch), "TMPDIR": str(scratch), "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def fixed_address_command(command: list[str]) -> list[str]:
@@ -124,8 +180,9 @@ class Worker:
     """A persistent worker process speaking the protocol: ``request(op, args) -> WorkerReply``."""
 
     def __init__(self, name: str, command: list[str], log: logging.Logger, *, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, label: str | None = None) -> None:
+                 cwd: Path | None = None, scratch: Path | None = None, label: str | None = None) -> None:
         self.name, self.command, self.env, self.cwd = name, command, env, cwd
+        self.scratch = scratch  # the worker's own directory: removed when it is closed
         self.label = label or f"the {name} worker"  # how messages name it
         self._log = log
         self._proc: subprocess.Popen[str] | None = None
@@ -148,7 +205,8 @@ class Worker:
                                           bufsize=1, cwd=self.cwd, env=self.env)
         except OSError as exc:
             raise WorkerCrashed(f"{self.label} could not start: {exc}") from None
-        weakref.finalize(self, _stop, self._proc)
+        # ``close`` ends the worker; this is the safety net for a caller that never called it
+        self._finalizer = weakref.finalize(self, _release, self._proc, self.scratch)
         for stream, read in ((self._proc.stdout, self._read_replies), (self._proc.stderr, self._read_output)):
             threading.Thread(target=read, args=(stream,), daemon=True, name=f"{self.name}-worker-io").start()
         ready = self._await_line("start", timeout)
@@ -164,20 +222,21 @@ class Worker:
         return self._proc is not None and self._proc.poll() is None
 
     def close(self) -> None:
-        """Ask the worker to exit; stop it if it does not."""
+        """Ask the worker to exit (stop it if it does not) and remove its directory."""
         proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write('{"op": "exit"}\n')
-            proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            proc.wait(STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            _stop(proc)
+        if proc is not None and proc.poll() is None:
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write('{"op": "exit"}\n')
+                proc.stdin.close()
+            except OSError:
+                pass
+            with contextlib.suppress(subprocess.TimeoutExpired):  # then it is stopped below
+                proc.wait(STOP_SECONDS)
+        if proc is None:
+            _release(None, self.scratch)
+        else:
+            self._finalizer()
 
     def __enter__(self) -> Worker:
         return self
@@ -280,6 +339,13 @@ class Worker:
     def _wait_for_output(self, done: Any) -> None:
         with self._condition:
             self._condition.wait_for(done, timeout=OUTPUT_SYNC_SECONDS)
+
+
+def _release(proc: subprocess.Popen[str] | None, scratch: Path | None) -> None:
+    if proc is not None:
+        _stop(proc)
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
