@@ -20,14 +20,9 @@ import pytest
 from tests.conftest import NARROW, one_line_error
 from vncompile.api.options import TargetOptions
 from vncompile.core.errors import VerificationError, VncompileError
-from vncompile.targets.rknn import (
-    LAYER_TABLE,
-    RknnSettings,
-    RknnTarget,
-    _compile,
-    parse_layer_table,
-    parse_memory_plan,
-)
+from vncompile.targets.rknn import RknnTarget
+from vncompile.targets.rknn.compiler_output import LAYER_TABLE, parse_layer_table, parse_memory_plan
+from vncompile.targets.rknn.toolkit import RknnSettings, compile_onnx
 from vncompile.toolchains import default_root, install, start_worker
 
 W = str(NARROW)
@@ -53,8 +48,11 @@ def plan_in_log(out: Path) -> dict[str, float]:
 
 def test_fp16_build_verifies_on_the_simulator_with_the_compilers_plan(rknn_build):
     out, manifest = rknn_build("--precision", "fp16")
-    target = manifest["target"]
-    assert target["platform"] == "rk3588" and target["precision"] == "fp16" and target["device"] == "simulator"
+    target = manifest["target"]["facts"]
+    assert target["platform"] == "rk3588" and manifest["target"]["precision"] == "fp16"
+    assert manifest["target"]["device"] == "simulator"
+    assert [a["role"] for a in manifest["artifacts"] if a["primary"]] == ["rknn"]
+    assert manifest["memory"]["source"] == "compiler" and manifest["latency"]["source"] == "estimated"
     assert {a["role"] for a in manifest["artifacts"]} == {"onnx", "rknn", "rknn-layers"}
     assert (out / "model.rknn").stat().st_size > 0
     final = manifest["verification"]["stages"][-1]
@@ -97,7 +95,7 @@ def test_int8_build_quantizes_with_the_calibration_set(rknn_build, tmp_path):
         np.save(calibration / f"{i}.npy", np.random.default_rng(i).standard_normal((3, 224, 224), dtype=np.float32))
     out, manifest = rknn_build("--precision", "int8", "--platform", "rv1106", "--quant-algorithm", "kl_divergence",
                                "--calibration", calibration)
-    target = manifest["target"]
+    target = manifest["target"]["facts"]
     assert target["platform"] == "rv1106" and target["quant_algorithm"] == "kl_divergence"
     assert target["calibration"]["directory"] == str(calibration.resolve())
     assert target["calibration"]["samples"] == 4
@@ -177,10 +175,10 @@ def test_the_toolkits_own_failures_are_one_line(rknn_toolchain, tmp_path):
     garbage.write_bytes(b"not a protobuf")
     with start_worker("rknn", logging.getLogger("vncompile")) as worker:
         with pytest.raises(VncompileError) as raised:  # the toolkit raised: the last line of its exception
-            _compile(worker, garbage, RknnSettings("rk3588", "fp16", None), None, None)
+            compile_onnx(worker, garbage, RknnSettings("rk3588", "fp16", None), None, None)
         assert "\n" not in str(raised.value) and "DecodeError" in str(raised.value)
         with pytest.raises(VncompileError) as refused:  # it returned -1: the reason it logged
-            _compile(worker, tiny_onnx(tmp_path / "tiny.onnx"), RknnSettings("rv1106", "fp16", None), None, None)
+            compile_onnx(worker, tiny_onnx(tmp_path / "tiny.onnx"), RknnSettings("rv1106", "fp16", None), None, None)
         assert "rv1106" in str(refused.value) and "do_quantization = False" in str(refused.value)
 
 
