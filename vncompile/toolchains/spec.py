@@ -91,7 +91,7 @@ RKNN = ToolchainSpec(
     import_check="from rknn.api import RKNN",
     worker="rknn_worker.py",
     # A .rknn's header holds heap addresses: with randomization off (and the worker's canonical
-    # environment and paths, see worker.py), two builds are byte-identical.
+    # environment and paths, see canonical.py), two builds are byte-identical.
     fixed_addresses=True,
 )
 

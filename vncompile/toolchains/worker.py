@@ -15,13 +15,11 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import queue
 import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import weakref
 from collections import deque
@@ -30,18 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import TargetUnavailable, VncompileError
-from .installed import InstalledToolchain, locate, venv_python
-from .spec import WORKERS_DIR, ToolchainSpec, get_spec
+from .canonical import canonical_command, canonical_environ, canonical_scratch
+from .installed import InstalledToolchain, locate
+from .spec import get_spec
 
 END_OF_OUTPUT = "\x1evncompile-worker end of request "  # the protocol module's marker, without the id
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 OUTPUT_SYNC_SECONDS = 10.0  # after a reply, how long its output may still be on the way
 STOP_SECONDS = 10.0
-PROTOCOL_SCRIPT = "vncompile_worker_protocol.py"
-# Where a toolchain worker's directory goes: a fixed parent, not $TMPDIR, so that its path (and every path
-# under it the toolkit sees) has the same length for every user; see ``canonical_environ``.
-CANONICAL_TMP = Path("/tmp")
-CANONICAL_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def describe_exit(code: int) -> str:
@@ -102,8 +96,9 @@ def start_worker(name: str, log: logging.Logger, *, root: Path | None = None, in
                  start_timeout: float = 180.0) -> Worker:
     """A started worker for the installed toolchain ``name``, or ``ToolchainMissing``.
 
-    The worker runs in a directory of its own, ``worker.scratch`` (removed when it is closed): the
-    files the caller hands the toolchain belong there. ``inherit`` names variables of the user's
+    The worker runs in a directory of its own, ``worker.scratch`` (removed when it is closed), from
+    the same paths and environment for every user (``canonical``): the files the caller hands the
+    toolchain belong there. ``inherit`` names variables of the user's
     environment the worker needs beyond the canonical one (e.g. ``PATH`` to find a board's adb).
     """
     installed = locate(name, root)
@@ -113,8 +108,6 @@ def start_worker(name: str, log: logging.Logger, *, root: Path | None = None, in
     scratch = canonical_scratch(name)
     try:
         command = canonical_command(scratch, installed.python, spec)
-        if spec.fixed_addresses:
-            command = fixed_address_command(command)
         env = {**canonical_environ(scratch), **{k: os.environ[k] for k in inherit if k in os.environ}}
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -126,54 +119,6 @@ def start_worker(name: str, log: logging.Logger, *, root: Path | None = None, in
         worker.close()
         raise
     return worker
-
-
-# Some SDKs (rknn-toolkit2) write heap addresses into their artifacts. With address randomization off
-# the heap still moves with everything the process starts with: the size of its environment, its
-# argv (the interpreter's and the script's paths), its working directory, and the length of every
-# path it is handed. Two users (different $HOME, cache, checkout, $TMPDIR) got different .rknn bytes.
-# So a toolchain worker starts from the same bytes everywhere: an environment built from scratch with
-# fixed values, and a directory of fixed-length path holding the environment (through a link), the
-# worker scripts (copied) and whatever files the caller hands the toolkit.
-
-
-def canonical_scratch(name: str) -> Path:
-    """A new directory ``/tmp/vncompile-<name>-XXXXXXXX``: the same path length for every user.
-
-    Where /tmp is not writable, the usual temporary directory (builds work, but their artifacts may
-    then differ from other users')."""
-    parent = CANONICAL_TMP if os.access(CANONICAL_TMP, os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix=f"vncompile-{name}-", dir=parent))
-
-
-def canonical_command(scratch: Path, python: Path, spec: ToolchainSpec) -> list[str]:
-    """The worker's command with paths inside ``scratch`` only: the environment linked, the scripts copied."""
-    environment = scratch / "env"
-    environment.symlink_to(python.parents[1], target_is_directory=True)  # <venv>/bin/python
-    scripts = scratch / "worker"
-    scripts.mkdir()
-    for script in (spec.worker, PROTOCOL_SCRIPT):
-        shutil.copyfile(WORKERS_DIR / script, scripts / script)
-    return [str(venv_python(environment)), "-u", str(scripts / spec.worker)]
-
-
-def canonical_environ(scratch: Path) -> dict[str, str]:
-    """The worker's whole environment: fixed values only, so nothing of the user's (their $HOME,
-    $PYTHONPATH, the SDK's own RKNN_* switches, thread limits) reaches the toolchain."""
-    return {"PATH": CANONICAL_PATH, "HOME": str(scratch), "TMPDIR": str(scratch), "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-
-
-def fixed_address_command(command: list[str]) -> list[str]:
-    """``command`` with address-space randomization off (``setarch -R``), where the system has setarch.
-
-    Some SDKs write heap addresses into their artifacts; with the same addresses on every
-    run (and Python's hash seed fixed) two builds of the same input are byte-identical.
-    """
-    setarch = shutil.which("setarch")
-    if setarch is None or platform.system() != "Linux":
-        return command
-    return [setarch, platform.machine(), "-R", *command]
 
 
 class Worker:
