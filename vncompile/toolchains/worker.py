@@ -98,8 +98,8 @@ def start_worker(name: str, log: logging.Logger, *, root: Path | None = None, in
 
     The worker runs in a directory of its own, ``worker.scratch`` (removed when it is closed), from
     the same paths and environment for every user (``canonical``): the files the caller hands the
-    toolchain belong there. ``inherit`` names variables of the user's
-    environment the worker needs beyond the canonical one (e.g. ``PATH`` to find a board's adb).
+    toolchain belong there. ``inherit`` names variables of the user's environment the worker needs
+    beyond the canonical one (e.g. ``PATH`` to find a board's adb; nothing it writes is an artifact).
     """
     installed = locate(name, root)
     if not installed.installed or installed.python is None:
