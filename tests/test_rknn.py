@@ -7,7 +7,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,15 +20,10 @@ import pytest
 from tests.conftest import NARROW, one_line_error
 from vncompile.api.options import TargetOptions
 from vncompile.core.errors import VerificationError, VncompileError
-from vncompile.targets.rknn import (
-    LAYER_TABLE,
-    RknnSettings,
-    RknnTarget,
-    _compile,
-    parse_layer_table,
-    parse_memory_plan,
-)
-from vncompile.toolchains import install, start_worker
+from vncompile.targets.rknn import RknnTarget
+from vncompile.targets.rknn.compiler_output import LAYER_TABLE, parse_layer_table, parse_memory_plan
+from vncompile.targets.rknn.toolkit import RknnSettings, compile_onnx
+from vncompile.toolchains import default_root, install, start_worker
 
 W = str(NARROW)
 
@@ -111,6 +109,26 @@ def test_int8_build_quantizes_with_the_calibration_set(rknn_build, tmp_path):
         RknnTarget().load(out, manifest)
 
 
+def test_two_users_build_byte_identical_rknn_files(rknn_toolchain, tmp_path):
+    """As two users meet it: another $HOME, cache, $TMPDIR, working and output directory (each of another
+    length) and unrelated variables, yet the same .rknn; the toolkit's header holds heap addresses, and
+    all of these once moved its heap."""
+    users = [tmp_path / "u", tmp_path / "a-second-user-with-a-much-longer-name"]
+    procs = []
+    for i, user in enumerate(users):
+        (user / "tmp").mkdir(parents=True)
+        env = {**os.environ, "HOME": str(user), "VNCOMPILE_CACHE_DIR": str(user / "cache" / ("c" * 10 * i)),
+               "TMPDIR": str(user / "tmp"), "VNCOMPILE_TOOLCHAIN_DIR": str(default_root()),
+               "UNRELATED": "x" * 300 * i, "RKNN_LOG_LEVEL": str(i)}
+        command = [sys.executable, "-m", "vncompile", "build", "--model", "vanillanet_5", "--width", W,
+                   "--target", "rknn", "--precision", "fp16", "-o", str(user / "bundle" / ("b" * 20 * i))]
+        procs.append(subprocess.Popen(command, env=env, cwd=user, stderr=subprocess.PIPE, text=True))
+    errors = [proc.communicate()[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], errors
+    first, second = (user / "bundle" / ("b" * 20 * i) / "model.rknn" for i, user in enumerate(users))
+    assert first.read_bytes() == second.read_bytes()
+
+
 def test_int8_with_the_synthetic_set_is_smaller_than_fp16(rknn_build):
     _, fp16 = rknn_build("--precision", "fp16")
     _, int8 = rknn_build("--precision", "int8", "--force")
@@ -155,12 +173,12 @@ def tiny_onnx(path: Path) -> Path:
 def test_the_toolkits_own_failures_are_one_line(rknn_toolchain, tmp_path):
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a protobuf")
-    with start_worker("rknn", logging.getLogger("vncompile"), cwd=tmp_path) as worker:
+    with start_worker("rknn", logging.getLogger("vncompile")) as worker:
         with pytest.raises(VncompileError) as raised:  # the toolkit raised: the last line of its exception
-            _compile(worker, garbage, RknnSettings("rk3588", "fp16", None), None, None)
+            compile_onnx(worker, garbage, RknnSettings("rk3588", "fp16", None), None, None)
         assert "\n" not in str(raised.value) and "DecodeError" in str(raised.value)
         with pytest.raises(VncompileError) as refused:  # it returned -1: the reason it logged
-            _compile(worker, tiny_onnx(tmp_path / "tiny.onnx"), RknnSettings("rv1106", "fp16", None), None, None)
+            compile_onnx(worker, tiny_onnx(tmp_path / "tiny.onnx"), RknnSettings("rv1106", "fp16", None), None, None)
         assert "rv1106" in str(refused.value) and "do_quantization = False" in str(refused.value)
 
 

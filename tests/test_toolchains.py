@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import stat
+import subprocess
 import sys
 import textwrap
 import time
@@ -30,6 +32,12 @@ from vncompile.toolchains import (
     list_toolchains,
     locate,
     start_worker,
+)
+from vncompile.toolchains.canonical import (
+    ENVIRONMENT_PATH_LENGTH,
+    canonical_environ,
+    canonical_interpreter,
+    environment_name,
 )
 from vncompile.toolchains.installed import locate_spec, marker_document
 from vncompile.toolchains.spec import RKNN, WORKERS_DIR
@@ -284,3 +292,29 @@ def test_an_interpreter_the_vendor_has_no_wheels_for_is_refused(tmp_path, monkey
         install_spec(BROKEN_SPEC, tmp_path)
     assert not (tmp_path / "broken").exists() or not any((tmp_path / "broken").glob("env-*"))
 
+
+
+def test_an_environment_lies_at_a_path_of_one_length_wherever_its_root_is(tmp_path):
+    homes = [tmp_path / "h", tmp_path / "a-much-longer-home" / ".local" / "share" / "vncompile" / "rknn"]
+    paths = [str(home.absolute() / environment_name(home, "0123abcd")) for home in homes]
+    assert len(paths[0]) == len(paths[1]) == ENVIRONMENT_PATH_LENGTH
+    assert all(Path(p).name.startswith("env-0123abcd") for p in paths)
+    too_long = tmp_path / ("d" * ENVIRONMENT_PATH_LENGTH)
+    assert environment_name(too_long, "0123abcd") == "env-0123abcd"
+
+
+@pytest.mark.skipif(not (Path(sys.prefix) / "pyvenv.cfg").is_file(), reason="needs a virtual environment")
+def test_the_canonical_interpreter_sees_only_paths_inside_its_directory(tmp_path):
+    """This interpreter's venv (standing in for a toolchain's), run through links inside the worker's
+    directory: its prefix, base prefix and their sys.path entries lie inside it (a .pth file's entries,
+    such as an editable install's, are the environment's content)."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    interpreter = canonical_interpreter(scratch, Path(sys.prefix) / "bin" / "python")
+    code = "import json, sys; print(json.dumps([sys.prefix, sys.base_prefix, *sys.path[1:]]))"
+    done = subprocess.run([str(interpreter), "-c", code], env=canonical_environ(scratch), capture_output=True,
+                          text=True, check=True)
+    prefix, base_prefix, *path = json.loads(done.stdout)
+    assert prefix == str(scratch / "env") and base_prefix == str(scratch / "base")
+    installed = (sys.prefix, sys.base_prefix, os.path.realpath(sys.base_prefix))
+    assert path and not [entry for entry in path if entry.startswith(installed)]

@@ -1,6 +1,7 @@
 """``vncompile toolchain install NAME``: a pinned virtual environment for a vendor SDK.
 
-The environment is created beside the marker as ``env-<random>`` and becomes the
+The environment is created beside the marker as ``env-<random>`` (padded to a path of fixed
+length: ``canonical.environment_name``) and becomes the
 installed one only when ``toolchain.json`` is replaced at the very end, after the
 SDK imported. A failure or an interrupt removes the new environment and leaves any
 previous installation as it was. A second install verifies the existing one (the
@@ -24,6 +25,7 @@ from typing import IO, Any
 
 from ..core.errors import InputError, VncompileError
 from ..core.io import atomic_file, file_lock, write_json
+from .canonical import environment_name
 from .installed import MARKER, InstalledToolchain, locate_spec, marker_document, toolchain_home, venv_python
 from .spec import ToolchainSpec, get_spec
 
@@ -36,7 +38,8 @@ class ToolchainInstallError(VncompileError):
 
 
 def toolchain_environ() -> dict[str, str]:
-    """The environment a toolchain's python runs in: nothing of ours leaks into its imports."""
+    """The environment the installer's pip and import check run in: nothing of ours leaks into their imports.
+    (A worker gets a canonical environment instead: ``canonical.canonical_environ``.)"""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
     env["PYTHONNOUSERSITE"] = "1"  # ~/.local site-packages would shadow the pinned ones
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
@@ -64,7 +67,7 @@ def install_spec(spec: ToolchainSpec, root: Path | None = None, force: bool = Fa
 
 def _fresh_install(spec: ToolchainSpec, home: Path, display: _Display) -> InstalledToolchain:
     home.mkdir(parents=True, exist_ok=True)
-    env = home / f"env-{uuid.uuid4().hex[:8]}"
+    env = home / environment_name(home, uuid.uuid4().hex[:8])
     log_path = home / INSTALL_LOG
     try:
         with open(log_path, "w") as log:

@@ -90,7 +90,8 @@ RKNN = ToolchainSpec(
     python_versions=("3.12", "3.11", "3.10"),
     import_check="from rknn.api import RKNN",
     worker="rknn_worker.py",
-    # A .rknn's header holds heap addresses: with randomization off, two builds are byte-identical.
+    # A .rknn's header holds heap addresses: with randomization off (and the worker's canonical
+    # environment and paths, see canonical.py), two builds are byte-identical.
     fixed_addresses=True,
 )
 

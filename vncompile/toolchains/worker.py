@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import platform
+import os
 import queue
 import re
 import shutil
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import TargetUnavailable, VncompileError
-from .install import toolchain_environ
+from .canonical import canonical_command, canonical_environ, canonical_scratch
 from .installed import InstalledToolchain, locate
 from .spec import get_spec
 
@@ -92,40 +92,42 @@ def missing_message(installed: InstalledToolchain) -> str:
     return f"the {installed.name} toolchain is not installed (looked in {installed.path}); run `{installed.fix}`"
 
 
-def start_worker(name: str, log: logging.Logger, *, root: Path | None = None, cwd: Path | None = None,
+def start_worker(name: str, log: logging.Logger, *, root: Path | None = None, inherit: tuple[str, ...] = (),
                  start_timeout: float = 180.0) -> Worker:
-    """A started worker for the installed toolchain ``name``, or ``ToolchainMissing``."""
+    """A started worker for the installed toolchain ``name``, or ``ToolchainMissing``.
+
+    The worker runs in a directory of its own, ``worker.scratch`` (removed when it is closed), from
+    the same paths and environment for every user (``canonical``): the files the caller hands the
+    toolchain belong there. ``inherit`` names variables of the user's environment the worker needs
+    beyond the canonical one (e.g. ``PATH`` to find a board's adb; nothing it writes is an artifact).
+    """
     installed = locate(name, root)
     if not installed.installed or installed.python is None:
         raise ToolchainMissing(missing_message(installed))
     spec = get_spec(name)
-    command = [str(installed.python), "-u", str(spec.worker_path)]
-    env = toolchain_environ()
-    if spec.fixed_addresses:
-        command, env = fixed_address_command(command), {**env, "PYTHONHASHSEED": "0"}
-    worker = Worker(name, command, log, env=env, cwd=cwd, label=f"the {name} toolchain worker")
-    worker.start(start_timeout)
+    scratch = canonical_scratch(name)
+    try:
+        command = canonical_command(scratch, installed.python, spec)
+        env = {**canonical_environ(scratch), **{k: os.environ[k] for k in inherit if k in os.environ}}
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    worker = Worker(name, command, log, env=env, cwd=scratch, scratch=scratch, label=f"the {name} toolchain worker")
+    try:
+        worker.start(start_timeout)
+    except BaseException:
+        worker.close()
+        raise
     return worker
-
-
-def fixed_address_command(command: list[str]) -> list[str]:
-    """``command`` with address-space randomization off (``setarch -R``), where the system has setarch.
-
-    Some SDKs write heap addresses into their artifacts; with the same addresses on every
-    run (and Python's hash seed fixed) two builds of the same input are byte-identical.
-    """
-    setarch = shutil.which("setarch")
-    if setarch is None or platform.system() != "Linux":
-        return command
-    return [setarch, platform.machine(), "-R", *command]
 
 
 class Worker:
     """A persistent worker process speaking the protocol: ``request(op, args) -> WorkerReply``."""
 
     def __init__(self, name: str, command: list[str], log: logging.Logger, *, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, label: str | None = None) -> None:
+                 cwd: Path | None = None, scratch: Path | None = None, label: str | None = None) -> None:
         self.name, self.command, self.env, self.cwd = name, command, env, cwd
+        self.scratch = scratch  # the worker's own directory: removed when it is closed
         self.label = label or f"the {name} worker"  # how messages name it
         self._log = log
         self._proc: subprocess.Popen[str] | None = None
@@ -148,7 +150,8 @@ class Worker:
                                           bufsize=1, cwd=self.cwd, env=self.env)
         except OSError as exc:
             raise WorkerCrashed(f"{self.label} could not start: {exc}") from None
-        weakref.finalize(self, _stop, self._proc)
+        # ``close`` ends the worker; this is the safety net for a caller that never called it
+        self._finalizer = weakref.finalize(self, _release, self._proc, self.scratch)
         for stream, read in ((self._proc.stdout, self._read_replies), (self._proc.stderr, self._read_output)):
             threading.Thread(target=read, args=(stream,), daemon=True, name=f"{self.name}-worker-io").start()
         ready = self._await_line("start", timeout)
@@ -164,20 +167,21 @@ class Worker:
         return self._proc is not None and self._proc.poll() is None
 
     def close(self) -> None:
-        """Ask the worker to exit; stop it if it does not."""
+        """Ask the worker to exit (stop it if it does not) and remove its directory."""
         proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write('{"op": "exit"}\n')
-            proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            proc.wait(STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            _stop(proc)
+        if proc is not None and proc.poll() is None:
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write('{"op": "exit"}\n')
+                proc.stdin.close()
+            except OSError:
+                pass
+            with contextlib.suppress(subprocess.TimeoutExpired):  # then it is stopped below
+                proc.wait(STOP_SECONDS)
+        if proc is None:
+            _release(None, self.scratch)
+        else:
+            self._finalizer()
 
     def __enter__(self) -> Worker:
         return self
@@ -280,6 +284,13 @@ class Worker:
     def _wait_for_output(self, done: Any) -> None:
         with self._condition:
             self._condition.wait_for(done, timeout=OUTPUT_SYNC_SECONDS)
+
+
+def _release(proc: subprocess.Popen[str] | None, scratch: Path | None) -> None:
+    if proc is not None:
+        _stop(proc)
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
