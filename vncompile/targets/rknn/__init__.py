@@ -117,7 +117,7 @@ class RknnTarget(Target):
             "platform": settings.platform,
             "quant_algorithm": settings.quant_algorithm,
             "calibration": None if ctx.calibration is None else calibration_identity(
-                ctx.calibration, ctx.request.options.calibration),
+                ctx.calibration, ctx.request.options),
             "toolkit": f"rknn-toolkit2 {toolkit}",
             "memory_plan": report.memory.as_dict(),
             "layers": len(report.layers),

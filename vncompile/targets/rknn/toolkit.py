@@ -20,10 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from ...api.options import SYNTHETIC, TargetOptions
 from ...api.request import BuildRequest, InputShape
 from ...api.target import facts
 from ...core.errors import VerificationError, VncompileError
 from ...data.calibration import calibration_samples
+from ...data.preprocess import Preprocessing
 from ...toolchains import Worker, WorkerReply, WorkerRequestFailed
 from .compiler_output import CompilerReport, parse_layer_table, parse_memory_plan
 from .platforms import DEFAULT_PLATFORM
@@ -110,17 +112,24 @@ def write_dataset(samples: np.ndarray, batch: int, directory: Path) -> Path:
     return dataset
 
 
-def calibration_identity(samples: np.ndarray, directory: Path | None) -> dict[str, Any]:
-    return {"directory": None if directory is None else str(Path(directory).resolve()), "samples": len(samples),
+def calibration_identity(samples: np.ndarray, options: TargetOptions) -> dict[str, Any]:
+    """What the simulator needs to quantize again with the same set: where it came from, how many, the
+    preprocessing, and the samples' hash (to refuse a set that changed since)."""
+    real = options.calibration is not None and options.calibration != SYNTHETIC
+    return {"directory": str(Path(options.calibration).resolve()) if real else None, "samples": len(samples),
+            "preprocessing": options.preprocessing(),
             "sha256": hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()}
 
 
 def recorded_calibration(manifest: dict[str, Any]) -> np.ndarray:
-    """The build's calibration set again (a directory's files, or the seeded synthetic set), checked by hash."""
+    """The build's calibration set again (the same sample of a directory, or the seeded synthetic set),
+    checked by hash."""
     recorded = facts(manifest)["calibration"]
     directory = None if recorded["directory"] is None else Path(recorded["directory"])
-    samples = calibration_samples(directory, InputShape(*manifest["input_shape"]), count=recorded["samples"])
-    if calibration_identity(samples, directory)["sha256"] != recorded["sha256"]:
+    samples = calibration_samples(directory, InputShape(*manifest["input_shape"]), recorded["samples"],
+                                  preprocessing=Preprocessing(**recorded.get("preprocessing", {})))
+    digest = hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
+    if digest != recorded["sha256"]:
         raise VerificationError(f"the calibration set {directory or '(synthetic)'} changed since the build; the "
                                 "simulator must quantize with the same one (rebuild with --force)")
     return samples
