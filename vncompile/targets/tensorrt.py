@@ -53,6 +53,7 @@ from ..core.errors import InputError, TargetUnavailable, VncompileError
 from ..core.host import nvidia_gpus
 from ..core.io import atomic_file
 from ..core.units import kb
+from ..onnxtools.run import output_names as onnx_output_names
 
 log = logging.getLogger("vncompile")
 
@@ -121,8 +122,9 @@ PRECISION_NOTES = {
 }
 
 
-def build_script(request: BuildRequest, profile: ShapeProfile | None) -> str:
-    """``build_engine.sh``: only the request decides its text (the timing cache is the runner's, by name)."""
+def build_script(request: BuildRequest, profile: ShapeProfile | None, outputs: list[str] | None = None) -> str:
+    """``build_engine.sh``: only the request decides its text (the timing cache is the runner's, by name);
+    ``outputs``: the ONNX's output names (a backbone's maps), which the engine keeps as its bindings."""
     command = " ".join(['exec "$TRTEXEC"', *map(shlex.quote, trtexec_arguments(request, profile)),
                         '"--timingCacheFile=$TIMING_CACHE"'])
     shapes = (f"min {_dims(profile.min)}, opt {_dims(profile.opt)}, max {_dims(profile.max)}" if profile
@@ -134,6 +136,8 @@ def build_script(request: BuildRequest, profile: ShapeProfile | None) -> str:
         f"# Written by vncompile {__version__}: {request.precision} ({PRECISION_NOTES[request.precision]});",
         f"# input '{INPUT_NAME}' {shapes}. TensorRT 10 keeps the ONNX's types with --stronglyTyped;",
         "# TensorRT 11 networks are always strongly typed and it ignores the flag.",
+        *([f"# outputs (the engine's output bindings, as the ONNX names them): {', '.join(outputs)}."]
+          if outputs else []),
         "# TRTEXEC: the trtexec binary (default: trtexec on PATH).",
         "# TIMING_CACHE: a timing cache file reused across builds (default, and relative to: this directory).",
         "set -eu",
@@ -656,12 +660,13 @@ class TensorRTTarget(Target):
         request = ctx.request
         profile = shape_profile(request)
         script = ctx.build_dir / SCRIPT
-        script.write_text(build_script(request, profile))
+        outputs = onnx_output_names(ctx.onnx_path)
+        script.write_text(build_script(request, profile, outputs))
         script.chmod(0o755)
         info: dict[str, Any] = {
             "strongly_typed": True, "workspace_mb": request.options.workspace_mb,
             "profile": profile.as_dict() if profile else None,
-            "trtexec": shlex.join(["trtexec", *trtexec_arguments(request, profile)]),
+            "trtexec": shlex.join(["trtexec", *trtexec_arguments(request, profile)]), "outputs": outputs,
         }
         toolchain = probe_toolchain()
         if isinstance(toolchain, str):
