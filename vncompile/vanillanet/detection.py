@@ -97,8 +97,9 @@ def find_backbone(obj: Any, sd: dict[str, torch.Tensor],
         prefix = next((p for p in BACKBONE_PREFIXES if _has_stem(sd, p)), None)
         if prefix is None:
             shown = ", ".join(list(sd)[:3])
-            raise CheckpointError(f"no VanillaNet or ResNet backbone inside (keys begin {shown}); if a detector keeps "
-                                  "it under another prefix, pass --prefix (e.g. --prefix model.0.)")
+            raise CheckpointError(f"not a VanillaNet or ResNet-50 checkpoint, nor a detector with one inside (keys "
+                                  f"begin {shown}); if a detector keeps its backbone under another prefix, pass "
+                                  "--prefix (e.g. --prefix model.0.)")
     elif not _has_stem(sd, prefix):
         raise CheckpointError(f"no backbone under --prefix '{prefix}': no {prefix}stem1.0.weight, "
                               f"{prefix}stem.0.weight or {prefix}conv1.weight")
