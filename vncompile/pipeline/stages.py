@@ -59,6 +59,10 @@ def load_model(source: ModelSource, checkpoint_sha256: str | None = None) -> Loa
         ckpt = load_checkpoint(source.checkpoint, weights=source.weights,  # type: ignore[arg-type]
                                model_name=source.model_name, sha256=checkpoint_sha256, prefix=source.prefix)
         spec, checkpoint = ckpt.spec, ckpt
+        if ckpt.detector is not None:
+            log.info("%s checkpoint: backbone under '%s' (%s prefix); ignored %d tensors (%s)", ckpt.detector.kind,
+                     ckpt.detector.prefix, "given" if source.prefix else "detected", ckpt.detector.ignored,
+                     ", ".join(ckpt.detector.ignored_groups))
         features = _features(spec, source.features, ckpt)
         network = instantiate(ckpt, act_learn=source.act_learn, out_indices=_out_indices(features))
         act_learn = ckpt.act_learn
