@@ -131,8 +131,19 @@ def cli() -> None:
 MODEL_HELP = "network when no checkpoint is given (random weights), or to disambiguate one"
 
 
+FEATURES_HELP = ("a headless backbone whose outputs are these stages' maps: 0-based stage indices as in the "
+                 "official detection configs' out_indices (e.g. 0,1,8,10), 'stem' for the stem's map, 'all' for both")
+
+
+def features_option(f):
+    return click.option("--features", metavar="INDICES", help=FEATURES_HELP)(f)
+
+
 def model_options(f):
-    """Options naming the network: a checkpoint argument and/or --model/--width/--weights."""
+    """Options naming the network: a checkpoint argument and/or --model/--width/--weights, --features/--prefix."""
+    f = click.option("--prefix", metavar="PREFIX",
+                     help="where a detector's state_dict keeps the backbone, e.g. model.0. (default: detected)")(f)
+    f = features_option(f)
     f = click.option("--weights", type=click.Choice(["auto", "model", "model_ema"]), default="auto",
                      show_default=True, help="which weights of a training checkpoint (auto: model_ema if present)")(f)
     f = click.option("--width", type=float, default=1.0, show_default=True,
@@ -143,11 +154,11 @@ def model_options(f):
 
 
 def _source(checkpoint: Path | None, model_name: str | None, width: float, weights: str,
-            act_learn: float | None = None):
+            act_learn: float | None = None, features: str | None = None, prefix: str | None = None):
     from .api.request import ModelSource
 
     return ModelSource(checkpoint=checkpoint, model_name=model_name, width=width, weights=weights,
-                       act_learn=act_learn)
+                       act_learn=act_learn, features=features, prefix=prefix)
 
 
 # ---------------------------------------------------------------- inspect / deploy
@@ -158,13 +169,13 @@ def _source(checkpoint: Path | None, model_name: str | None, width: float, weigh
 @click.option("--size", type=POSITIVE, default=224, show_default=True,
               help="input size for the MAC count")
 @click.option("--json", "as_json", is_flag=True, help="print the facts as JSON on stdout")
-def inspect(checkpoint, model_name, width, weights, size, as_json) -> None:
-    """What a checkpoint (or --model) is: variant, form, act_learn, params and MACs."""
+def inspect(checkpoint, model_name, width, weights, features, prefix, size, as_json) -> None:
+    """What a checkpoint (or --model) is: variant, form, act_learn, params and MACs; a detector's backbone."""
     from .console import render_description
     from .pipeline.inspection import describe
     from .pipeline.stages import load_model
 
-    loaded = load_model(_source(checkpoint, model_name, width, weights))
+    loaded = load_model(_source(checkpoint, model_name, width, weights, features=features, prefix=prefix))
     facts = describe(loaded, size)
     if as_json:
         _print_json(facts)
@@ -249,8 +260,8 @@ def _device_config(kwargs: dict[str, Any]):
 @click.option("--force", is_flag=True, help="replace an existing, different output")
 @click.option("--no-verify", is_flag=True, help="skip verification (a failed one fails the build)")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest on stdout and nothing else there")
-def build(checkpoint, model_name, width, weights, target, precision, size, input_shape, batch, dynamic, opset,
-          simplifier, tolerance, act_learn, output, force, no_verify, as_json, **kwargs) -> None:
+def build(checkpoint, model_name, width, weights, features, prefix, target, precision, size, input_shape, batch,
+          dynamic, opset, simplifier, tolerance, act_learn, output, force, no_verify, as_json, **kwargs) -> None:
     """Checkpoint (or --model) -> fused -> ONNX -> simplified -> target artifact, verified.
 
     \b
@@ -261,7 +272,7 @@ def build(checkpoint, model_name, width, weights, target, precision, size, input
     from .api.request import BuildRequest
     from .pipeline.build import build as run_build
 
-    source = _source(checkpoint, model_name, width, weights, act_learn)
+    source = _source(checkpoint, model_name, width, weights, act_learn, features, prefix)
     if size is not None and input_shape is not None:
         raise InputError("give --size or --input-shape, not both")
     if input_shape is not None and batch != 1:
@@ -356,7 +367,9 @@ def targets(as_json) -> None:
 @click.option("--width", type=float, default=1.0, show_default=True, help="width multiplier of --models networks")
 @click.option("--targets", "target_list", help="comma-separated targets  [default: every available one]")
 @click.option("--sizes", type=SIZES, default="256,384,512", show_default=True,
-              help="comma-separated square input sizes")
+              help="comma-separated square input sizes  [with --features: 640,1280]")
+@click.option("--features", metavar="INDICES",
+              help=f"profile backbones: {FEATURES_HELP}; the ResNet baselines give their four stages (C2-C5)")
 @click.option("--precision", help="[default: each target's own: fp32, rknn fp16]")
 @click.option("--batch", type=POSITIVE, default=1, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="untimed runs before timing")
@@ -370,22 +383,27 @@ def targets(as_json) -> None:
 @click.option("--force", is_flag=True, help="replace an existing output directory")
 @target_options
 @tolerance_option
-def profile(checkpoints, models, width, target_list, sizes, precision, batch, warmup, runs, memory_limit, timeout,
-            fmt, output, force, tolerance, **kwargs) -> None:
+def profile(checkpoints, models, width, target_list, sizes, features, precision, batch, warmup, runs, memory_limit,
+            timeout, fmt, output, force, tolerance, **kwargs) -> None:
     """Max memory and latency per model, target and input size (the paper's Table 1, for your models).
 
     Exits 1 when any cell failed to build or measure (after writing the reports); oom rows are findings.
     """
     from .api.request import ModelSource
     from .core.io import refuse_existing
-    from .profiling.profile import DEFAULT_MODELS, ProfileRequest, profilable_targets
+    from .profiling.profile import BACKBONE_SIZES, DEFAULT_MODELS, ProfileRequest, backbone_features, profilable_targets
+    from .vanillanet.features import parse_features
 
     names = _names(models) if models else ([] if checkpoints else list(DEFAULT_MODELS))
-    sources = [ModelSource(checkpoint=c) for c in checkpoints] + [ModelSource(model_name=n, width=width) for n in names]
+    features = None if features is None else parse_features(features)
+    sources = [ModelSource(checkpoint=c, features=features) for c in checkpoints] + [
+        ModelSource(model_name=n, width=width, features=features and backbone_features(n, features)) for n in names]
     config = _device_config(kwargs)
     options = _target_options(kwargs, config.options if config else None)
+    given = _given()
+    if features is not None and "sizes" not in given:
+        sizes = BACKBONE_SIZES
     if config is not None:  # the device's target, precision, sizes, batch, dynamic and options; typed flags win
-        given = _given()
         target_list = target_list or config.target
         precision = precision or config.precision
         sizes = sizes if "sizes" in given else config.sizes

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .profiling.reports import blocks, paper_rows, sources, table_rows
+from .profiling.reports import blocks, paper_rows, peak_notes, sources, table_rows
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -69,6 +69,17 @@ def render_description(facts: dict[str, Any], console: Console = stderr) -> None
                       + (f", epoch {ckpt['epoch']}" if ckpt["epoch"] is not None else "") + ")")
         for note in ckpt["notes"]:
             table.add_row("", escape(note))
+        detector = ckpt.get("detector")
+        if detector:
+            shown = detector["ignored"][:6]
+            groups = ", ".join(shown) + (f" and {len(detector['ignored']) - 6} more" if len(detector["ignored"]) > 6
+                                         else "") or "nothing"
+            table.add_row("kind", f"{detector['kind']}: backbone under '{escape(detector['prefix'])}'; ignored "
+                          f"{detector['ignored_tensors']} tensors ({escape(groups)})")
+        else:
+            table.add_row("kind", ckpt.get("kind", "classifier"))
+    if facts.get("outputs"):
+        table.add_row("outputs", ", ".join(f"{o['name']} ({o['channels']} ch)" for o in facts["outputs"]))
     console.print(table)
     counts = Table(title=f"complexity at {facts['input_size']}x{facts['input_size']}")
     counts.add_column("")
@@ -143,6 +154,8 @@ def render_profile(doc: dict[str, Any], console: Console) -> None:
     for label, cells in paper_rows(doc):
         paper.add_row(label, *cells)
     console.print(paper)
+    for line in peak_notes(doc):
+        console.print(f"[dim]peak:[/] {escape(line)}")
     for row in doc["rows"]:
         if row["reason"]:
             console.print(f"[yellow]{escape(row['model'])} · {row['target']} · {row['size']}:[/] "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 from .. import __version__
 from ..core.errors import InputError
 from ..vanillanet.archs import MODEL_NAMES, ModelSpec, has_adaptive_pooling, min_input_size
+from ..vanillanet.features import parse_features
 from .options import SYNTHETIC, TargetOptions
 from .tolerance import PRECISIONS, Tolerance, tolerances
 
@@ -32,8 +34,14 @@ class ModelSource:
     width: float = 1.0
     weights: str = "auto"  # auto | model | model_ema
     act_learn: float | None = None  # override: export the unfused network with this slope
+    features: str | None = None  # a headless backbone's outputs (``vanillanet.features``); None: the model's own
+    prefix: str | None = None  # where a detector's state_dict keeps the backbone (None: detected)
 
     def __post_init__(self) -> None:
+        if self.features is not None:
+            object.__setattr__(self, "features", parse_features(self.features))
+        if self.prefix is not None and self.checkpoint is None:
+            raise InputError("--prefix applies to a detector's checkpoint")
         if self.checkpoint is None and self.model_name is None:
             raise InputError("give a checkpoint or --model NAME")
         if self.model_name is not None and self.model_name not in MODEL_NAMES:
@@ -50,8 +58,9 @@ class ModelSource:
         """What determines the weights: the checkpoint's bytes, or the name and seed."""
         if self.checkpoint is not None:
             return {"checkpoint_sha256": checkpoint_sha256, "model": self.model_name, "weights": self.weights,
-                    "act_learn": self.act_learn}
-        return {"model": self.model_name, "width": self.width, "seed": RANDOM_SEED, "act_learn": self.act_learn}
+                    "act_learn": self.act_learn, "features": self.features, "prefix": self.prefix}
+        return {"model": self.model_name, "width": self.width, "seed": RANDOM_SEED, "act_learn": self.act_learn,
+                "features": self.features}
 
     def spec_without_checkpoint(self) -> ModelSpec:
         assert self.model_name is not None
@@ -189,9 +198,20 @@ def _digest(document: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def check_input_shape(spec: ModelSpec, shape: InputShape, dynamic: bool, memory_bytes: int | None) -> None:
+def check_input_shape(spec: ModelSpec, shape: InputShape, dynamic: bool, memory_bytes: int | None,
+                      feature_strides: tuple[int, ...] = ()) -> None:
     """Refuse sizes the network cannot take, or that would exhaust this machine."""
     smallest = min_input_size(spec)
+    if feature_strides and not has_adaptive_pooling(spec):
+        # A detector's neck adds each map to the 2x upsampled deeper one: every side must divide by the
+        # deepest stride, or pooling drops border rows and the maps' sizes disagree (mmdetection pads to 32).
+        multiple = math.lcm(*feature_strides)
+        if shape.height % multiple or shape.width % multiple:
+            padded = "x".join(str(-(-side // multiple) * multiple) for side in (shape.height, shape.width))
+            strides = ", ".join(map(str, feature_strides))
+            raise InputError(f"outputs at strides {strides} need input sides that are multiples of {multiple}, got "
+                             f"{shape.height}x{shape.width}: pooling would drop border rows and the maps would not "
+                             f"line up; pad to {padded} as mmdetection does (Pad size_divisor=32)")
     if min(shape.height, shape.width) < smallest:
         raise InputError(f"{spec.label} needs inputs of at least {smallest}x{smallest} "
                          f"(its pooling strides), got {shape.height}x{shape.width}")

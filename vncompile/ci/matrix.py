@@ -35,6 +35,7 @@ from ..core.schema import (
 )
 from ..devices import DeviceConfig, load_device_config, read_yaml
 from ..vanillanet.archs import MODEL_NAMES
+from ..vanillanet.features import parse_features
 
 
 class Label(Text):
@@ -58,12 +59,33 @@ class CiDocument:
     overrides: list[Any] = setting(ListOf("a list of overrides"), [])
 
 
+class Features(Text):
+    """A backbone's outputs as ``--features`` takes them: '0,1,8,10', 'all', or a list of indices."""
+
+    def __init__(self) -> None:
+        super().__init__("'all', 'stem' and/or stage indices, e.g. 0,1,8,10 or [0, 1, 8, 10]")
+
+    def from_value(self, value: Any) -> str:
+        if isinstance(value, list) and all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
+            value = ",".join(map(str, value))
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise ValueError
+        try:
+            return parse_features(value)
+        except InputError:
+            raise ValueError from None
+
+
 @dataclass(frozen=True)
 class ModelItem:
     name: str | None = setting(OneOf(MODEL_NAMES), None)
     checkpoint: Path | None = setting(PathKind("a checkpoint path"), None)
     width: float = setting(PositiveNumber(), 1.0)
     label: str | None = setting(Label(), None)
+    features: str | None = setting(Features(), None)  # a headless backbone's outputs (vncompile build --features)
+    prefix: str | None = setting(Text("a key prefix, e.g. model.0."), None)  # a detector's backbone
 
 
 @dataclass(frozen=True)
@@ -120,9 +142,15 @@ def _model_entry(item: Any, where: str) -> ModelEntry:
     if model.checkpoint is not None:
         if not model.checkpoint.is_file():
             raise InputError(f"{where}: checkpoint '{model.checkpoint}' does not exist")
-        return ModelEntry(model.label or model.checkpoint.stem, ModelSource(checkpoint=model.checkpoint))
-    source = ModelSource(model_name=model.name, width=model.width)
-    return ModelEntry(model.label or source.spec_without_checkpoint().label, source)
+        source = ModelSource(checkpoint=model.checkpoint, features=model.features, prefix=model.prefix)
+        return ModelEntry(model.label or model.checkpoint.stem + _features_suffix(source), source)
+    source = ModelSource(model_name=model.name, width=model.width, features=model.features, prefix=model.prefix)
+    return ModelEntry(model.label or source.spec_without_checkpoint().label + _features_suffix(source), source)
+
+
+def _features_suffix(source: ModelSource) -> str:
+    """A backbone's cells apart from its classifier's: ``vanillanet_13-features0_1_8_10``."""
+    return f"-features{source.features.replace(',', '_')}" if source.features else ""
 
 
 def _options(base: TargetOptions, changes: dict[str, Any], where: str) -> TargetOptions:

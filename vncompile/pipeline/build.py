@@ -173,8 +173,8 @@ def _run(request: BuildRequest, target: Target, keys: _Keys, cache: BuildCache, 
             with timings.stage("compile"):
                 result = target.compile(CompileContext(bundle / "model.onnx", bundle, request, log,
                                                        _calibration(request, form)))
-            manifest = new_manifest(request, target, prepared.model, result, bundle, toolchain=keys.toolchain,
-                                    cache_key=keys.build, extra_artifacts=extra)
+            manifest = new_manifest(request, target, prepared.model, result, bundle, outputs=prepared.outputs,
+                                    toolchain=keys.toolchain, cache_key=keys.build, extra_artifacts=extra)
             manifest.update(figures(target.compiler_memory(bundle, manifest) or _estimated_memory(request, bundle),
                                     target.estimated_latency(bundle, manifest)))
             if request.verify or evaluates:

@@ -21,6 +21,7 @@ def describe(loaded: LoadedModel, input_size: int = 224) -> dict[str, Any]:
         "train": complexity(spec.with_form("train"), input_size).as_dict(),
         "deploy": complexity(spec.with_form("deploy"), input_size).as_dict(),
         "checkpoint": None,
+        "outputs": [m.as_dict() for m in loaded.features] or None,  # a backbone's maps; None: logits
     }
     if loaded.checkpoint is not None:
         ckpt = loaded.checkpoint
@@ -30,5 +31,7 @@ def describe(loaded: LoadedModel, input_size: int = 224) -> dict[str, Any]:
             "weights": ckpt.weights_key,
             "epoch": ckpt.epoch,
             "notes": list(ckpt.notes),
+            "kind": ckpt.detector.kind if ckpt.detector else "classifier",
+            "detector": ckpt.detector.as_dict() if ckpt.detector else None,
         }
     return facts

@@ -1,7 +1,9 @@
 """The bundle's ``manifest.json``: what was built, from what, with which toolchain, verified how.
 
 Its sections, for every target alike:
-- ``model``, ``input_shape``, ``dynamic``, ``opset``, ``simplifier``: what went in;
+- ``model``, ``input_shape``, ``dynamic``, ``opset``, ``simplifier``: what went in (``model.features``:
+  a backbone's selected maps, ``model.detector``: what a detector checkpoint held besides the backbone);
+- ``outputs``: every output's name and shape, and a backbone's channels and stride;
 - ``target``: ``name``, ``version``, ``device``, ``precision`` (the pipeline's) and ``facts`` (the
   target's own, which cannot overwrite the pipeline's keys);
 - ``artifacts``: path, role, sha256, bytes, one of them ``primary``;
@@ -51,7 +53,9 @@ def default_output_dir(manifest: dict[str, Any]) -> Path:
     shape = manifest["input_shape"]
     size = str(shape[2]) if shape[2] == shape[3] else f"{shape[2]}x{shape[3]}"
     target = manifest["target"]
-    return Path("build") / f"{manifest['model']['label']}-{target['name']}-{target['precision']}-{size}"
+    features = manifest["model"].get("features")
+    label = manifest["model"]["label"] + (f"-features{features.replace(',', '_')}" if features else "")
+    return Path("build") / f"{label}-{target['name']}-{target['precision']}-{size}"
 
 
 def artifact_records(bundle: Path, result: CompileResult, extra: list[Artifact] = ()) -> list[dict[str, Any]]:
@@ -75,8 +79,8 @@ def figures(memory: MemoryFigure | None, latency: LatencyFigure | None) -> dict[
 
 
 def new_manifest(request: BuildRequest, target: Target, model: dict[str, Any], result: CompileResult,
-                 bundle: Path, *, toolchain: dict[str, str | None], cache_key: str,
-                 extra_artifacts: list[Artifact] = ()) -> dict[str, Any]:
+                 bundle: Path, *, outputs: list[dict[str, Any]], toolchain: dict[str, str | None],
+                 cache_key: str, extra_artifacts: list[Artifact] = ()) -> dict[str, Any]:
     return {
         "schema": MANIFEST_SCHEMA,
         "status": result.status,
@@ -92,6 +96,7 @@ def new_manifest(request: BuildRequest, target: Target, model: dict[str, Any], r
         "dynamic": request.dynamic,
         "opset": request.opset,
         "simplifier": request.simplifier,
+        "outputs": outputs,
         "artifacts": artifact_records(bundle, result, list(extra_artifacts)),
         "memory": None,
         "latency": None,

@@ -24,6 +24,7 @@ from ..core.io import write_json
 from ..data.evaluation import EvalSet
 from ..onnxtools.layers import LAYERS_CSV, layer_errors, write_layers
 from ..onnxtools.run import run_onnx, seeded_inputs
+from ..vanillanet.features import features_text
 from .accuracy import accuracy
 from .cache import BuildCache
 from .timing import StageTimings
@@ -112,6 +113,10 @@ class PreparedOnnx:
         return self.record["output_names"]
 
     @property
+    def outputs(self) -> list[dict[str, Any]]:
+        return self.record["outputs"]
+
+    @property
     def stage_errors(self) -> list[StageError]:
         return [StageError.from_dict(e) for e in self.record["verification"]]
 
@@ -151,7 +156,8 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
 
     with timings.stage("load"):
         loaded = stages.load_model(request.source, checkpoint_sha256)
-        check_input_shape(loaded.spec, request.shape, request.dynamic, total_memory_bytes())
+        check_input_shape(loaded.spec, request.shape, request.dynamic, total_memory_bytes(),
+                          feature_strides=tuple(m.stride for m in loaded.features))
     with timings.stage("fuse"):
         exported = stages.network_for_export(loaded)
     exported_onnx, simplified_onnx, model_onnx = (directory / name for name in FILES)
@@ -174,7 +180,7 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
             write_layers(layer_errors(simplified_onnx, model_onnx, probe[:LAYER_INPUTS]), directory / LAYERS_CSV)
     else:
         shutil.copyfile(simplified_onnx, model_onnx)
-    names = stages.output_names(loaded.network)
+    names = stages.output_names(loaded)
     classifier = names == ["logits"]
     errors: list[StageError] = []
     if request.verify:
@@ -191,10 +197,14 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
             "name": spec.name, "label": spec.label, "width": spec.width, "form": spec.form,
             "act_num": spec.act_num, "num_classes": spec.num_classes, "act_learn": loaded.act_learn.as_dict(),
             "checkpoint_sha256": loaded.checkpoint_sha256, "trained": loaded.trained,
+            "features": features_text(loaded.features),
+            "detector": loaded.checkpoint.detector.as_dict() if loaded.checkpoint and loaded.checkpoint.detector
+            else None,
         },
         "classifier": classifier,
         "output_names": names,
         "accuracy": accuracy_section,
+        "outputs": _outputs(loaded, model_onnx),
         "verification": [e.as_dict() for e in errors],
         "stages": list(timings.records),
         "artifacts": [{"path": name, "role": role, "sha256": sha256_file(directory / name),
@@ -240,6 +250,23 @@ def _stage_accuracy(request, form, loaded, exported, directory: Path, classifier
     for stage, outputs in runs.items():
         section[stage] = accuracy(eval_set.logits(outputs), eval_set.labels, top1)
     return section
+
+
+def _outputs(loaded, onnx_path: Path) -> list[dict[str, Any]]:
+    """Each output's name, shape (as the ONNX declares it: symbolic where dynamic) and, for a backbone,
+    channels and stride."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    maps = {m.name: m for m in loaded.features}
+    outputs = []
+    for output in graph.output:
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in output.type.tensor_type.shape.dim]
+        record: dict[str, Any] = {"name": output.name, "shape": dims}
+        if output.name in maps:
+            record.update(channels=maps[output.name].channels, stride=maps[output.name].stride)
+        outputs.append(record)
+    return outputs
 
 
 def _reference_and_onnx_errors(request, form, loaded, exported, directory: Path, names: list[str],

@@ -8,6 +8,7 @@ chain them, time them and log them; profile and ci reuse the same chain.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,8 @@ from ..core.errors import ExportError, FusionError, InputError
 from ..onnxtools.export import export_onnx as onnxtools_export
 from ..vanillanet.archs import ModelSpec, has_adaptive_pooling
 from ..vanillanet.checkpoint import ActLearn, Checkpoint, instantiate, load_checkpoint
+from ..vanillanet.features import FeatureMap, feature_layout, selection
 from ..vanillanet.fusion import switch_to_deploy
-from ..vanillanet.model import VanillaNet
 from ..vanillanet.zoo import create_model, init_random_weights
 
 log = logging.getLogger("vncompile")
@@ -34,6 +35,7 @@ class LoadedModel:
     network: nn.Module  # eval mode, float32, in ``spec.form``
     act_learn: ActLearn
     checkpoint: Checkpoint | None
+    features: tuple[FeatureMap, ...] = ()  # a headless backbone's outputs, in order; () for a classifier
 
     @property
     def trained(self) -> bool:
@@ -48,25 +50,51 @@ class LoadedModel:
 
 
 def load_model(source: ModelSource, checkpoint_sha256: str | None = None) -> LoadedModel:
-    """The network a source names: a checkpoint's weights, or seeded random weights."""
+    """The network a source names: a checkpoint's weights, or seeded random weights.
+
+    With ``source.features`` (or a detector's headless backbone) it is a backbone whose outputs
+    are the selected feature maps (``vanillanet.features``), a classifier's head dropped.
+    """
     if source.checkpoint is not None:
         ckpt = load_checkpoint(source.checkpoint, weights=source.weights,  # type: ignore[arg-type]
-                               model_name=source.model_name, sha256=checkpoint_sha256)
-        network = instantiate(ckpt, act_learn=source.act_learn)
-        act_learn = ckpt.act_learn
+                               model_name=source.model_name, sha256=checkpoint_sha256, prefix=source.prefix)
         spec, checkpoint = ckpt.spec, ckpt
+        if ckpt.detector is not None:
+            log.info("%s checkpoint: backbone under '%s' (%s prefix); ignored %d tensors (%s)", ckpt.detector.kind,
+                     ckpt.detector.prefix, "given" if source.prefix else "detected", ckpt.detector.ignored,
+                     ", ".join(ckpt.detector.ignored_groups))
+        features = _features(spec, source.features, ckpt)
+        network = instantiate(ckpt, act_learn=source.act_learn, out_indices=_out_indices(features))
+        act_learn = ckpt.act_learn
     else:
         spec = source.spec_without_checkpoint()
-        network = init_random_weights(create_model(spec), seed=RANDOM_SEED)
+        features = _features(spec, source.features, None)
+        network = create_model(spec, features_only=bool(features), out_indices=_out_indices(features))
+        network = init_random_weights(network, seed=RANDOM_SEED)
         act_learn = ActLearn(1.0, "untrained", "random weights at the end of the act_learn schedule")
         checkpoint = None
     if source.act_learn is not None and spec.is_vanillanet:
         if spec.form == "deploy":
             raise InputError("--act-learn applies to training checkpoints; this one is already fused")
+        if act_learn.source == "detection backbone":
+            raise InputError("--act-learn does not apply: the mmdetection VanillaNet backbone has no leaky ReLU")
         detail = f"--act-learn {source.act_learn:g} (was {act_learn.value:g})"
         act_learn = ActLearn(source.act_learn, "override", detail)
         network.set_act_learn(source.act_learn)  # type: ignore[operator]
-    return LoadedModel(spec, network.float().eval(), act_learn, checkpoint)
+    return LoadedModel(spec, network.float().eval(), act_learn, checkpoint, tuple(features))
+
+
+def _features(spec: ModelSpec, features: str | None, ckpt: Checkpoint | None) -> list[FeatureMap]:
+    """The maps a build outputs: ``--features``; else a detector's (its config's out_indices, or every
+    stage); else none (a classifier)."""
+    if features is None and spec.num_classes == 0:
+        detector = ckpt.detector if ckpt is not None else None
+        features = (detector.features if detector else None) or ",".join(map(str, range(len(feature_layout(spec)) - 1)))
+    return [] if features is None else selection(spec, features)
+
+
+def _out_indices(features: list[FeatureMap]) -> tuple[int, ...] | None:
+    return tuple(m.index for m in features) if features else None
 
 
 def fuse(loaded: LoadedModel) -> LoadedModel:
@@ -80,8 +108,7 @@ def fuse(loaded: LoadedModel) -> LoadedModel:
             f"use a checkpoint from the end of the schedule, or pass --act-learn {loaded.act_learn.value:.4g} "
             "to export the unfused network on purpose"
         )
-    return LoadedModel(loaded.spec.with_form("deploy"), switch_to_deploy(loaded.network), loaded.act_learn,
-                       loaded.checkpoint)
+    return dataclasses.replace(loaded, spec=loaded.spec.with_form("deploy"), network=switch_to_deploy(loaded.network))
 
 
 def network_for_export(loaded: LoadedModel) -> LoadedModel:
@@ -95,10 +122,9 @@ def network_for_export(loaded: LoadedModel) -> LoadedModel:
 # ---------------------------------------------------------------------------- export / run
 
 
-def output_names(network: nn.Module) -> list[str]:
-    if isinstance(network, VanillaNet) and network.features_only:
-        return [f"feature_{i}" for i in network.out_indices]
-    return ["logits"]
+def output_names(loaded: LoadedModel) -> list[str]:
+    """A backbone's outputs say what they are (``stage8_s16``: stage 8's map, 1/16 of the input); else logits."""
+    return [m.name for m in loaded.features] or ["logits"]
 
 
 def export_onnx(loaded: LoadedModel, shape: InputShape, path: Path, *, opset: int, dynamic: bool,
@@ -107,7 +133,7 @@ def export_onnx(loaded: LoadedModel, shape: InputShape, path: Path, *, opset: in
     if dynamic and has_adaptive_pooling(loaded.spec):  # also checked up front; the exporter would fail obscurely
         raise ExportError(f"{loaded.spec.name} exports only at static sizes (adaptive pooling)")
     return onnxtools_export(loaded.network, shape, path, label=loaded.spec.label,
-                            output_names=output_names(loaded.network), opset=opset, dynamic=dynamic,
+                            output_names=output_names(loaded), opset=opset, dynamic=dynamic,
                             compute=compute, io_dtype=io_dtype)
 
 

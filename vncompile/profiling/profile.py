@@ -23,10 +23,12 @@ from ..core.host import machine_info, toolchain_versions
 from ..devices import DeviceConfig
 from ..pipeline.build_process import BuildWorker
 from ..pipeline.manifest import primary_artifact
+from ..vanillanet.archs import VARIANTS
 from .measure import measure
 
 DEFAULT_MODELS = ("vanillanet_5", "resnet50", "plain_cnn_50")
 DEFAULT_SIZES = (256, 384, 512)
+BACKBONE_SIZES = (640, 1280)  # detection inputs (YOLO's 640, and twice that)
 PROFILE_SCHEMA = 2
 
 
@@ -81,9 +83,17 @@ def _row(source: ModelSource, target: str, size: int, request: ProfileRequest) -
 
 
 def _label(source: ModelSource) -> str:
-    if source.checkpoint is not None:
-        return Path(source.checkpoint).stem
-    return source.spec_without_checkpoint().label
+    label = Path(source.checkpoint).stem if source.checkpoint is not None else source.spec_without_checkpoint().label
+    return label + (f"[{source.features}]" if source.features else "")
+
+
+def backbone_features(model_name: str | None, features: str) -> str:
+    """What ``profile --features`` builds of each model: VanillaNet the maps asked for; the ResNet
+    baselines their own four stages (C2-C5, strides 4-32: what a detector takes from them), with the
+    stem when it was asked for, so the rows compare backbones, not index lists."""
+    if model_name is None or model_name in VARIANTS or features == "all":
+        return features
+    return "stem,0,1,2,3" if "stem" in features.split(",") else "0,1,2,3"
 
 
 def profile_cell(source: ModelSource, target: str, size: int, request: ProfileRequest,
@@ -139,7 +149,9 @@ def run_profile(request: ProfileRequest,
         "vncompile": __version__,
         "machine": machine_info(),
         "toolchain": toolchain_versions(*packages),
-        "settings": {"sizes": list(request.sizes), "precision": request.precision or "each target's default",
+        "settings": {"sizes": list(request.sizes),
+                     "features": sorted({m.features for m in request.models if m.features}),
+                     "precision": request.precision or "each target's default",
                      "batch": request.batch_size, "device": request.device.name if request.device else None,
                      "warmup": request.warmup, "runs": request.runs, "memory_limit_kb": request.memory_limit_kb},
         "rows": rows,

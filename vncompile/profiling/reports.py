@@ -94,6 +94,13 @@ def sources(models: dict[str, dict[int, dict[str, Any]]]) -> str:
     return f"memory: {', '.join(memory) or '-'}; latency: {', '.join(latency) or '-'}"
 
 
+def peak_notes(doc: dict[str, Any]) -> list[str]:
+    """What a plan says is alive at its peak (the analytic plan names the tensors): where memory goes.
+    For a backbone that is often its own earlier outputs, which must outlive the rest of the network."""
+    return [f"{r['model']} · {r['target']} · {r['size']}: {r['memory']['detail']}" for r in doc["rows"]
+            if r["memory"] and r["memory"]["source"] != "measured" and r["memory"].get("detail")]
+
+
 def paper_rows(doc: dict[str, Any]) -> list[tuple[str, list[str]]]:
     """The paper's Table 1 at its own sizes (256/384/512), whatever sizes this profile ran."""
     paper = doc["paper_table1"]
@@ -123,6 +130,9 @@ def to_markdown(doc: dict[str, Any]) -> str:
     out += ["## Paper, Table 1 (mobile NPU)", "", "| model | " + " | ".join(map(str, paper_sizes)) + " |",
             "|---|" + "---:|" * len(paper_sizes)]
     out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in paper_rows(doc)]
+    peaks = peak_notes(doc)
+    if peaks:
+        out += ["", "## At the memory peak", "", *(f"- {line}" for line in peaks)]
     reasons = [f"- {r['model']} · {r['target']} · {r['size']}: {r['reason']}" for r in doc["rows"] if r["reason"]]
     if reasons:
         out += ["", "## Notes", "", *reasons]

@@ -10,6 +10,8 @@ Deploy form folds every BatchNorm into the conv before it (``fusion.fuse_resnet`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -52,9 +54,17 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, arch: ResNetArch, *, deploy: bool = False) -> None:
+    """``features_only``: no pooling or fc; returns the maps in ``out_indices`` (0 is the stem after
+    the max pool, i+1 is layer i+1: C2..C5), as ``model.VanillaNet`` does."""
+
+    def __init__(self, arch: ResNetArch, *, deploy: bool = False, features_only: bool = False,
+                 out_indices: Sequence[int] | None = None) -> None:
         super().__init__()
         self.arch, self.deploy = arch, deploy
+        self.features_only = features_only or arch.num_classes == 0
+        self.out_indices = tuple(range(len(arch.layers) + 1) if out_indices is None else out_indices)
+        if not all(0 <= i <= len(arch.layers) for i in self.out_indices):
+            raise ValueError(f"out_indices must lie in [0, {len(arch.layers)}], got {self.out_indices}")
         w = arch.base_width
         self.conv1 = nn.Conv2d(arch.in_chans, w, 7, stride=2, padding=3, bias=deploy)
         self.bn1 = _bn(w, deploy)
@@ -69,10 +79,17 @@ class ResNet(nn.Module):
                 dim_in = width * Bottleneck.expansion
             layers.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        if self.features_only:
+            return
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(dim_in, arch.num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        if self.features_only:
+            features = [x]
+            for layer in (self.layer1, self.layer2, self.layer3, self.layer4)[:max(self.out_indices)]:
+                features.append(layer(features[-1]))
+            return [features[i] for i in self.out_indices]
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))

@@ -32,13 +32,15 @@ from torch import nn
 
 from ..core.errors import CheckpointError, FusionError
 from ..core.hashing import sha256_file
+from . import detection
 from .archs import MODEL_NAMES, VARIANTS, Form, ModelSpec, ResNetArch
 from .fusion import compose_pointwise
 from .model import VanillaNet
 from .zoo import create_model
 
 WeightsChoice = Literal["auto", "model", "model_ema"]
-SAFE_GLOBALS = [argparse.Namespace]  # the one non-container type official checkpoints pickle
+# argparse.Namespace: the one non-container type official checkpoints pickle; then mmdetection's logging records.
+SAFE_GLOBALS = [argparse.Namespace, *detection.SAFE_GLOBALS]
 _STATE_DICT_KEYS = ("model_ema", "model", "state_dict", "module")
 
 
@@ -68,6 +70,7 @@ class Checkpoint:
     weights_key: str | None  # which entry of a training checkpoint the weights came from
     epoch: int | None
     notes: tuple[str, ...] = ()
+    detector: detection.DetectorBackbone | None = None  # the backbone came out of a detector checkpoint
 
 
 # ---------------------------------------------------------------------------- reading
@@ -120,7 +123,8 @@ def _read_torch(path: Path) -> Any:
         what = found.group(1) if found else "a pickled object"
         raise CheckpointError(
             f"{path}: refusing to load: it pickles {what}, and checkpoints are loaded without "
-            "executing pickled code (only tensors, containers and argparse.Namespace are allowed)"
+            "executing pickled code (only tensors, containers, argparse.Namespace, numpy arrays and "
+            "mmengine's logging records are allowed)"
         ) from None
     except (RuntimeError, EOFError, OSError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint ({type(exc).__name__})") from None
@@ -272,7 +276,7 @@ def infer_spec(sd: dict[str, torch.Tensor], hints: list[str]) -> tuple[ModelSpec
         name = "resnet50" if any(".downsample." in k for k in sd) else "plain_cnn_50"
         base_width = sd["conv1.weight"].shape[0]
         form = "train" if "bn1.weight" in sd else "deploy"
-        num_classes = sd["fc.weight"].shape[0] if "fc.weight" in sd else 1000
+        num_classes = sd["fc.weight"].shape[0] if "fc.weight" in sd else 0  # 0: a detector's headless backbone
         return ModelSpec(name, base_width / ResNetArch().base_width, 3, num_classes, form), notes
     shown = ", ".join(list(sd)[:4])
     raise CheckpointError(f"not a VanillaNet or ResNet-50 checkpoint (keys begin {shown})")
@@ -301,7 +305,8 @@ def _act_learn(form: Form, epoch: Any, args: Mapping[str, Any], is_vanillanet: b
 
 
 def load_checkpoint(
-    path: str | Path, *, weights: WeightsChoice = "auto", model_name: str | None = None, sha256: str | None = None
+    path: str | Path, *, weights: WeightsChoice = "auto", model_name: str | None = None, sha256: str | None = None,
+    prefix: str | None = None,
 ) -> Checkpoint:
     """Read, validate and identify a checkpoint. Raises ``CheckpointError`` with one line.
 
@@ -322,6 +327,10 @@ def load_checkpoint(
         if isinstance(obj, Mapping) and isinstance(obj.get("vncompile"), Mapping):
             hints.append(str(obj["vncompile"].get("model", "")))
     state_dict, weights_key = _select_weights(path, obj, weights)
+    try:
+        state_dict, detector = detection.find_backbone(obj, state_dict, prefix)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     _check_finite(path, state_dict)
     args = _training_args(obj)
     # The official release names files after the variant: the longest name in it wins.
@@ -338,25 +347,30 @@ def load_checkpoint(
         sha256=sha256 or sha256_file(path),
         spec=spec,
         state_dict=state_dict,
-        act_learn=_act_learn(spec.form, epoch, args, spec.is_vanillanet),
+        act_learn=(ActLearn(1.0, "detection backbone", detector.exact_fusion) if detector and detector.exact_fusion
+                   else _act_learn(spec.form, epoch, args, spec.is_vanillanet)),
         weights_key=weights_key,
         epoch=epoch if isinstance(epoch, int) else None,
         notes=notes,
+        detector=detector,
     )
     instantiate(ckpt)  # strict key/shape check now, so a bad file fails before any work
     return ckpt
 
 
-def instantiate(ckpt: Checkpoint, *, act_learn: float | None = None) -> nn.Module:
+def instantiate(ckpt: Checkpoint, *, act_learn: float | None = None,
+                out_indices: tuple[int, ...] | None = None) -> nn.Module:
     """The checkpoint's network in its own form, weights loaded strictly, in eval mode.
 
-    ``act_learn`` overrides the slope the schedule implies (train form only).
+    ``act_learn`` overrides the slope the schedule implies (train form only); ``out_indices``
+    makes it a headless backbone (``model.VanillaNet``), a classifier's head dropped.
     """
-    net = create_model(ckpt.spec)
+    net = create_model(ckpt.spec, features_only=out_indices is not None, out_indices=out_indices)
+    state_dict = ckpt.state_dict if out_indices is None else detection.without_head(ckpt.state_dict)
     # load_state_dict raises a multi-line RuntimeError on a shape mismatch: find them first, for one line.
     expected = net.state_dict()
-    wrong = {key for key, tensor in ckpt.state_dict.items() if key in expected and tensor.shape != expected[key].shape}
-    result = net.load_state_dict({k: v for k, v in ckpt.state_dict.items() if k not in wrong}, strict=False)
+    wrong = {key for key, tensor in state_dict.items() if key in expected and tensor.shape != expected[key].shape}
+    result = net.load_state_dict({k: v for k, v in state_dict.items() if k not in wrong}, strict=False)
     problems = []
     if wrong:
         shapes = [f"{key} is {_dims(ckpt.state_dict[key].shape)}, expected {_dims(expected[key].shape)}"

@@ -93,7 +93,8 @@ def resnet_deploy_state_dict(model: ResNet) -> dict[str, Tensor]:
         if isinstance(module, nn.Conv2d):
             bn = modules[_bn_after(name)]
             sd[f"{name}.weight"], sd[f"{name}.bias"] = fold_bn(module.weight, module.bias, bn)
-    sd["fc.weight"], sd["fc.bias"] = model.fc.weight.double(), model.fc.bias.double()
+    if not model.features_only:
+        sd["fc.weight"], sd["fc.bias"] = model.fc.weight.double(), model.fc.bias.double()
     return sd
 
 
@@ -119,5 +120,7 @@ def switch_to_deploy(model: nn.Module) -> nn.Module:
                            out_indices=model.out_indices)
         return _load_fresh(fused, vanillanet_deploy_state_dict(model), like=model)
     if isinstance(model, ResNet):
-        return _load_fresh(ResNet(model.arch, deploy=True), resnet_deploy_state_dict(model), like=model)
+        fused_resnet = ResNet(model.arch, deploy=True, features_only=model.features_only,
+                              out_indices=model.out_indices)
+        return _load_fresh(fused_resnet, resnet_deploy_state_dict(model), like=model)
     raise TypeError(f"no deploy fusion for {type(model).__name__}")

@@ -196,7 +196,9 @@ class VanillaNet(nn.Module):
         else:
             x = self.stem2(F.leaky_relu(self.stem1(x), self.act_learn))
         features = [x]
-        for stage in self.stages:
+        # A backbone stops at its deepest output: later stages would be dead weight in the graph.
+        last = max(self.out_indices) if self.features_only else len(self.stages)
+        for stage in self.stages[:last]:
             x = stage(x)
             features.append(x)
         return features

@@ -7,7 +7,6 @@ import math
 import torch
 from torch import nn
 
-from ..core.errors import InputError
 from . import baselines, model
 from .archs import MODEL_NAMES, ModelSpec
 
@@ -22,9 +21,7 @@ def create_model(spec: ModelSpec, *, features_only: bool = False,
         net: nn.Module = model.VanillaNet(spec.arch(), deploy=deploy, features_only=features_only,
                                           out_indices=out_indices)
     else:
-        if features_only:
-            raise InputError(f"{spec.name} has no features_only mode")
-        net = baselines.ResNet(spec.arch(), deploy=deploy)
+        net = baselines.ResNet(spec.arch(), deploy=deploy, features_only=features_only, out_indices=out_indices)
     return net.eval()
 
 

@@ -37,6 +37,7 @@ from typing import Any
 from ...api.request import BuildRequest
 from ...api.target import Artifact, Availability, CompileContext, CompileResult, OnnxForm, Session, Target, facts
 from ...core.errors import InputError, TargetUnavailable
+from ...onnxtools.run import output_names as onnx_output_names
 from .builder import build_engine
 from .profile import shape_profile
 from .runner import TensorRTSession, engine_mismatch
@@ -89,12 +90,13 @@ class TensorRTTarget(Target):
         request = ctx.request
         profile = shape_profile(request)
         script = ctx.build_dir / SCRIPT
-        script.write_text(build_script(request, profile))
+        outputs = onnx_output_names(ctx.onnx_path)
+        script.write_text(build_script(request, profile, outputs))
         script.chmod(0o755)
         info: dict[str, Any] = {
             "strongly_typed": True, "workspace_mb": request.options.workspace_mb,
             "profile": profile.as_dict() if profile else None,
-            "trtexec": shlex.join(["trtexec", *trtexec_arguments(request, profile)]),
+            "trtexec": shlex.join(["trtexec", *trtexec_arguments(request, profile)]), "outputs": outputs,
         }
         toolchain = probe_toolchain()
         if isinstance(toolchain, str):

@@ -37,8 +37,9 @@ PRECISION_NOTES = {
 }
 
 
-def build_script(request: BuildRequest, profile: ShapeProfile | None) -> str:
-    """``build_engine.sh``: only the request decides its text (the timing cache is the runner's, by name)."""
+def build_script(request: BuildRequest, profile: ShapeProfile | None, outputs: list[str] | None = None) -> str:
+    """``build_engine.sh``: only the request decides its text (the timing cache is the runner's, by name);
+    ``outputs``: the ONNX's output names (a backbone's maps), which the engine keeps as its bindings."""
     command = " ".join(['exec "$TRTEXEC"', *map(shlex.quote, trtexec_arguments(request, profile)),
                         '"--timingCacheFile=$TIMING_CACHE"'])
     shapes = (f"min {_dims(profile.min)}, opt {_dims(profile.opt)}, max {_dims(profile.max)}" if profile
@@ -50,6 +51,8 @@ def build_script(request: BuildRequest, profile: ShapeProfile | None) -> str:
         f"# Written by vncompile {__version__}: {request.precision} ({PRECISION_NOTES[request.precision]});",
         f"# input '{INPUT_NAME}' {shapes}. TensorRT 10 keeps the ONNX's types with --stronglyTyped;",
         "# TensorRT 11 networks are always strongly typed and it ignores the flag.",
+        *([f"# outputs (the engine's output bindings, as the ONNX names them): {', '.join(outputs)}."]
+          if outputs else []),
         "# TRTEXEC: the trtexec binary (default: trtexec on PATH).",
         "# TIMING_CACHE: a timing cache file reused across builds (default, and relative to: this directory).",
         "# A timing cache holds one GPU model's timings for one TensorRT version: keep one per kind of device",
