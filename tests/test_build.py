@@ -285,8 +285,8 @@ def test_input_shape_and_batch(tmp_path):
 
 
 def test_stage_names_are_the_pipeline_in_order():
-    assert build_module.STAGE_NAMES == ["load", "fuse", "export", "simplify", "quantize", "reference", "compile",
-                                        "verify"]
+    assert build_module.STAGE_NAMES == ["load", "fuse", "export", "simplify", "quantize", "reference", "evaluate",
+                                        "compile", "verify"]
 
 
 def test_targets_share_the_prepared_onnx_stages(tmp_path, isolated_cache):

@@ -229,9 +229,9 @@ def test_explicit_prefix_and_a_classifier_checkpoint_as_backbone(tmp_path, run_c
 
 
 def test_tensorrt_deferred_bundle_names_every_output(tmp_path, run_cli, monkeypatch):
-    from vncompile.targets import tensorrt as trt_target
+    from tests.fake_tensorrt import TRT10, install
 
-    monkeypatch.setattr(trt_target, "nvidia_gpus", lambda: ())
+    install(monkeypatch, TRT10, gpus=())  # TensorRT without a GPU: the deferred bundle, wherever this runs
     out = tmp_path / "bundle"
     result = run_cli("build", "--model", "vanillanet_5", "--width", W, "--features", "all", "--target", "tensorrt",
                      "--precision", "fp16", "--input-shape", SHAPE, "-o", out)
