@@ -60,26 +60,12 @@ def _print_json(document: Any) -> None:
 # the declarations (core.schema kinds, api parsers) convert and validate
 
 
-class KindParam(click.ParamType):
-    """A click type over a ``core.schema`` kind: the same conversion as a config file's value."""
+class TextParam(click.ParamType):
+    """A click type over a parser: a ``core.schema`` kind's (the same conversion as a config file's value,
+    ``ValueError`` -> "must be <expected>") or one of the api's (``InputError`` with its own words)."""
 
-    def __init__(self, kind: Kind, name: str) -> None:
-        self.kind, self.name = kind, name
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            return self.kind.from_text(value)
-        except ValueError:
-            self.fail(f"must be {self.kind.expected}, got '{value}'", param, ctx)
-
-
-class ParsedParam(click.ParamType):
-    """A click type over one of the api's parsers (which raise ``InputError`` with the right words)."""
-
-    def __init__(self, parse: Any, name: str) -> None:
-        self.parse, self.name = parse, name
+    def __init__(self, parse: Any, name: str, expected: str = "") -> None:
+        self.parse, self.name, self.expected = parse, name, expected
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         if not isinstance(value, str):
@@ -88,13 +74,21 @@ class ParsedParam(click.ParamType):
             return self.parse(value)
         except InputError as exc:
             self.fail(str(exc), param, ctx)
+        except ValueError:
+            self.fail(f"must be {self.expected}, got '{value}'", param, ctx)
+
+
+def KindParam(kind: Kind, name: str) -> TextParam:  # noqa: N802 - a click type, like click.Choice
+    return TextParam(kind.from_text, name, kind.expected)
+
+
 
 
 POSITIVE = KindParam(PositiveInt(), "integer")
 SIZES = KindParam(IntList("comma-separated positive integers, e.g. 256,384,512"), "sizes")
 MEMORY_SIZE = KindParam(MemorySize(), "size")
-SHAPE = ParsedParam(InputShape.parse, "NxCxHxW")
-TOLERANCE = ParsedParam(parse_tolerance, "PRECISION=rel:X|cosine:X")
+SHAPE = TextParam(InputShape.parse, "NxCxHxW")
+TOLERANCE = TextParam(parse_tolerance, "PRECISION=rel:X|cosine:X")
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -103,7 +97,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return parse_shard(text)
 
 
-SHARD = ParsedParam(_parse_shard, "i/n")
+SHARD = TextParam(_parse_shard, "i/n")
 
 
 def _click_type(kind: Kind) -> Any:

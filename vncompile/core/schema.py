@@ -67,62 +67,44 @@ class Flag(Kind):
         return value
 
 
-class PositiveInt(Kind):
-    def __init__(self, expected: str = "a positive integer") -> None:
-        self.expected = expected
+class Number(Kind):
+    """A number between bounds: ``low`` (excluded with ``low_open``) and ``high``; an int with ``integer``."""
 
-    def from_value(self, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    def __init__(self, expected: str, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, integer: bool = False) -> None:
+        self.expected, self.low, self.high, self.low_open, self.integer = expected, low, high, low_open, integer
+
+    def from_value(self, value: Any) -> float | int:
+        kinds = (int,) if self.integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
             raise ValueError
-        return value
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            raise ValueError
+        if self.high is not None and value > self.high:
+            raise ValueError
+        return int(value) if self.integer else float(value)
 
-    def from_text(self, text: str) -> int:
+    def from_text(self, text: str) -> float | int:
         try:
-            return self.from_value(int(text))
+            return self.from_value(int(text) if self.integer else float(text))
         except (TypeError, ValueError):
             raise ValueError from None
 
 
-class PositiveNumber(Kind):
-    expected = "a positive number"
-
-    def from_value(self, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError
-        return float(value)
-
-    def from_text(self, text: str) -> float:
-        try:
-            return self.from_value(float(text))
-        except (TypeError, ValueError):
-            raise ValueError from None
+def PositiveInt(expected: str = "a positive integer") -> Number:  # noqa: N802 - reads like the kinds it sits among
+    return Number(expected, low=1, integer=True)
 
 
-class NonNegativeNumber(Kind):
-    def __init__(self, expected: str = "a number >= 0") -> None:
-        self.expected = expected
-
-    def from_value(self, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError
-        return float(value)
-
-    def from_text(self, text: str) -> float:
-        try:
-            return self.from_value(float(text))
-        except (TypeError, ValueError):
-            raise ValueError from None
+def PositiveNumber(expected: str = "a positive number") -> Number:  # noqa: N802
+    return Number(expected, low=0, low_open=True)
 
 
-class UnitFraction(NonNegativeNumber):
-    def __init__(self) -> None:
-        super().__init__("a number in (0, 1]")
+def NonNegativeNumber(expected: str = "a number >= 0") -> Number:  # noqa: N802
+    return Number(expected, low=0)
 
-    def from_value(self, value: Any) -> float:
-        value = super().from_value(value)
-        if not 0 < value <= 1:
-            raise ValueError
-        return value
+
+def UnitFraction() -> Number:  # noqa: N802
+    return Number("a number in (0, 1]", low=0, low_open=True, high=1)
 
 
 class FloatTriple(Kind):
