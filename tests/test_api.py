@@ -185,3 +185,16 @@ def test_one_kb_is_1024_bytes_everywhere():
     assert parse_memory_size("64MB") == parse_memory_size("64MiB") == 64 * 1024
     with pytest.raises(ValueError, match="1 KB = 1024 bytes"):
         parse_memory_size("64 parsecs")
+
+
+def test_a_device_config_can_name_the_backbone_outputs_it_runs(tmp_path):
+    from vncompile.devices import load_device_config
+
+    config = load_device_config(write(tmp_path / "det.yaml", "target: onnxruntime\nprecision: fp32\nsizes: [640]\n"
+                                                             "runner: x\nfeatures: [0, 1, 2, 3]\n"))
+    assert config.build_request(ModelSource(model_name="vanillanet_5", width=NARROW)).source.features == "0,1,2,3"
+    own = ModelSource(model_name="vanillanet_5", width=NARROW, features="all")
+    assert config.build_request(own).source.features == "all"  # the model's own choice wins
+    with pytest.raises(InputError, match="'features' must be 'all', 'stem' and/or stage indices"):
+        load_device_config(write(tmp_path / "bad.yaml", "target: onnxruntime\nprecision: fp32\nsizes: [640]\n"
+                                                        "runner: x\nfeatures: banana\n"))

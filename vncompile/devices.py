@@ -21,6 +21,26 @@ from .api.request import BuildRequest, InputShape, ModelSource
 from .api.tolerance import PRECISIONS, Tolerance, ToleranceKind
 from .core.errors import InputError
 from .core.schema import Flag, IntList, Mapping_, MemorySize, OneOf, PositiveInt, Text, TextList, from_document, setting
+from .vanillanet.features import parse_features
+
+
+class Features(Text):
+    """A backbone's outputs as ``--features`` takes them: '0,1,8,10', 'all', or a list of indices."""
+
+    def __init__(self) -> None:
+        super().__init__("'all', 'stem' and/or stage indices, e.g. 0,1,8,10 or [0, 1, 8, 10]")
+
+    def from_value(self, value: Any) -> str:
+        if isinstance(value, list) and all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
+            value = ",".join(map(str, value))
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise ValueError
+        try:
+            return parse_features(value)
+        except InputError:
+            raise ValueError from None
 
 
 @dataclass(frozen=True)
@@ -34,6 +54,7 @@ class DeviceConfig:
     batch: int = setting(PositiveInt(), 1)
     memory_limit: float | None = setting(MemorySize(), None)  # KB
     tolerance: tuple[tuple[str, Tolerance], ...] = setting(ToleranceKind(), ())
+    features: str | None = setting(Features(), None)  # the device runs a headless backbone (build --features)
     options: TargetOptions = setting(Mapping_(), TargetOptions(), nested=TargetOptions)
     name: str = ""  # the file's stem
     path: Path | None = None
@@ -44,6 +65,8 @@ class DeviceConfig:
         of ``sizes`` (default: its own), optimized for ``size``. ``fields`` override the config's (the
         command line's typed options, a CI override)."""
         sizes = tuple(sizes or self.sizes)
+        if self.features is not None and source.features is None:  # a model's own --features win
+            source = dataclasses.replace(source, features=self.features)
         shape = shape or InputShape.square(sizes[0] if size is None else size, self.batch)
         fields.setdefault("target", self.target)
         fields.setdefault("precision", self.precision)

@@ -33,9 +33,8 @@ from ..core.schema import (
     setting,
     updated,
 )
-from ..devices import DeviceConfig, load_device_config, read_yaml
+from ..devices import DeviceConfig, Features, load_device_config, read_yaml
 from ..vanillanet.archs import MODEL_NAMES
-from ..vanillanet.features import parse_features
 
 
 class Label(Text):
@@ -57,25 +56,6 @@ class CiDocument:
     sizes: tuple[int, ...] | None = setting(IntList("a list of positive integers"), None)
     verify: bool = setting(Flag(), True)
     overrides: list[Any] = setting(ListOf("a list of overrides"), [])
-
-
-class Features(Text):
-    """A backbone's outputs as ``--features`` takes them: '0,1,8,10', 'all', or a list of indices."""
-
-    def __init__(self) -> None:
-        super().__init__("'all', 'stem' and/or stage indices, e.g. 0,1,8,10 or [0, 1, 8, 10]")
-
-    def from_value(self, value: Any) -> str:
-        if isinstance(value, list) and all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
-            value = ",".join(map(str, value))
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            raise ValueError
-        try:
-            return parse_features(value)
-        except InputError:
-            raise ValueError from None
 
 
 @dataclass(frozen=True)
