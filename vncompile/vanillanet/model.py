@@ -151,7 +151,6 @@ class VanillaNet(nn.Module):
         deploy: bool = False,
         features_only: bool = False,
         out_indices: Sequence[int] | None = None,
-        drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
         self.arch, self.deploy = arch, deploy
@@ -177,7 +176,9 @@ class VanillaNet(nn.Module):
         )
         if self.features_only:
             return
-        head = [nn.AdaptiveAvgPool2d(1), nn.Dropout(drop_rate), nn.Conv2d(dims[-1], arch.num_classes, 1)]
+        # The official head has a Dropout at index 1 (training only); the placeholder keeps its checkpoints'
+        # key names (cls1.2.weight, cls.2.weight).
+        head = [nn.AdaptiveAvgPool2d(1), nn.Identity(), nn.Conv2d(dims[-1], arch.num_classes, 1)]
         if deploy:
             self.cls = nn.Sequential(*head)
         else:
