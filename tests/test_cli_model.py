@@ -80,3 +80,10 @@ def test_module_entry_point_prints_no_traceback(tmp_path):
     process = subprocess.run([sys.executable, "-m", "vncompile", "inspect", str(bad)], capture_output=True, text=True)
     assert process.returncode == 2
     assert process.stderr.strip().count("\n") == 0 and process.stderr.startswith("error: ")
+
+
+def test_act_num_of_a_model_network(run_cli):
+    facts = run_cli("inspect", "--model", "vanillanet_13", "--act-num", "4", "--width", "0.0625", "--json").json()
+    assert facts["act_num"] == 4
+    bad = run_cli("inspect", "--model", "vanillanet_5", "--act-num", "9")
+    assert bad.code == 2 and "--act-num must be between 0 and 8" in one_line_error(bad)

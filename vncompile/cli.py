@@ -140,6 +140,8 @@ def model_options(f):
     f = features_option(f)
     f = click.option("--weights", type=click.Choice(["auto", "model", "model_ema"]), default="auto",
                      show_default=True, help="which weights of a training checkpoint (auto: model_ema if present)")(f)
+    f = click.option("--act-num", type=int, help="series activation n of a --model network (kernel 2n+1; the "
+                                                 "official detection backbones use 4)  [default: the variant's, 3]")(f)
     f = click.option("--width", type=float, default=1.0, show_default=True,
                      help="width multiplier of a --model network (narrow models for quick tests)")(f)
     f = click.option("--model", "model_name", metavar="NAME", help=MODEL_HELP)(f)
@@ -147,11 +149,11 @@ def model_options(f):
     return f
 
 
-def _source(checkpoint: Path | None, model_name: str | None, width: float, weights: str,
+def _source(checkpoint: Path | None, model_name: str | None, width: float, act_num: int | None, weights: str,
             act_learn: float | None = None, features: str | None = None, prefix: str | None = None):
     from .api.request import ModelSource
 
-    return ModelSource(checkpoint=checkpoint, model_name=model_name, width=width, weights=weights,
+    return ModelSource(checkpoint=checkpoint, model_name=model_name, width=width, act_num=act_num, weights=weights,
                        act_learn=act_learn, features=features, prefix=prefix)
 
 
@@ -163,13 +165,13 @@ def _source(checkpoint: Path | None, model_name: str | None, width: float, weigh
 @click.option("--size", type=POSITIVE, default=224, show_default=True,
               help="input size for the MAC count")
 @click.option("--json", "as_json", is_flag=True, help="print the facts as JSON on stdout")
-def inspect(checkpoint, model_name, width, weights, features, prefix, size, as_json) -> None:
+def inspect(checkpoint, model_name, width, act_num, weights, features, prefix, size, as_json) -> None:
     """What a checkpoint (or --model) is: variant, form, act_learn, params and MACs; a detector's backbone."""
     from .console import render_description
     from .pipeline.inspection import describe
     from .pipeline.stages import load_model
 
-    loaded = load_model(_source(checkpoint, model_name, width, weights, features=features, prefix=prefix))
+    loaded = load_model(_source(checkpoint, model_name, width, act_num, weights, features=features, prefix=prefix))
     facts = describe(loaded, size)
     if as_json:
         _print_json(facts)
@@ -254,8 +256,8 @@ def _device_config(kwargs: dict[str, Any]):
 @click.option("--force", is_flag=True, help="replace an existing, different output")
 @click.option("--no-verify", is_flag=True, help="skip verification (a failed one fails the build)")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest on stdout and nothing else there")
-def build(checkpoint, model_name, width, weights, features, prefix, target, precision, size, input_shape, batch,
-          dynamic, opset, simplifier, tolerance, act_learn, output, force, no_verify, as_json, **kwargs) -> None:
+def build(checkpoint, model_name, width, act_num, weights, features, prefix, target, precision, size, input_shape,
+          batch, dynamic, opset, simplifier, tolerance, act_learn, output, force, no_verify, as_json, **kwargs) -> None:
     """Checkpoint (or --model) -> fused -> ONNX -> simplified -> target artifact, verified.
 
     \b
@@ -266,7 +268,7 @@ def build(checkpoint, model_name, width, weights, features, prefix, target, prec
     from .api.request import BuildRequest
     from .pipeline.build import build as run_build
 
-    source = _source(checkpoint, model_name, width, weights, act_learn, features, prefix)
+    source = _source(checkpoint, model_name, width, act_num, weights, act_learn, features, prefix)
     if size is not None and input_shape is not None:
         raise InputError("give --size or --input-shape, not both")
     if input_shape is not None and batch != 1:
@@ -359,6 +361,7 @@ def targets(as_json) -> None:
 @click.option("--models", help="comma-separated model names  [default: vanillanet_5,resnet50,plain_cnn_50 "
               "when no checkpoint is given]")
 @click.option("--width", type=float, default=1.0, show_default=True, help="width multiplier of --models networks")
+@click.option("--act-num", type=int, help="series activation n of --models networks  [default: the variant's]")
 @click.option("--targets", "target_list", help="comma-separated targets  [default: every available one]")
 @click.option("--sizes", type=SIZES, default="256,384,512", show_default=True,
               help="comma-separated square input sizes  [with --features: 640,1280]")
@@ -377,8 +380,8 @@ def targets(as_json) -> None:
 @click.option("--force", is_flag=True, help="replace an existing output directory")
 @target_options
 @tolerance_option
-def profile(checkpoints, models, width, target_list, sizes, features, precision, batch, warmup, runs, memory_limit,
-            timeout, fmt, output, force, tolerance, **kwargs) -> None:
+def profile(checkpoints, models, width, act_num, target_list, sizes, features, precision, batch, warmup, runs,
+            memory_limit, timeout, fmt, output, force, tolerance, **kwargs) -> None:
     """Max memory and latency per model, target and input size (the paper's Table 1, for your models).
 
     Exits 1 when any cell failed to build or measure (after writing the reports); oom rows are findings.
@@ -391,7 +394,8 @@ def profile(checkpoints, models, width, target_list, sizes, features, precision,
     names = _names(models) if models else ([] if checkpoints else list(DEFAULT_MODELS))
     features = None if features is None else parse_features(features)
     sources = [ModelSource(checkpoint=c, features=features) for c in checkpoints] + [
-        ModelSource(model_name=n, width=width, features=features and backbone_features(n, features)) for n in names]
+        ModelSource(model_name=n, width=width, act_num=act_num if n.startswith("vanillanet") else None,
+                    features=features and backbone_features(n, features)) for n in names]
     config = _device_config(kwargs)
     options = _target_options(kwargs, config.options if config else None)
     given = _given()

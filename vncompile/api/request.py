@@ -32,6 +32,7 @@ class ModelSource:
     checkpoint: Path | None = None
     model_name: str | None = None
     width: float = 1.0
+    act_num: int | None = None  # --model networks: the series activation's n (kernel 2n+1); None: the variant's
     weights: str = "auto"  # auto | model | model_ema
     act_learn: float | None = None  # override: export the unfused network with this slope
     features: str | None = None  # a headless backbone's outputs (``vanillanet.features``); None: the model's own
@@ -47,10 +48,13 @@ class ModelSource:
         if self.model_name is not None and self.model_name not in MODEL_NAMES:
             raise InputError(f"unknown model '{self.model_name}'; choose from {', '.join(MODEL_NAMES)}")
         if self.checkpoint is not None:
-            if self.width != 1.0:
-                raise InputError("--width applies to --model networks; a checkpoint's width comes from its tensors")
+            if self.width != 1.0 or self.act_num is not None:
+                raise InputError("--width and --act-num apply to --model networks; a checkpoint's come from its "
+                                 "tensors")
             if not Path(self.checkpoint).is_file():
                 raise InputError(f"{self.checkpoint}: no such checkpoint file")
+        if self.act_num is not None and not 0 <= self.act_num <= 8:
+            raise InputError(f"--act-num must be between 0 and 8, got {self.act_num}")
         if self.act_learn is not None and not (0.0 <= self.act_learn <= 1.0):
             raise InputError(f"--act-learn must be in [0, 1], got {self.act_learn:g}")
 
@@ -59,12 +63,15 @@ class ModelSource:
         if self.checkpoint is not None:
             return {"checkpoint_sha256": checkpoint_sha256, "model": self.model_name, "weights": self.weights,
                     "act_learn": self.act_learn, "features": self.features, "prefix": self.prefix}
-        return {"model": self.model_name, "width": self.width, "seed": RANDOM_SEED, "act_learn": self.act_learn,
+        return {"model": self.model_name, "width": self.width, "act_num": self.act_num, "seed": RANDOM_SEED,
+                "act_learn": self.act_learn,
                 "features": self.features}
 
     def spec_without_checkpoint(self) -> ModelSpec:
         assert self.model_name is not None
-        return ModelSpec(self.model_name, width=self.width)
+        if self.act_num is None:
+            return ModelSpec(self.model_name, width=self.width)
+        return ModelSpec(self.model_name, width=self.width, act_num=self.act_num)
 
 
 @dataclass(frozen=True)

@@ -139,8 +139,11 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
-        """The name shown in tables and output paths, e.g. ``vanillanet_5`` or ``vanillanet_5-w0.125``."""
-        return self.name if self.width == 1.0 else f"{self.name}-w{self.width:g}"
+        """The name shown in tables and output paths, e.g. ``vanillanet_5``, ``vanillanet_5-w0.125`` or, with
+        another series activation than the variant's, ``vanillanet_13-a4``."""
+        label = self.name if self.width == 1.0 else f"{self.name}-w{self.width:g}"
+        default_act_num = ModelSpec.__dataclass_fields__["act_num"].default
+        return label if not self.is_vanillanet or self.act_num == default_act_num else f"{label}-a{self.act_num}"
 
     def with_form(self, form: Form) -> ModelSpec:
         return dataclasses.replace(self, form=form)
