@@ -198,3 +198,43 @@ def test_a_device_config_can_name_the_backbone_outputs_it_runs(tmp_path):
     with pytest.raises(InputError, match="'features' must be 'all', 'stem' and/or stage indices"):
         load_device_config(write(tmp_path / "bad.yaml", "target: onnxruntime\nprecision: fp32\nsizes: [640]\n"
                                                         "runner: x\nfeatures: banana\n"))
+
+
+def test_image_set_hashes_never_outlive_the_set_they_hash(tmp_path):
+    """--calibration synthetic over a config's real set must not keep the real set's hash (it keys the ONNX)."""
+    from PIL import Image
+
+    from vncompile.data.calibration import with_data_hashes
+
+    (tmp_path / "cal").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cal" / "a.png")
+    real = with_data_hashes(TargetOptions(calibration=tmp_path / "cal"))
+    assert real.calibration_sha256
+    synthetic = with_data_hashes(dataclasses.replace(real, calibration="synthetic"))
+    assert synthetic.calibration_sha256 is None
+    source = ModelSource(model_name="vanillanet_5", width=NARROW)
+    keys = {BuildRequest(source, "onnxruntime", "int8", options=o).onnx_key("int8-qdq", None, {})
+            for o in (real, synthetic)}
+    assert len(keys) == 2
+
+
+def test_real_verification_images_key_the_onnx_stages_of_self_quantizing_targets(tmp_path):
+    from PIL import Image
+
+    from vncompile.data.calibration import with_data_hashes
+
+    (tmp_path / "cal").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cal" / "a.png")
+    source = ModelSource(model_name="vanillanet_5", width=NARROW)
+    real = with_data_hashes(TargetOptions(calibration=tmp_path / "cal"))
+    int8 = BuildRequest(source, "rknn", "int8", options=real).onnx_key("fp32", None, {})  # rknn: the fp32 graph
+    fp16 = BuildRequest(source, "rknn", "fp16").onnx_key("fp32", None, {})
+    assert int8 != fp16  # the int8 build's reference holds real images too
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_numbers_are_finite_and_in_range(run_cli, value):
+    from tests.conftest import one_line_error
+
+    result = run_cli("build", "--model", "vanillanet_5", "--target", "onnxruntime", "--max-top1-drop", value)
+    assert result.code == 2 and "'--max-top1-drop': must be a number of points >= 0" in one_line_error(result)

@@ -158,3 +158,18 @@ def test_eval_data_errors_are_one_line(tmp_path, run_cli):
         shutil.copy(next((HELDOUT / "0").iterdir()), eleven / f"c{label:02d}")
     wrong, _ = build(run_cli, tmp_path / "c", "--target", "onnxruntime", "--eval-data", eleven)
     assert wrong.code == 2 and "labels go up to 10 but the network has 10 classes" in one_line_error(wrong)
+
+
+def test_an_empty_class_folder_is_refused_not_skipped(tmp_path):
+    shutil.copytree(HELDOUT / "0", tmp_path / "a")
+    (tmp_path / "b").mkdir()  # skipping it would make the next class 1 instead of 2
+    shutil.copytree(HELDOUT / "1", tmp_path / "c")
+    with pytest.raises(Exception, match="a class folder without images"):
+        labelled_images(tmp_path)
+
+
+def test_int8_calibrates_and_reports_layers_in_the_graphs_batch(tmp_path, run_cli):
+    result = run_cli("build", "--model", "vanillanet_5", "--width", "0.0625", "--target", "onnxruntime", "--size",
+                     "64", "--batch", "2", "--precision", "int8", "-o", tmp_path / "b")
+    assert result.code == 0, result.err
+    assert (tmp_path / "b" / "layers.csv").is_file()

@@ -372,7 +372,8 @@ def targets(as_json) -> None:
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="untimed runs before timing")
 @click.option("--runs", type=POSITIVE, default=20, show_default=True, help="timed runs")
 @click.option("--memory-limit", type=MEMORY_SIZE, help="mark rows needing more as oom, e.g. 1.2GB (1 KB = 1024 B)")
-@click.option("--timeout", type=float, default=900, show_default=True, help="seconds per measurement")
+@click.option("--timeout", type=float, default=900, show_default=True,
+              help="seconds per cell's build, and again per its measurement")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table",
               show_default=True, help="what to print on stdout")
 @click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False),
@@ -406,6 +407,8 @@ def profile(checkpoints, models, width, act_num, target_list, sizes, features, p
         precision = precision or config.precision
         sizes = sizes if "sizes" in given else config.sizes
         memory_limit = memory_limit or config.memory_limit
+        if "batch" in given:
+            config = dataclasses.replace(config, batch=batch)
     targets = _names(target_list) if target_list else profilable_targets()
     from .targets import get_target
 
@@ -458,9 +461,10 @@ def _run_profile(request, fmt: str, output: Path | None, force: bool) -> dict[st
     else:
         click.echo(reports.to_markdown(document), nl=False)
     if output is not None:
-        for note in reports.write_profile(document, output, force=force):
+        written, notes = reports.write_profile(document, output, force=force)
+        for note in notes:
             stderr.print(f"[yellow]{note}[/]")
-        stderr.print(f"wrote {output}/profile.json, profile.csv, profile.md, memory.png, latency.png")
+        stderr.print(f"wrote {', '.join(f'{output}/{name}' for name in written)}")
     return document
 
 

@@ -73,8 +73,9 @@ class DeviceConfig:
         fields.setdefault("tolerance", self.tolerance)
         dynamic = fields.pop("dynamic", self.dynamic)
         options = fields.pop("options", self.options)
-        if dynamic and options.profile_sizes is None:
-            options = dataclasses.replace(options, profile_sizes=(min(sizes), shape.height, max(sizes)))
+        if dynamic and options.profile_sizes is None:  # the profile covers the config's sizes and this one
+            options = dataclasses.replace(options, profile_sizes=(min(*sizes, shape.height), shape.height,
+                                                                  max(*sizes, shape.height)))
         return BuildRequest(source, shape=shape, dynamic=dynamic, options=options, **fields)
 
 

@@ -176,11 +176,16 @@ class BuildRequest:
         """What the target-independent stages depend on: no target, only the ONNX form it asked for."""
         int8, options = form == "int8-qdq", self.options
         preprocessing = options.preprocessing()
-        calibration = options.calibration_sha256 or (SYNTHETIC if options.calibration == SYNTHETIC else None)
+        calibration = SYNTHETIC if options.calibration == SYNTHETIC else options.calibration_sha256
+        # The real images verification judges with (``prepare.real_images``): the evaluation set's, else an
+        # int8 build's real calibration set, also for targets that quantize themselves from the fp32 graph.
+        real = options.eval_sha256 or (calibration if self.precision == "int8" and calibration != SYNTHETIC
+                                       else None)
         keyed = {"io_dtype": options.io_dtype if form == "fp16" else None,
                  "int8": {"calibration": calibration, "size": options.calibration_size, "keep_fp32": options.keep_fp32,
                           "scheme": INT8_SCHEME, "preprocessing": preprocessing} if int8 else None,
-                 "eval": {"images": options.eval_sha256, "preprocessing": preprocessing} if options.eval_data else None}
+                 "eval": {"images": options.eval_sha256, "preprocessing": preprocessing} if options.eval_data else None,
+                 "verify_images": {"images": real, "preprocessing": preprocessing} if real and self.verify else None}
         return _digest({**self._identity(checkpoint_sha256), "form": form, "options": keyed, "toolchain": toolchain})
 
 

@@ -157,7 +157,7 @@ class Target(abc.ABC):
 
     def default_precision(self, options: TargetOptions) -> str:
         """The precision built when none is asked for: fp32 where the target computes it."""
-        return "fp32" if "fp32" in self.precisions else self.precisions[0]
+        return "fp32" if "fp32" in self.precisions or not self.precisions else self.precisions[0]
 
     def cache_identity(self) -> dict[str, str | None]:
         """Facts besides package versions that decide what ``compile`` writes (e.g. the GPU an engine is

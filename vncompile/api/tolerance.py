@@ -32,7 +32,7 @@ class Tolerance:
 
     def that_passes(self, rel: float, cosine: float) -> str:
         """The loosest setting of this tolerance's kinds that the observed errors would pass, as the
-        ``--tolerance`` value (rel rounded up, cosine down, to two significant digits)."""
+        ``--tolerance`` value (rel rounded up to two significant digits, cosine down to four decimals)."""
         parts = []
         if self.rel is not None:
             parts.append(f"rel:{_round(rel, up=True):.2g}")

@@ -10,6 +10,7 @@ an unknown key, a missing required field or a wrong value is one line naming whe
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ class Number(Kind):
 
     def from_value(self, value: Any) -> float | int:
         kinds = (int,) if self.integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds):
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
             raise ValueError
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             raise ValueError

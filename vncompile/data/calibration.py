@@ -26,14 +26,16 @@ def preprocessing_of(options: TargetOptions) -> Preprocessing:
 def with_data_hashes(options: TargetOptions) -> TargetOptions:
     """The options with the calibration and evaluation sets' content hashes filled in: part of what a build
     depends on (a changed image is a different build)."""
-    changes = {}
+    # Recomputed every time, cleared where there is no set: options layered on a config's never keep the
+    # hash of a set they replaced.
+    changes: dict[str, str | None] = {"calibration_sha256": None, "eval_sha256": None}
     if options.calibration is not None and options.calibration != SYNTHETIC:
         root = Path(options.calibration)
         changes["calibration_sha256"] = content_sha256(root, find_images(root, arrays=True))
     if options.eval_data is not None:
         images = labelled_images(options.eval_data)
         changes["eval_sha256"] = content_sha256(images.root, images.paths, json.dumps(images.labels).encode())
-    return dataclasses.replace(options, **changes) if changes else options
+    return dataclasses.replace(options, **changes)
 
 
 def sample(files: list[Path], count: int) -> list[Path]:

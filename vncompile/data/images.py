@@ -54,15 +54,20 @@ def labelled_images(directory: Path) -> LabelledImages:
     for name in LABEL_FILES:
         if (directory / name).is_file():
             return _from_label_file(directory, directory / name)
-    classes = sorted(d.name for d in directory.iterdir() if d.is_dir() and any(_is_image(p) for p in d.rglob("*")))
+    # Every (non-hidden) folder is a class, as torchvision's ImageFolder numbers them: skipping an empty one
+    # would shift the indices of the classes after it, so an empty one is refused instead.
+    classes = sorted(d.name for d in directory.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise InputError(f"{directory}: not an evaluation set: no class folders with images (ImageFolder: "
-                         f"DIR/<class>/<image>) and no {' or '.join(LABEL_FILES)}")
+        raise InputError(f"{directory}: not an evaluation set: no class folders (ImageFolder: DIR/<class>/<image>) "
+                         f"and no {' or '.join(LABEL_FILES)}")
     paths, labels = [], []
     for index, name in enumerate(classes):
-        for path in sorted(p for p in (directory / name).rglob("*") if _is_image(p)):
-            paths.append(path)
-            labels.append(index)
+        found = sorted(p for p in (directory / name).rglob("*") if _is_image(p))
+        if not found:
+            raise InputError(f"{directory / name}: a class folder without images ({', '.join(IMAGE_SUFFIXES)}); "
+                             "ImageFolder numbers every folder, so remove it or add its images")
+        paths += found
+        labels += [index] * len(found)
     return LabelledImages(directory, tuple(paths), tuple(labels), tuple(classes), "imagefolder")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .run import onnx_feed
+from .run import batches, onnx_feed, static_batch
 
 LAYERS_CSV = "layers.csv"
 COLUMNS = ["index", "node", "output", "cosine", "rel", "quantized"]
@@ -31,7 +31,7 @@ def _with_outputs(path: Path, names: list[str]) -> bytes:
     return model.SerializeToString()
 
 
-def _run_all(model: bytes, names: list[str], inputs: np.ndarray) -> dict[str, list[np.ndarray]]:
+def _run_all(model: bytes, names: list[str], inputs: np.ndarray, batch: int) -> dict[str, list[np.ndarray]]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -41,8 +41,8 @@ def _run_all(model: bytes, names: list[str], inputs: np.ndarray) -> dict[str, li
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     feed = onnx_feed(session)
     values: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for x in inputs:
-        for name, value in zip(names, session.run(names, feed(x[None])), strict=True):
+    for x in batches(inputs, batch):
+        for name, value in zip(names, session.run(names, feed(x)), strict=True):
             values[name].append(np.asarray(value, dtype=np.float64).ravel())
     return values
 
@@ -57,8 +57,9 @@ def layer_errors(fp32: Path, int8: Path, inputs: np.ndarray) -> list[dict[str, A
     quantized_inputs = {n.output[0] for n in int8_graph.node if n.op_type == "DequantizeLinear"}
     int8_convs = {n.name: n for n in int8_graph.node if n.op_type == "Conv"}
     names = [output for _, output in convs]
-    reference = _run_all(_with_outputs(fp32, names), names, inputs)
-    quantized = _run_all(_with_outputs(int8, names), names, inputs)
+    batch = static_batch(fp32)
+    reference = _run_all(_with_outputs(fp32, names), names, inputs, batch)
+    quantized = _run_all(_with_outputs(int8, names), names, inputs, batch)
     rows = []
     for index, (node, output) in enumerate(convs):
         ref, out = np.concatenate(reference[output]), np.concatenate(quantized[output])

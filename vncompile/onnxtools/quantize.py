@@ -7,16 +7,17 @@ from pathlib import Path
 import numpy as np
 
 from .quiet import quiet
+from .run import batches, static_batch
 
-# What ``quantize_qdq`` makes of an fp32 graph: part of the int8 ONNX's cache key.
-INT8_SCHEME = "qdq int8 symmetric, per-channel weights, float bias, minmax calibration, excluded nodes float"
+# What quantize_qdq makes of an fp32 graph is described by api.request.INT8_SCHEME, part of the int8 ONNX's
+# cache key: change both together.
 
 
 class _ArrayReader:
-    """onnxruntime.quantization's CalibrationDataReader over an (N, C, H, W) array."""
+    """onnxruntime.quantization's CalibrationDataReader over (N, C, H, W) samples, in the graph's batches."""
 
-    def __init__(self, input_name: str, samples: np.ndarray) -> None:
-        self._feeds = iter([{input_name: s[None].astype(np.float32)} for s in samples])
+    def __init__(self, input_name: str, samples: np.ndarray, batch: int) -> None:
+        self._feeds = iter([{input_name: b} for b in batches(samples, batch)])
 
     def get_next(self):
         return next(self._feeds, None)
@@ -52,7 +53,7 @@ def quantize_qdq(src: Path, dst: Path, calibration: np.ndarray, keep_fp32: list[
 
     with quiet():
         quantize_static(
-            str(src), str(dst), _ArrayReader("input", calibration), quant_format=QuantFormat.QDQ,
+            str(src), str(dst), _ArrayReader("input", calibration, static_batch(src)), quant_format=QuantFormat.QDQ,
             nodes_to_exclude=keep_fp32 or [],
             per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,

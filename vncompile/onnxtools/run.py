@@ -18,6 +18,21 @@ def seeded_inputs(shape: InputShape, count: int, seed: int = 1234) -> np.ndarray
     return rng.standard_normal((count, *shape.as_tuple()), dtype=np.float32)
 
 
+def static_batch(path: Path) -> int:
+    """The batch size a graph's input fixes (1 where it is dynamic)."""
+    import onnx
+
+    dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else 1
+
+
+def batches(samples: np.ndarray, batch: int) -> list[np.ndarray]:
+    """(N, C, H, W) samples as float32 batches of ``batch``, the last one filled by repeating samples."""
+    count = max(1, -(-len(samples) // batch))
+    filled = np.resize(samples, (count * batch, *samples.shape[1:])).astype(np.float32)
+    return [filled[i * batch:(i + 1) * batch] for i in range(count)]
+
+
 def onnx_feed(session: Any) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     """Feeds for an ONNX Runtime session, cast to its input dtype (fp16 I/O graphs take float16)."""
     first = session.get_inputs()[0]

@@ -7,7 +7,6 @@ from pathlib import Path
 from ..core.errors import ExportError, InputError
 from .quiet import quiet
 
-SIMPLIFIERS: tuple[str, ...] = ("onnxslim", "onnxsim", "none")
 SIMPLIFIER_PACKAGES = {"onnxslim": ("onnxslim",), "onnxsim": ("onnxsim",), "none": ()}
 
 

@@ -66,13 +66,14 @@ def verify_inputs(shape: InputShape, real: np.ndarray | None = None) -> VerifyIn
 def real_images(request: BuildRequest, eval_set: EvalSet | None) -> np.ndarray | None:
     """A few real images for verification: the evaluation set's, else a real calibration set's."""
     from ..api.options import SYNTHETIC
-    from ..data.calibration import calibration_set
+    from ..data.calibration import calibration_samples, preprocessing_of
 
     if eval_set is not None:
         return eval_set.inputs[:VERIFY_IMAGES]
-    calibration = request.options.calibration
-    if request.precision == "int8" and calibration is not None and calibration != SYNTHETIC:
-        return calibration_set(request.options, request.shape)[:VERIFY_IMAGES]
+    options = request.options
+    if request.precision == "int8" and options.calibration is not None and options.calibration != SYNTHETIC:
+        return calibration_samples(options.calibration, request.shape, VERIFY_IMAGES,
+                                   preprocessing=preprocessing_of(options))
     return None
 
 

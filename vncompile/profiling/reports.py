@@ -20,7 +20,8 @@ BASELINE = "resnet50"
 CSV_COLUMNS = ["model", "target", "precision", "size", "batch", "status", "reason",
                "latency_median_ms", "latency_mean_ms", "latency_p90_ms", "latency_p99_ms", "latency_min_ms",
                "latency_max_ms", "latency_runs", "latency_source",
-               "memory_max_kb", "memory_weights_kb", "memory_activations_kb", "memory_source", "artifact_sha256"]
+               "memory_max_kb", "memory_weights_kb", "memory_activations_kb", "memory_source", "top1",
+               "artifact_sha256"]
 # (memory in KB = 1024 bytes, ``core.units``)
 
 
@@ -144,8 +145,8 @@ def to_csv(doc: dict[str, Any]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in doc["rows"]:
-        flat = {k: row[k] for k in ("model", "target", "precision", "size", "batch", "status", "reason",
-                                    "artifact_sha256")}
+        flat = {k: row.get(k) for k in ("model", "target", "precision", "size", "batch", "status", "reason",
+                                        "top1", "artifact_sha256")}
         for key, value in (row["latency"] or {}).items():
             flat[f"latency_{key}"] = value
         for key, value in (row["memory"] or {}).items():
@@ -188,15 +189,15 @@ def write_plots(doc: dict[str, Any], directory: Path) -> list[str]:
     return written
 
 
-def write_profile(doc: dict[str, Any], directory: Path, force: bool = False) -> list[str]:
-    """profile.json, .csv, .md and the plots, into ``directory`` atomically. Returns a note, if any."""
-    notes = []
+def write_profile(doc: dict[str, Any], directory: Path, force: bool = False) -> tuple[list[str], list[str]]:
+    """profile.json, .csv, .md and the plots, into ``directory`` atomically: (the files written, notes)."""
+    notes, written = [], ["profile.json", "profile.csv", "profile.md"]
     with atomic_directory(directory, force=force) as tmp:
         (tmp / "profile.json").write_text(json.dumps(doc, indent=2) + "\n")
         (tmp / "profile.csv").write_text(to_csv(doc))
         (tmp / "profile.md").write_text(to_markdown(doc))
         try:
-            write_plots(doc, tmp)
+            written += write_plots(doc, tmp)
         except ImportError:
             notes.append("plots skipped: matplotlib is not installed (pip install 'vncompile[plot]')")
-    return notes
+    return written, notes

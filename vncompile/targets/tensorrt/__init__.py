@@ -81,9 +81,6 @@ class TensorRTTarget(Target):
             raise InputError(f"tensorrt builds {', '.join(self.precisions)}, not {request.precision}")
         if request.options.device not in (None, "GPU"):
             raise InputError(f"tensorrt runs on the GPU (--device GPU), not {request.options.device}")
-        workspace = request.options.workspace_mb
-        if workspace is not None and workspace < 1:
-            raise InputError(f"--workspace takes a positive number of MiB, got {workspace}")
         _check_profile_sizes(request)
 
     def compile(self, ctx: CompileContext) -> CompileResult:

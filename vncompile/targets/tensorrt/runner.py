@@ -10,7 +10,7 @@ import numpy as np
 
 from ...api.target import LatencyFigure, MemoryFigure, Session
 from ...core.errors import VncompileError
-from ...core.units import kb
+from ...core.units import BYTES_PER_KB, KB_PER, kb
 from .cuda import CudaRuntime
 from .script import ENGINE
 from .toolchain import Toolchain, forwarding_logger
@@ -240,4 +240,4 @@ def _percentiles(values: list[float]) -> str:
 
 
 def _mb(size: int) -> str:
-    return f"{size / 1e6:.2f} MB"
+    return f"{size / BYTES_PER_KB / KB_PER['mb']:.2f} MB"
