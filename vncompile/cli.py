@@ -379,10 +379,11 @@ def targets(as_json) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False),
               help="write profile.json/.csv/.md and memory.png/latency.png here")
 @click.option("--force", is_flag=True, help="replace an existing output directory")
+@click.option("--no-verify", is_flag=True, help="measure the cells' builds without verifying them (faster)")
 @target_options
 @tolerance_option
 def profile(checkpoints, models, width, act_num, target_list, sizes, features, precision, batch, warmup, runs,
-            memory_limit, timeout, fmt, output, force, tolerance, **kwargs) -> None:
+            memory_limit, timeout, fmt, output, force, no_verify, tolerance, **kwargs) -> None:
     """Max memory and latency per model, target and input size (the paper's Table 1, for your models).
 
     Exits 1 when any cell failed to build or measure (after writing the reports); oom rows are findings.
@@ -419,7 +420,7 @@ def profile(checkpoints, models, width, act_num, target_list, sizes, features, p
     request = ProfileRequest(
         models=tuple(sources), targets=tuple(targets), sizes=tuple(sizes), precision=precision, batch=batch,
         warmup=warmup, runs=runs, timeout_s=timeout, options=options, memory_limit_kb=memory_limit,
-        tolerance=tuple(tolerance) or (config.tolerance if config else ()), device=config,
+        tolerance=tuple(tolerance) or (config.tolerance if config else ()), device=config, verify=not no_verify,
     )
     document = _run_profile(request, fmt, output, force)
     failed = [r for r in document["rows"] if r["status"] == "error"]

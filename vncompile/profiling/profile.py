@@ -45,13 +45,16 @@ class ProfileRequest:
     timeout_s: float = 900.0
     options: TargetOptions = field(default_factory=TargetOptions)
     tolerance: tuple[tuple[str, Tolerance], ...] = ()
+    verify: bool = True  # False: measure unverified builds (random weights at detection sizes: the float64
+    # reference of every cell costs more than its measurement)
     device: DeviceConfig | None = None  # --device CONFIG.yaml: its dynamic, batch and options too
 
     def cells(self) -> list[tuple[ModelSource, str, int]]:
         return [(m, t, s) for m in self.models for t in self.targets for s in self.sizes]
 
     def build_request(self, source: ModelSource, target: str, size: int, precision: str) -> BuildRequest:
-        fields = {"target": target, "precision": precision, "options": self.options, "tolerance": self.tolerance}
+        fields = {"target": target, "precision": precision, "options": self.options, "tolerance": self.tolerance,
+                  "verify": self.verify}
         if self.device is not None:
             return self.device.build_request(source, size, sizes=self.sizes, **fields)
         return BuildRequest(source, shape=InputShape.square(size, self.batch), **fields)
