@@ -12,6 +12,7 @@ from ..core.schema import (
     FloatTriple,
     IntList,
     Kind,
+    MemorySize,
     NonNegativeNumber,
     OneOf,
     PathKind,
@@ -83,6 +84,9 @@ class TargetOptions:
         help="tensorrt --dynamic: min,opt,max square sizes, e.g. 256,384,512")
     timing_cache: Path | None = setting(PathKind("a file path"), None, flag="--timing-cache", compare=False,
                                         help="tensorrt: persistent timing cache file, reused across builds")
+    fit_memory: float | None = setting(
+        MemorySize(), None, flag="--fit-memory",
+        help="tile the stem and first stages into strips so the planned peak memory fits, e.g. 64MB (1 KB = 1024 B)")
     # Not settings: the content hashes of the calibration and evaluation sets, filled in from the paths.
     calibration_sha256: str | None = None
     eval_sha256: str | None = None

@@ -185,7 +185,8 @@ class BuildRequest:
                  "int8": {"calibration": calibration, "size": options.calibration_size, "keep_fp32": options.keep_fp32,
                           "scheme": INT8_SCHEME, "preprocessing": preprocessing} if int8 else None,
                  "eval": {"images": options.eval_sha256, "preprocessing": preprocessing} if options.eval_data else None,
-                 "verify_images": {"images": real, "preprocessing": preprocessing} if real and self.verify else None}
+                 "verify_images": {"images": real, "preprocessing": preprocessing} if real and self.verify else None,
+                 "fit_memory": options.fit_memory}
         return _digest({**self._identity(checkpoint_sha256), "form": form, "options": keyed, "toolchain": toolchain})
 
 

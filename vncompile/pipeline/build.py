@@ -177,6 +177,7 @@ def _run(request: BuildRequest, target: Target, keys: _Keys, cache: BuildCache, 
                                     toolchain=keys.toolchain, cache_key=keys.build, extra_artifacts=extra)
             manifest.update(figures(target.compiler_memory(bundle, manifest) or _estimated_memory(request, bundle),
                                     target.estimated_latency(bundle, manifest)))
+            _check_fit(request, prepared.model.get("fit_memory"), manifest["memory"], target.name)
             if request.verify or evaluates:
                 with timings.stage("verify"):
                     verification, accuracy = _verify(request, target, prepared, bundle, manifest, result, eval_set,
@@ -203,6 +204,18 @@ def _calibration(request: BuildRequest, form: str):
     from ..data.calibration import calibration_set
 
     return calibration_set(request.options, request.shape)
+
+
+def _check_fit(request: BuildRequest, fit: dict[str, Any] | None, memory: dict[str, Any] | None,
+               target: str) -> None:
+    """The target's own figure must honour --fit-memory too (a compiler that fuses the strips back is refused)."""
+    if not fit or not memory or memory["max_kb"] <= fit["budget_kb"]:
+        return
+    tiling = fit["tiling"]
+    how = (f"tiled ({tiling['stages']} stage(s) in {tiling['strips']} strips, analytic peak "
+           f"{fit['planned_peak_kb']:,.0f} KB)" if tiling else "untiled")
+    raise VerificationError(f"--fit-memory {fit['budget_kb']:,.0f} KB: {target}'s {memory['source']} figure is "
+                            f"{memory['max_kb']:,.0f} KB for the network {how}")
 
 
 def _worst_layers(prepared: PreparedOnnx) -> str:

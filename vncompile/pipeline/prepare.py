@@ -23,6 +23,7 @@ from ..core.hashing import sha256_file
 from ..core.io import write_json
 from ..data.evaluation import EvalSet
 from ..onnxtools.layers import LAYERS_CSV, layer_errors, write_layers
+from ..onnxtools.order import depth_first_order
 from ..onnxtools.run import run_onnx, seeded_inputs
 from ..vanillanet.features import features_text
 from .accuracy import accuracy
@@ -159,8 +160,13 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
         loaded = stages.load_model(request.source, checkpoint_sha256)
         check_input_shape(loaded.spec, request.shape, request.dynamic, total_memory_bytes(),
                           feature_strides=tuple(m.stride for m in loaded.features))
+    fitted = None
     with timings.stage("fuse"):
         exported = stages.network_for_export(loaded)
+        if request.options.fit_memory is not None:  # tiled, so that the planned peak fits (exactly the same function)
+            from .fit import fit_memory
+
+            exported, fitted = fit_memory(exported, request)
     exported_onnx, simplified_onnx, model_onnx = (directory / name for name in FILES)
     with timings.stage("export"):
         stages.export_onnx(exported, request.shape, exported_onnx, opset=request.opset, dynamic=request.dynamic,
@@ -171,6 +177,8 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
         else:
             simplify_onnx(exported_onnx, simplified_onnx, request.simplifier)
             _check_simplified(exported_onnx, simplified_onnx, request, form)
+        if fitted and fitted["tiling"]:  # strips one after another, as --fit-memory planned them
+            depth_first_order(simplified_onnx)
     if form == "int8-qdq":
         with timings.stage("quantize"):
             calibration = calibration_set(request.options, request.shape)
@@ -201,6 +209,7 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
             "features": features_text(loaded.features),
             "detector": loaded.checkpoint.detector.as_dict() if loaded.checkpoint and loaded.checkpoint.detector
             else None,
+            "fit_memory": fitted,  # --fit-memory: the tiling chosen, its planned peak and extra MACs
         },
         "classifier": classifier,
         "output_names": names,

@@ -191,26 +191,33 @@ class VanillaNet(nn.Module):
         for stage in self.stages:
             stage.act_learn = float(value)
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if self.deploy:
-            x = self.stem(x)
-        else:
-            x = self.stem2(F.leaky_relu(self.stem1(x), self.act_learn))
-        features = [x]
+    def forward_features(self, x: torch.Tensor, *, start: int = -1) -> list[torch.Tensor | None]:
+        """The stem's and every stage's maps (index 0: the stem, i+1: stage i). ``start``: ``x`` is already
+        feature ``start`` (tiled execution computes the high-resolution ones strip by strip)."""
+        if start < 0:
+            if self.deploy:
+                x = self.stem(x)
+            else:
+                x = self.stem2(F.leaky_relu(self.stem1(x), self.act_learn))
+            start = 0
+        features: list[torch.Tensor | None] = [None] * start + [x]
         # A backbone stops at its deepest output: later stages would be dead weight in the graph.
         last = max(self.out_indices) if self.features_only else len(self.stages)
-        for stage in self.stages[:last]:
+        for stage in self.stages[start:last]:
             x = stage(x)
             features.append(x)
         return features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        features = self.forward_features(x)
+    def head(self, features: list[torch.Tensor | None]) -> torch.Tensor | list[torch.Tensor]:
+        """A backbone's selected maps, or the classifier's logits."""
         if self.features_only:
-            return [features[i] for i in self.out_indices]
+            return [features[i] for i in self.out_indices]  # type: ignore[misc]
         x = features[-1]
         if self.deploy:
             x = self.cls(x)
         else:
             x = self.cls2(F.leaky_relu(self.cls1(x), self.act_learn))
         return torch.flatten(x, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        return self.head(self.forward_features(x))
