@@ -281,7 +281,7 @@ def test_ci_matrix_models_take_features(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (("--features", "11"), "vanillanet_13-w0.0625 has stages 0-10"),
+    (("--features", "11"), "vanillanet_13-w0.0625-a4 has stages 0-10"),
     (("--features", "0,x"), "--features takes 'all', 'stem' and/or 0-based stage indices"),
     (("--input-shape", "1x3x800x1340"), "multiples of 32, got 800x1340"),
 ])
