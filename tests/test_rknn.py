@@ -129,6 +129,42 @@ def test_two_users_build_byte_identical_rknn_files(rknn_toolchain, tmp_path):
     assert first.read_bytes() == second.read_bytes()
 
 
+def test_the_analytic_plan_is_the_compilers_internal_memory(rknn_toolchain, tmp_path):
+    """Fused ops, depth-first order and a best-fit arena: the analytic activation figure is rknn's own
+    "Total Internal Memory Size" to the KB, for VanillaNet-5, ResNet-50 (shortcuts) and plain-CNN-50."""
+    from vncompile.api.request import InputShape, ModelSource
+    from vncompile.onnxtools.memory_plan import plan_memory
+    from vncompile.onnxtools.order import depth_first_order
+    from vncompile.onnxtools.simplify import simplify_onnx
+    from vncompile.pipeline import stages
+
+    with start_worker("rknn", logging.getLogger("test")) as worker:
+        for name, width in (("vanillanet_5", NARROW), ("resnet50", 0.25), ("plain_cnn_50", 0.25)):
+            loaded = stages.network_for_export(stages.fuse(stages.load_model(ModelSource(model_name=name,
+                                                                                        width=width))))
+            exported = stages.export_onnx(loaded, InputShape.square(128), tmp_path / f"{name}.onnx", opset=18,
+                                          dynamic=False)
+            graph = tmp_path / f"{name}.simplified.onnx"
+            simplify_onnx(exported, graph, "onnxslim")
+            depth_first_order(graph)
+            report = compile_onnx(worker, graph, RknnSettings("rk3588", "fp16", None), None, None)
+            assert plan_memory(graph, "fp16").arena_bytes / 1024 == report.memory.internal_kb, name
+
+
+def test_fit_memory_takes_the_first_tiling_the_compiler_fits(rknn_build):
+    """rknn hoists the strips' input slices (channel-padded) to the start, so its figure for a tiled graph
+    exceeds the analytic plan: the compiler judges each candidate, and the first that fits is built and
+    verified on the simulator. Here 2 strips fit the plan but not the compiler; 3 strips fit both."""
+    out, manifest = rknn_build("--width", "0.5", "--size", "256", "--fit-memory", "15850KB")
+    fit = manifest["model"]["fit_memory"]
+    assert fit["judged_by"] == "rknn" and fit["tiling"] == {"stages": 1, "strips": 3}
+    first = fit["tried"][0]
+    assert first["tiling"] == {"stages": 1, "strips": 2}
+    assert first["planned_peak_kb"] <= 15850 < first["target_peak_kb"]
+    assert manifest["memory"]["max_kb"] == fit["target_peak_kb"] <= 15850 < fit["untiled_peak_kb"]
+    assert manifest["verification"]["passed"]
+
+
 def test_int8_with_the_synthetic_set_is_smaller_than_fp16(rknn_build):
     _, fp16 = rknn_build("--precision", "fp16")
     _, int8 = rknn_build("--precision", "int8", "--force")

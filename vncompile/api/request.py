@@ -172,8 +172,10 @@ class BuildRequest:
         return _digest({**self._identity(checkpoint_sha256), "target": self.target, "precision": self.precision,
                         "options": self.options.key_fields(), "toolchain": toolchain})
 
-    def onnx_key(self, form: str, checkpoint_sha256: str | None, toolchain: dict[str, str | None]) -> str:
-        """What the target-independent stages depend on: no target, only the ONNX form it asked for."""
+    def onnx_key(self, form: str, checkpoint_sha256: str | None, toolchain: dict[str, str | None],
+                 fit_judge: str | None = None) -> str:
+        """What the target-independent stages depend on: no target, only the ONNX form it asked for (and,
+        for --fit-memory, the target whose compiler judges the tiling, ``fit_judge``, if any)."""
         int8, options = form == "int8-qdq", self.options
         preprocessing = options.preprocessing()
         calibration = SYNTHETIC if options.calibration == SYNTHETIC else options.calibration_sha256
@@ -186,7 +188,7 @@ class BuildRequest:
                           "scheme": INT8_SCHEME, "preprocessing": preprocessing} if int8 else None,
                  "eval": {"images": options.eval_sha256, "preprocessing": preprocessing} if options.eval_data else None,
                  "verify_images": {"images": real, "preprocessing": preprocessing} if real and self.verify else None,
-                 "fit_memory": options.fit_memory}
+                 "fit_memory": {"budget_kb": options.fit_memory, "judge": fit_judge} if options.fit_memory else None}
         return _digest({**self._identity(checkpoint_sha256), "form": form, "options": keyed, "toolchain": toolchain})
 
 

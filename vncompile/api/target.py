@@ -183,6 +183,14 @@ class Target(abc.ABC):
         """A latency the toolchain estimates without running (e.g. from NPU cycle counts)."""
         return None
 
+    plans_memory: ClassVar[bool] = False  # True: ``planned_memory`` asks the compiler itself
+
+    def planned_memory(self, onnx_path: Path, request: BuildRequest) -> MemoryFigure:
+        """The compiler's memory figure for this graph without keeping an artifact (``plans_memory``
+        targets): ``--fit-memory`` asks it of each candidate tiling, since a compiler may schedule and
+        allocate the strips otherwise than the analytic plan assumes."""
+        raise NotImplementedError(f"{self.name} has no memory plan of its own")
+
 
 def facts(manifest: dict[str, Any]) -> dict[str, Any]:
     """A build's target facts (what its ``compile`` returned)."""

@@ -1,15 +1,19 @@
 """An analytic memory plan from an ONNX graph alone: why shortcuts cost memory.
 
-Tensor sizes come from shape inference; each activation lives from the step of the
-node that produces it (graph inputs: from the start) to the step of its last
-consumer (graph outputs: to the end), nodes running in the graph's topological
-order. While a node runs, its inputs and outputs are all live. Two figures:
+Tensor sizes come from shape inference. The graph is first read as the compilers run it: each
+Conv (or Gemm) absorbs the activation and the residual Add that only it feeds (rknn's ConvRelu /
+ConvAdd, onnxruntime's FusedConv, OpenVINO's fused eltwise), so a fused chain writes one tensor,
+not three. Each activation then lives from the step of the op that produces it (graph inputs: from
+the start) to the step of its last consumer (graph outputs: to the end), ops running in the graph's
+order. While an op runs, its inputs and outputs are all live. Two figures:
 
 - ``peak_live_bytes``: the most bytes live at any one step, a lower bound for any
   allocator that keeps every tensor whole;
-- ``arena_bytes``: what a static planner allocates: tensors placed greedily, largest
-  first, at the lowest offset that no tensor alive at the same time occupies (the
-  scheme of TFLite's and most NPU compilers' arena planners).
+- ``arena_bytes``: what a static planner working in execution order allocates: each output at
+  the best-fitting free hole (the smallest that holds it), else on top of the arena, its bytes
+  freed after its last consumer. This is the strategy rknn's compiler names
+  (``memory_plan_strategy=BestFit``) and it reproduces its "Total Internal Memory Size"; holes
+  that a later, larger tensor cannot use are why an arena exceeds the peak of live bytes.
 
 A residual block keeps its input alive across the whole block for the final add;
 the plan's ``live_at_peak`` shows exactly that tensor beside the block's own maps.
@@ -61,7 +65,8 @@ class MemoryPlan:
         live = ", ".join(f"{name} {kb(size):,.0f} KB" for name, size in self.live_at_peak[:4])
         return MemoryFigure(kb(self.total_bytes), "estimated", weights_kb=kb(self.weight_bytes),
                             activations_kb=kb(self.arena_bytes),
-                            detail=f"analytic plan (greedy arena); peak at {self.peak_node} with {live} live")
+                            detail=f"analytic plan (fused ops, best-fit arena in execution order); peak at "
+                                   f"{self.peak_node} with {live} live")
 
 
 def _element_bytes(elem_type: int, element_bytes: int | None) -> int:
@@ -98,46 +103,128 @@ def _weight_bytes(model: onnx.ModelProto, element_bytes: int | None) -> tuple[in
     return total, names
 
 
-def tensor_lifetimes(model: onnx.ModelProto, element_bytes: int | None = None) -> tuple[list[TensorLife], int]:
-    """Activation lifetimes in topological order, and the weight bytes."""
+# Ops a compiler folds into the Conv that alone feeds them: activations, and one residual Add.
+FUSED_ACTIVATIONS = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "PRelu"}
+FUSED_ADDS = {"Add", "Sum"}
+FUSING_OPS = {"Conv", "Gemm"}
+
+
+@dataclass(frozen=True)
+class PlannedOp:
+    """One op as the compiler runs it: a node, or a Conv with the activation / Add it absorbed."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    fused: tuple[str, ...] = ()  # op types folded in, e.g. ("Add", "Relu")
+
+
+def fused_ops(graph: onnx.GraphProto, weights: set[str]) -> list[PlannedOp]:
+    """The graph's nodes in order, each Conv/Gemm with the activation and residual Add that only it feeds.
+
+    An Add is folded into the Conv that runs last of its inputs' producers (its other input must
+    exist before that Conv runs), so a projection shortcut's Add joins whichever branch ends later.
+    """
+    nodes = [n for n in graph.node if n.op_type != "Constant"]
+    consumers: dict[str, list[int]] = {}
+    for index, node in enumerate(nodes):
+        for name in node.input:
+            consumers.setdefault(name, []).append(index)
+    graph_outputs = {o.name for o in graph.output}
+    produced_at: dict[str, int] = {}
+    absorbed: set[int] = set()
+    ops: list[PlannedOp] = []
+    for index, node in enumerate(nodes):
+        if index in absorbed:
+            continue
+        inputs = [name for name in node.input if name and name not in weights]
+        outputs, fused = list(node.output), []
+        while node.op_type in FUSING_OPS and len(outputs) == 1 and outputs[0] not in graph_outputs:
+            users = consumers.get(outputs[0], [])
+            if len(users) != 1 or users[0] in absorbed:
+                break
+            user = nodes[users[0]]
+            others = [name for name in user.input if name and name != outputs[0] and name not in weights]
+            if user.op_type in FUSED_ACTIVATIONS and not others:
+                pass
+            elif (user.op_type in FUSED_ADDS and "Add" not in fused and "Relu" not in fused and len(others) == 1
+                  and (others[0] in produced_at or others[0] not in {o for n in nodes for o in n.output})):
+                inputs.extend(others)
+            else:
+                break
+            absorbed.add(users[0])
+            fused.append(user.op_type)
+            outputs = list(user.output)
+        for name in outputs:
+            produced_at[name] = len(ops)
+        ops.append(PlannedOp(node.name or node.op_type, tuple(inputs), tuple(o for o in outputs if o), tuple(fused)))
+    return ops
+
+
+def tensor_lifetimes(model: onnx.ModelProto, element_bytes: int | None = None) -> tuple[list[TensorLife], int,
+                                                                                           list[PlannedOp]]:
+    """Activation lifetimes over the fused ops in execution order, the weight bytes and the ops."""
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     sizes = _static_sizes(model, element_bytes)
     weight_bytes, weights = _weight_bytes(model, element_bytes)
     graph = model.graph
-    nodes = [n for n in graph.node if n.op_type != "Constant"]
-    last_step = max(len(nodes) - 1, 0)
+    ops = fused_ops(graph, weights)
+    last_step = max(len(ops) - 1, 0)
     first: dict[str, int] = {i.name: 0 for i in graph.input if i.name not in weights}
     last: dict[str, int] = dict(first)
-    for step, node in enumerate(nodes):
-        for name in node.input:
-            if name and name not in weights:
-                last[name] = step
-        for name in node.output:
-            if name:
-                first[name], last[name] = step, step
+    for step, op in enumerate(ops):
+        for name in op.inputs:
+            last[name] = step
+        for name in op.outputs:
+            first[name], last[name] = step, step
     for output in graph.output:
         last[output.name] = last_step
     missing = [name for name in first if name not in sizes]
     if missing:
         raise InputError(f"the analytic plan needs static shapes; no shape for tensor '{missing[0]}'")
     lives = [TensorLife(name, sizes[name], first[name], last[name]) for name in first]
-    return lives, weight_bytes
+    return lives, weight_bytes, ops
 
 
-def greedy_arena(lives: list[TensorLife]) -> tuple[int, dict[str, int]]:
-    """Place tensors largest first at the lowest offset free for their whole lifetime."""
-    placed: list[tuple[int, int, TensorLife]] = []  # (offset, end, life)
+def best_fit_arena(lives: list[TensorLife]) -> tuple[int, dict[str, int]]:
+    """Place tensors in the order they are produced, each in the smallest free hole that holds it
+    (else on top of the arena, joining a free hole at the top), freeing it after its last step."""
+    holes: list[tuple[int, int]] = []  # free (start, end) below ``top``, sorted, coalesced
+    top = 0
     offsets: dict[str, int] = {}
-    for life in sorted(lives, key=lambda t: (-t.bytes, t.first, t.name)):
-        busy = sorted((o, e) for o, e, other in placed if other.first <= life.last and life.first <= other.last)
-        offset = 0
-        for start, end in busy:
-            if offset + life.bytes <= start:
-                break
-            offset = max(offset, end)
-        placed.append((offset, offset + life.bytes, life))
-        offsets[life.name] = offset
-    return max((end for _, end, _ in placed), default=0), offsets
+    by_step: dict[int, list[TensorLife]] = {}
+    for life in lives:
+        by_step.setdefault(life.first, []).append(life)
+    ending: dict[int, list[TensorLife]] = {}
+    for life in lives:
+        ending.setdefault(life.last, []).append(life)
+    for step in range(max((t.last for t in lives), default=-1) + 1):
+        for life in by_step.get(step, []):
+            fitting = [(end - start, start, end) for start, end in holes if end - start >= life.bytes]
+            if fitting:
+                _, start, end = min(fitting)
+                holes.remove((start, end))
+                if start + life.bytes < end:
+                    holes = _free(holes, start + life.bytes, end)
+            elif holes and holes[-1][1] == top:
+                start = holes.pop()[0]
+                top = start + life.bytes
+            else:
+                start, top = top, top + life.bytes
+            offsets[life.name] = start
+        for life in ending.get(step, []):
+            holes = _free(holes, offsets[life.name], offsets[life.name] + life.bytes)
+    return top, offsets
+
+
+def _free(holes: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted([*holes, (start, end)]):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
 
 
 def plan_memory(model: onnx.ModelProto | str | Path, precision: str | None = None) -> MemoryPlan:
@@ -145,7 +232,7 @@ def plan_memory(model: onnx.ModelProto | str | Path, precision: str | None = Non
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
     element_bytes = ELEMENT_BYTES[precision] if precision else None
-    lives, weight_bytes = tensor_lifetimes(model, element_bytes)
+    lives, weight_bytes, ops = tensor_lifetimes(model, element_bytes)
     steps = max((t.last for t in lives), default=0) + 1
     live_bytes = [0] * steps
     for t in lives:
@@ -153,7 +240,6 @@ def plan_memory(model: onnx.ModelProto | str | Path, precision: str | None = Non
             live_bytes[step] += t.bytes
     peak_step = int(np.argmax(live_bytes)) if lives else 0
     live = sorted(((t.name, t.bytes) for t in lives if t.first <= peak_step <= t.last), key=lambda x: -x[1])
-    nodes = [n for n in model.graph.node if n.op_type != "Constant"]
-    peak_node = (nodes[peak_step].name or nodes[peak_step].op_type) if nodes else ""
-    arena_bytes, _ = greedy_arena(lives)
+    peak_node = ops[peak_step].name if ops else ""
+    arena_bytes, _ = best_fit_arena(lives)
     return MemoryPlan(weight_bytes, max(live_bytes, default=0), arena_bytes, peak_step, peak_node, live, steps)

@@ -74,7 +74,9 @@ def _keys(request: BuildRequest, target: Target) -> _Keys:
     core = toolchain_versions(*SIMPLIFIER_PACKAGES[request.simplifier])
     toolchain = {**core, **toolchain_versions(*target.packages), **target.cache_identity()}
     form = target.onnx_form(request.precision)
-    return _Keys(request.cache_key(checkpoint_sha256, toolchain), request.onnx_key(form, checkpoint_sha256, core),
+    judge = target.name if target.plans_memory else None  # its compiler judges --fit-memory's tiling
+    return _Keys(request.cache_key(checkpoint_sha256, toolchain),
+                 request.onnx_key(form, checkpoint_sha256, core if judge is None else toolchain, judge),
                  toolchain, checkpoint_sha256)
 
 

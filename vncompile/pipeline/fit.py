@@ -1,9 +1,12 @@
-"""``--fit-memory SIZE``: the fused network, tiled (``vanillanet.tiling``) so that its planned peak fits.
+"""``--fit-memory SIZE``: the fused network, tiled (``vanillanet.tiling``) so that its peak memory fits.
 
-The choice is made on the analytic plan of the graph that would be exported (``onnxtools.memory_plan``
-at the build's element size): the untiled network when it fits; otherwise, for the stem plus 0, 1
-or 2 stages, the fewest strips that fit, and of those the tiling that recomputes the fewest MACs
-in its halos. None fits: one line with the smallest peak tiling reaches.
+Candidates come from the analytic plan of the graph that would be exported (``onnxtools.memory_plan``
+at the build's element size, in the depth-first order the build writes): for the stem plus 1 or 2
+stages, the strip counts whose plan fits, cheapest first (fewest MACs recomputed in halos). A target
+whose compiler plans memory itself (rknn: ``Target.plans_memory``) then judges them: its compiler
+hoists the strips' input slices and allocates in its own way, so its figure for a tiled graph can
+exceed the analytic one, and the first candidate its compiler fits is taken. None fits: one line with
+the smallest peak reached.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ..api.request import BuildRequest
+from ..api.target import Target
 from ..core.errors import InputError
 from ..core.units import kb
-from ..onnxtools.memory_plan import MemoryPlan, plan_memory
+from ..onnxtools.memory_plan import plan_memory
 from ..onnxtools.order import depth_first_order
 from ..onnxtools.simplify import simplify_onnx
 from ..vanillanet.model import VanillaNet
@@ -28,20 +32,76 @@ from .stages import LoadedModel, export_onnx
 log = logging.getLogger("vncompile")
 STRIPS = (2, 3, 4, 6, 8, 12, 16, 24, 32)
 MAX_STAGES = 2  # beyond the second stage the maps are small: tiling them costs halos and saves little
+MORE_STRIPS = 2  # strip counts tried past the first that fits the plan (a compiler may need them)
+MAX_JUDGED = 6  # compiler runs at most, cheapest candidates first: each is a full compile
 
 
-def _plan(loaded: LoadedModel, request: BuildRequest, work: Path, name: str) -> MemoryPlan:
-    """The plan of the graph the build will compile: exported, simplified, in depth-first order."""
-    exported = export_onnx(loaded, request.shape, work / f"{name}.onnx", opset=request.opset, dynamic=False)
+@dataclasses.dataclass(frozen=True)
+class _Candidate:
+    tiling: Tiling | None  # None: the network untiled
+    path: Path  # its simplified ONNX, as the build would write it
+    planned_kb: float  # analytic: weights + arena
+    extra_macs: int
+    target_kb: float | None = None  # the judging compiler's figure
+
+    @property
+    def peak_kb(self) -> float:
+        return self.target_kb if self.target_kb is not None else self.planned_kb
+
+    def describe(self) -> str:
+        if self.tiling is None:
+            return "untiled"
+        return f"the stem and {self.tiling.stages} stage(s) in {self.tiling.strips} strips"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tiling": None if self.tiling is None else self.tiling.as_dict(), "planned_peak_kb": self.planned_kb,
+                "target_peak_kb": self.target_kb, "extra_macs": self.extra_macs}
+
+
+def _candidate(loaded: LoadedModel, request: BuildRequest, work: Path, tiling: Tiling | None) -> _Candidate:
+    """The graph the build will compile for ``tiling``: exported, simplified, in depth-first order; planned."""
+    network = loaded.network if tiling is None else TiledVanillaNet(loaded.network, tiling)
+    name = "untiled" if tiling is None else f"s{tiling.stages}x{tiling.strips}"
+    exported = export_onnx(dataclasses.replace(loaded, network=network), request.shape, work / f"{name}.onnx",
+                           opset=request.opset, dynamic=False)
     path = work / f"{name}.simplified.onnx"
     simplify_onnx(exported, path, request.simplifier) if request.simplifier != "none" else shutil.copyfile(
         exported, path)
     depth_first_order(path)
-    return plan_memory(path, request.precision)
+    cost = 0 if tiling is None else extra_macs(loaded.network, tiling, request.shape.height, request.shape.width)
+    candidate = _Candidate(tiling, path, kb(plan_memory(path, request.precision).total_bytes), cost)
+    log.info("fit-memory: %s: planned peak %.0f KB", candidate.describe(), candidate.planned_kb)
+    return candidate
 
 
-def fit_memory(loaded: LoadedModel, request: BuildRequest) -> tuple[LoadedModel, dict[str, Any]]:
-    """``loaded`` (the deploy form) as it must run to fit ``request.options.fit_memory`` KB, and the record."""
+def _fitting_tilings(loaded: LoadedModel, request: BuildRequest, work: Path,
+                     tried: list[_Candidate]) -> list[_Candidate]:
+    """Tilings whose analytic plan fits the budget, cheapest first; every one planned goes to ``tried``."""
+    budget, network = request.options.fit_memory, loaded.network
+    fitting = []
+    for stages in range(1, min(MAX_STAGES, len(network.stages) - 1) + 1):  # the stem alone saves nothing:
+        previous, past_fit = None, None  # the first stage's 1x1 conv output is the peak
+        for strips in STRIPS:
+            try:
+                candidate = _candidate(loaded, request, work, Tiling(stages, strips))
+            except InputError:
+                break  # e.g. a backbone output inside the tiled stages: no more stages either
+            tried.append(candidate)
+            if candidate.planned_kb <= budget:
+                fitting.append(candidate)
+                past_fit = 0 if past_fit is None else past_fit + 1
+                if past_fit >= MORE_STRIPS:
+                    break  # more strips of the same stages only add halos
+            elif previous is not None and candidate.planned_kb > 0.99 * previous:
+                break  # the peak is no longer the strips' maps: more strips cannot help
+            previous = candidate.planned_kb
+    return sorted(fitting, key=lambda c: (c.extra_macs, c.tiling.strips if c.tiling else 0))
+
+
+def fit_memory(loaded: LoadedModel, request: BuildRequest, judge: Target | None = None,
+               ) -> tuple[LoadedModel, dict[str, Any]]:
+    """``loaded`` (the deploy form) as it must run to fit ``request.options.fit_memory`` KB, and the record.
+    ``judge``: a target whose compiler's own figure must fit too (``Target.plans_memory``)."""
     budget = request.options.fit_memory
     assert budget is not None
     if request.dynamic:
@@ -51,42 +111,35 @@ def fit_memory(loaded: LoadedModel, request: BuildRequest) -> tuple[LoadedModel,
         raise InputError(f"--fit-memory tiles VanillaNet's high-resolution stages; {loaded.spec.label} is not one")
     with tempfile.TemporaryDirectory(prefix="vncompile-fit-") as tmp:
         work = Path(tmp)
-        untiled = _plan(loaded, request, work, "untiled")
-        record: dict[str, Any] = {"budget_kb": budget, "untiled_peak_kb": kb(untiled.total_bytes)}
-        if kb(untiled.total_bytes) <= budget:
-            return loaded, {**record, "tiling": None, "planned_peak_kb": kb(untiled.total_bytes), "extra_macs": 0}
-        best: tuple[int, Tiling, MemoryPlan] | None = None
-        smallest: tuple[float, Tiling] | None = None
-        for stages in range(1, min(MAX_STAGES, len(network.stages) - 1) + 1):  # the stem alone saves nothing:
-            previous = None  # the first stage's 1x1 conv output is the peak
-            for strips in STRIPS:
-                tiling = Tiling(stages, strips)
-                try:
-                    tiled = dataclasses.replace(loaded, network=TiledVanillaNet(network, tiling))
-                except InputError:
-                    break  # e.g. a backbone output inside the tiled stages: no more stages either
-                plan = _plan(tiled, request, work, f"s{stages}x{strips}")
-                peak = kb(plan.total_bytes)
-                log.info("fit-memory: %d stage(s) in %d strips: planned peak %.0f KB", stages, strips, peak)
-                if smallest is None or peak < smallest[0]:
-                    smallest = (peak, tiling)
-                if peak <= budget:
-                    cost = extra_macs(network, tiling, request.shape.height, request.shape.width)
-                    if best is None or cost < best[0]:
-                        best = (cost, tiling, plan)
-                    break  # more strips of the same stages only add halos
-                if previous is not None and peak > 0.99 * previous:
-                    break  # the peak is no longer the strips' maps: more strips cannot help
-                previous = peak
-    if best is None:
-        assert smallest is not None
+        untiled = _candidate(loaded, request, work, None)
+        tried = [untiled]
+        candidates = [untiled] if untiled.planned_kb <= budget else []
+        candidates += _fitting_tilings(loaded, request, work, tried) if not candidates or judge else []
+        chosen = None
+        for index, candidate in enumerate(candidates):
+            if judge is not None:
+                if index == MAX_JUDGED:
+                    break
+                figure = judge.planned_memory(candidate.path, request)
+                candidate = dataclasses.replace(candidate, target_kb=figure.max_kb)
+                tried[next(i for i, c in enumerate(tried) if c.path == candidate.path)] = candidate
+                log.info("fit-memory: %s: %s's %s figure %.0f KB", candidate.describe(), judge.name, figure.source,
+                         figure.max_kb)
+            if candidate.peak_kb <= budget:
+                chosen = candidate
+                break
+    record: dict[str, Any] = {"budget_kb": budget, "untiled_peak_kb": tried[0].peak_kb,
+                              "judged_by": None if judge is None else judge.name,
+                              "tried": [c.as_dict() for c in tried if c.target_kb is not None]}
+    if chosen is None:
+        judged = [c for c in tried if c.target_kb is not None]
+        smallest = min(judged or tried, key=lambda c: c.peak_kb)
+        whose = f"figure {judge.name}'s compiler gave" if judged and judge else "planned peak"
         raise InputError(f"--fit-memory {budget:,.0f} KB: no tiling fits {loaded.spec.label} at "
-                         f"{request.shape.label}; the smallest planned peak is {smallest[0]:,.0f} KB (the stem and "
-                         f"{smallest[1].stages} stage(s) in {smallest[1].strips} strips), untiled "
-                         f"{kb(untiled.total_bytes):,.0f} KB")
-    cost, tiling, plan = best
-    log.info("fit-memory: %s, planned peak %.0f KB (untiled %.0f KB), %d extra MACs", tiling, kb(plan.total_bytes),
-             kb(untiled.total_bytes), cost)
-    return dataclasses.replace(loaded, network=TiledVanillaNet(network, tiling)), {
-        **record, "tiling": tiling.as_dict(), "planned_peak_kb": kb(plan.total_bytes), "extra_macs": cost,
-        "peak_at": plan.peak_node}
+                         f"{request.shape.label}{f' on {judge.name}' if judge else ''}; the smallest {whose} is "
+                         f"{smallest.peak_kb:,.0f} KB ({smallest.describe()}), untiled {tried[0].peak_kb:,.0f} KB")
+    log.info("fit-memory: %s, peak %.0f KB (untiled %.0f KB), %d extra MACs", chosen.describe(), chosen.peak_kb,
+             tried[0].peak_kb, chosen.extra_macs)
+    fitted = loaded if chosen.tiling is None else dataclasses.replace(
+        loaded, network=TiledVanillaNet(network, chosen.tiling))
+    return fitted, {**record, **chosen.as_dict()}

@@ -164,9 +164,11 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
     with timings.stage("fuse"):
         exported = stages.network_for_export(loaded)
         if request.options.fit_memory is not None:  # tiled, so that the planned peak fits (exactly the same function)
+            from ..targets import get_target
             from .fit import fit_memory
 
-            exported, fitted = fit_memory(exported, request)
+            target = get_target(request.target)
+            exported, fitted = fit_memory(exported, request, judge=target if target.plans_memory else None)
     exported_onnx, simplified_onnx, model_onnx = (directory / name for name in FILES)
     with timings.stage("export"):
         stages.export_onnx(exported, request.shape, exported_onnx, opset=request.opset, dynamic=request.dynamic,
@@ -177,8 +179,9 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
         else:
             simplify_onnx(exported_onnx, simplified_onnx, request.simplifier)
             _check_simplified(exported_onnx, simplified_onnx, request, form)
-        if fitted and fitted["tiling"]:  # strips one after another, as --fit-memory planned them
-            depth_first_order(simplified_onnx)
+        # Every graph in the order that frees memory soonest (a tiled one: strip after strip), the order
+        # the analytic plan assumes and the one rknn's compiler itself chooses.
+        depth_first_order(simplified_onnx)
     if form == "int8-qdq":
         with timings.stage("quantize"):
             calibration = calibration_set(request.options, request.shape)

@@ -21,7 +21,7 @@ PLAN_FILE = "memory_plan.json"
 
 class AnalyticTarget(Target):
     name = "analytic"
-    description = "estimated memory from the ONNX graph (tensor lifetimes + greedy arena plan)"
+    description = "estimated memory from the ONNX graph (fused ops, lifetimes, best-fit arena in execution order)"
     precisions = ("fp32", "fp16", "bf16", "int8")
     devices = ("graph",)
     executes = False

@@ -15,8 +15,11 @@ NPU clock; with a board (``--rknn-target``), the board's ``eval_memory``/``eval_
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ...api.options import TargetOptions
 from ...api.request import BuildRequest
@@ -131,6 +134,23 @@ class RknnTarget(Target):
         return CompileResult([Artifact(RKNN_MODEL, "rknn", primary=True), Artifact(LAYER_TABLE, "rknn-layers")],
                              facts=info)
 
+    plans_memory = True
+
+    def planned_memory(self, onnx_path: Path, request: BuildRequest) -> MemoryFigure:
+        """The compiler's plan for ``onnx_path``, compiled and not exported. An int8 plan does not depend
+        on the quantization scales, so one seeded noise input serves as its calibration."""
+        settings = RknnSettings.of_request(request)
+        with start_worker("rknn", logging.getLogger("vncompile")) as worker:
+            assert worker.scratch is not None
+            dataset = None
+            if settings.precision == "int8":
+                noise = np.random.default_rng(0).standard_normal(request.shape.as_tuple(), dtype=np.float32)
+                dataset = write_dataset(noise, request.shape.batch, worker.scratch)
+            report = compile_onnx(worker, onnx_path, settings, dataset, None)
+            toolkit = worker.facts.get("version")
+        return _plan_figure(report.memory.as_dict(), f"rknn-toolkit2 {toolkit}", settings.platform,
+                            settings.precision)
+
     def load(self, build_dir: Path, manifest: dict[str, Any]) -> Session:
         return RknnSimulatorSession.open(build_dir, manifest)
 
@@ -138,11 +158,8 @@ class RknnTarget(Target):
         target = facts(manifest)
         if target.get("board"):
             return board_memory(build_dir, manifest)
-        plan = target["memory_plan"]
-        return MemoryFigure(max_kb=plan["total_kb"], source="compiler", weights_kb=plan["weight_kb"],
-                            activations_kb=plan["internal_kb"],
-                            detail=f"{target['toolkit']} memory plan for {target['platform']} "
-                                   f"{manifest['target']['precision']}")
+        return _plan_figure(target["memory_plan"], target["toolkit"], target["platform"],
+                            manifest["target"]["precision"])
 
     def estimated_latency(self, build_dir: Path, manifest: dict[str, Any]) -> LatencyFigure | None:
         target = facts(manifest)
@@ -155,3 +172,7 @@ class RknnTarget(Target):
         return LatencyFigure([clock.milliseconds(sum(cycles))], "estimated", detail)
 
 
+def _plan_figure(plan: dict[str, float], toolkit: str, platform: str, precision: str) -> MemoryFigure:
+    """The compiler's memory plan (``RknnMemoryPlan.as_dict``) as a figure."""
+    return MemoryFigure(max_kb=plan["total_kb"], source="compiler", weights_kb=plan["weight_kb"],
+                        activations_kb=plan["internal_kb"], detail=f"{toolkit} memory plan for {platform} {precision}")
