@@ -40,7 +40,8 @@ def test_every_target_option_has_one_declaration_for_config_cli_and_key():
 
 def test_options_round_trip_through_a_worker_payload():
     options = TargetOptions(device="CPU", calibration=Path("cal"), profile_sizes=(256, 384, 512), workspace_mb=64,
-                            timing_cache=Path("t.cache"))
+                            timing_cache=Path("t.cache"), fit_memory=15850.5, keep_fp32=("a", "b"),
+                            mean=(0.5, 0.5, 0.5))
     request = BuildRequest(ModelSource(model_name="vanillanet_5", width=NARROW), "tensorrt", options=options,
                            tolerance=(parse_tolerance("fp16=rel:3e-2"),))
     assert BuildRequest.from_json(request.to_json()) == request

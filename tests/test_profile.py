@@ -91,6 +91,18 @@ def test_measurement_worker_failures_are_one_line(tmp_path, isolated_cache, inst
         measure("hang", directory, manifest, warmup=0, runs=1, timeout_s=3)
 
 
+def test_an_oom_vanillanet_row_says_whether_fit_memory_fits_it(run_cli):
+    """Over the limit untiled, a VanillaNet cell is built again with --fit-memory LIMIT: the row says what
+    the tiling reaches (a limit no tiling reaches gets --fit-memory's own line, the smallest peak)."""
+    result = run_cli("profile", "--models", "vanillanet_5", "--width", str(NARROW), "--targets", "analytic",
+                     "--sizes", "512", "--memory-limit", "7MB", "--no-verify", "--format", "json")
+    row = result.json()["rows"][0]
+    assert row["status"] == "oom" and result.code == 0
+    fit = row["fits_with_fit_memory"]
+    assert fit["fits"] and fit["tiling"]["strips"] >= 2 and fit["memory"]["max_kb"] <= 7168 < row["memory"]["max_kb"]
+    assert "fits with --fit-memory 7,168KB" in row["reason"]
+
+
 def test_memory_limit_marks_rows_oom(run_cli):
     result = run_cli("profile", "--models", "vanillanet_5", "--targets", "analytic", "--memory-limit", "1MB",
                      "--format", "json", *QUICK)

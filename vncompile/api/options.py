@@ -104,7 +104,14 @@ class TargetOptions:
         return {k: v for k, v in (("mean", self.mean), ("std", self.std), ("crop_pct", self.crop_pct)) if v is not None}
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        declared = settings_of(type(self))
+        document = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and f.name in declared:
+                value = declared[f.name][1].kind.to_value(value)
+            document[f.name] = _jsonable(value)
+        return document
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TargetOptions:

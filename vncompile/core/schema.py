@@ -37,6 +37,10 @@ class Kind:
         """A command-line text -> the field's value; ``ValueError`` if it is not one."""
         return self.from_value(text)
 
+    def to_value(self, value: Any) -> Any:
+        """The field's value -> a value ``from_value`` reads back (requests travel to workers as JSON)."""
+        return value
+
 
 class Text(Kind):
     def __init__(self, expected: str = "a non-empty string") -> None:
@@ -195,6 +199,9 @@ class MemorySize(Kind):
         if not isinstance(value, str):
             raise ValueError
         return parse_memory_size(value)
+
+    def to_value(self, value: float) -> str:
+        return f"{value!r}KB"  # KB as a size the parser reads back exactly
 
 
 class Mapping_(Kind):

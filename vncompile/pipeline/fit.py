@@ -74,9 +74,10 @@ def _candidate(loaded: LoadedModel, request: BuildRequest, work: Path, tiling: T
     return candidate
 
 
-def _fitting_tilings(loaded: LoadedModel, request: BuildRequest, work: Path,
-                     tried: list[_Candidate]) -> list[_Candidate]:
-    """Tilings whose analytic plan fits the budget, cheapest first; every one planned goes to ``tried``."""
+def _fitting_tilings(loaded: LoadedModel, request: BuildRequest, work: Path, tried: list[_Candidate],
+                     more_strips: int) -> list[_Candidate]:
+    """Tilings whose analytic plan fits the budget, cheapest first; every one planned goes to ``tried``.
+    Per number of stages, ``more_strips`` strip counts past the first that fits (for a judging compiler)."""
     budget, network = request.options.fit_memory, loaded.network
     fitting = []
     for stages in range(1, min(MAX_STAGES, len(network.stages) - 1) + 1):  # the stem alone saves nothing:
@@ -90,7 +91,7 @@ def _fitting_tilings(loaded: LoadedModel, request: BuildRequest, work: Path,
             if candidate.planned_kb <= budget:
                 fitting.append(candidate)
                 past_fit = 0 if past_fit is None else past_fit + 1
-                if past_fit >= MORE_STRIPS:
+                if past_fit >= more_strips:
                     break  # more strips of the same stages only add halos
             elif previous is not None and candidate.planned_kb > 0.99 * previous:
                 break  # the peak is no longer the strips' maps: more strips cannot help
@@ -114,7 +115,8 @@ def fit_memory(loaded: LoadedModel, request: BuildRequest, judge: Target | None 
         untiled = _candidate(loaded, request, work, None)
         tried = [untiled]
         candidates = [untiled] if untiled.planned_kb <= budget else []
-        candidates += _fitting_tilings(loaded, request, work, tried) if not candidates or judge else []
+        if not candidates or judge:
+            candidates += _fitting_tilings(loaded, request, work, tried, MORE_STRIPS if judge else 0)
         chosen = None
         for index, candidate in enumerate(candidates):
             if judge is not None:
@@ -135,8 +137,11 @@ def fit_memory(loaded: LoadedModel, request: BuildRequest, judge: Target | None 
         judged = [c for c in tried if c.target_kb is not None]
         smallest = min(judged or tried, key=lambda c: c.peak_kb)
         whose = f"figure {judge.name}'s compiler gave" if judged and judge else "planned peak"
-        raise InputError(f"--fit-memory {budget:,.0f} KB: no tiling fits {loaded.spec.label} at "
-                         f"{request.shape.label}{f' on {judge.name}' if judge else ''}; the smallest {whose} is "
+        where = f"{loaded.spec.label} at {request.shape.label}{f' on {judge.name}' if judge else ''}"
+        if smallest.tiling is None:
+            raise InputError(f"--fit-memory {budget:,.0f} KB: no tiling fits {where}; none lowers the {whose} "
+                             f"below the untiled network's {smallest.peak_kb:,.0f} KB")
+        raise InputError(f"--fit-memory {budget:,.0f} KB: no tiling fits {where}; the smallest {whose} is "
                          f"{smallest.peak_kb:,.0f} KB ({smallest.describe()}), untiled {tried[0].peak_kb:,.0f} KB")
     log.info("fit-memory: %s, peak %.0f KB (untiled %.0f KB), %d extra MACs", chosen.describe(), chosen.peak_kb,
              tried[0].peak_kb, chosen.extra_macs)

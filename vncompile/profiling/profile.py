@@ -8,6 +8,7 @@ its one-line reason, never the end of the profile.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,10 +129,43 @@ def profile_cell(source: ModelSource, target: str, size: int, request: ProfileRe
     row["latency"], row["memory"] = result["latency"], result["memory"]
     memory = result["memory"]
     row["status"] = "ok"
-    if memory is not None and request.memory_limit_kb is not None and memory["max_kb"] > request.memory_limit_kb:
+    limit = request.memory_limit_kb
+    if memory is not None and limit is not None and memory["max_kb"] > limit:
         row["status"] = "oom"
-        row["reason"] = f"needs {memory['max_kb']:,.0f} KB, over the {request.memory_limit_kb:,.0f} KB limit"
+        row["reason"] = f"needs {memory['max_kb']:,.0f} KB, over the {limit:,.0f} KB limit"
+        if source.model_name in VARIANTS and request.options.fit_memory is None:
+            row["fits_with_fit_memory"] = _tiled_to_fit(source, target, size, precision, request, builder)
+            row["reason"] += "; " + _fit_note(row["fits_with_fit_memory"], limit)
     return row
+
+
+def _tiled_to_fit(source: ModelSource, target: str, size: int, precision: str, request: ProfileRequest,
+                  builder: BuildWorker) -> dict[str, Any]:
+    """An OOM VanillaNet cell built again with ``--fit-memory LIMIT`` and measured: what the tiling reaches."""
+    options = dataclasses.replace(request.options, fit_memory=request.memory_limit_kb)
+    fitted = dataclasses.replace(request, options=options)
+    try:
+        manifest, directory = builder.build(fitted.build_request(source, target, size, precision))
+        result = measure(target, directory, manifest, warmup=request.warmup, runs=request.runs,
+                         timeout_s=request.timeout_s)
+    except VncompileError as exc:
+        return {"fits": False, "reason": str(exc)}
+    memory = result["memory"]
+    fits = memory is not None and memory["max_kb"] <= request.memory_limit_kb
+    return {"fits": fits, "memory": memory, "latency": result["latency"],
+            "tiling": manifest["model"]["fit_memory"]["tiling"],
+            "extra_macs": manifest["model"]["fit_memory"]["extra_macs"]}
+
+
+def _fit_note(fit: dict[str, Any], limit: float) -> str:
+    if fit.get("memory") is None:
+        return fit["reason"].removeprefix("build failed: ")  # --fit-memory's own line: the smallest peak
+    peak = f"{fit['memory']['max_kb']:,.0f} KB {fit['memory']['source']}"
+    tiling = fit["tiling"]
+    how = f"{tiling['stages']} stage(s) in {tiling['strips']} strips" if tiling else "untiled"
+    if not fit["fits"]:
+        return f"with --fit-memory still {peak} ({how})"
+    return f"fits with --fit-memory {limit:,.0f}KB: {peak} ({how})"
 
 
 def run_profile(request: ProfileRequest,

@@ -54,7 +54,9 @@ def _cell(row: dict[str, Any] | None) -> str:
         return "-"
     memory = f"{row['memory']['max_kb']:,.0f} KB" if row["memory"] else "-"
     if row["status"] == "oom":
-        return f"OOM ({memory})"
+        fit = row.get("fits_with_fit_memory") or {}
+        tiled = f"; --fit-memory: {fit['memory']['max_kb']:,.0f} KB" if fit.get("fits") else ""
+        return f"OOM ({memory}{tiled})"
     if row["status"] == "error":
         return "error"
     latency = row["latency"]
