@@ -150,7 +150,7 @@ def test_mmdetection_checkpoint_builds_the_configs_backbone(tmp_path, run_cli):
     described = facts.json()
     assert described["checkpoint"]["kind"] == "mmdetection" and described["act_num"] == 4
     assert described["checkpoint"]["detector"]["ignored_tensors"] == 4
-    assert described["checkpoint"]["detector"]["ignored"] == ["neck", "rpn_head", "roi_head"]
+    assert described["checkpoint"]["detector"]["ignored_groups"] == ["neck", "rpn_head", "roi_head"]
     assert described["act_learn"]["source"] == "detection backbone" and described["act_learn"]["fusable"]
 
     out = tmp_path / "bundle"
@@ -176,7 +176,7 @@ def test_ultralytics_prefixed_state_dict_builds_every_map_on_openvino(tmp_path, 
     ckpt = ultralytics_state_dict(tmp_path / "yolo11-vanillanet.pt", net)
     facts = run_cli("inspect", ckpt, "--json").json()
     assert facts["checkpoint"]["detector"]["prefix"] == "model.0."
-    assert facts["checkpoint"]["detector"]["ignored"] == ["model.9", "model.23"]
+    assert facts["checkpoint"]["detector"]["ignored_groups"] == ["model.9", "model.23"]
     out = tmp_path / "bundle"
     result = run_cli("build", ckpt, "--features", "stem,0,1,8,10", "--target", "openvino", "--input-shape", SHAPE,
                      "-o", out)

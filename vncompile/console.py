@@ -71,8 +71,8 @@ def render_description(facts: dict[str, Any], console: Console = stderr) -> None
             table.add_row("", escape(note))
         detector = ckpt.get("detector")
         if detector:
-            shown = detector["ignored"][:6]
-            groups = ", ".join(shown) + (f" and {len(detector['ignored']) - 6} more" if len(detector["ignored"]) > 6
+            ignored = detector["ignored_groups"]
+            groups = ", ".join(ignored[:6]) + (f" and {len(ignored) - 6} more" if len(ignored) > 6
                                          else "") or "nothing"
             table.add_row("kind", f"{detector['kind']}: backbone under '{escape(detector['prefix'])}'; ignored "
                           f"{detector['ignored_tensors']} tensors ({escape(groups)})")

@@ -61,7 +61,7 @@ def load_model(source: ModelSource, checkpoint_sha256: str | None = None) -> Loa
         spec, checkpoint = ckpt.spec, ckpt
         if ckpt.detector is not None:
             log.info("%s checkpoint: backbone under '%s' (%s prefix); ignored %d tensors (%s)", ckpt.detector.kind,
-                     ckpt.detector.prefix, "given" if source.prefix else "detected", ckpt.detector.ignored,
+                     ckpt.detector.prefix, "given" if source.prefix else "detected", ckpt.detector.ignored_tensors,
                      ", ".join(ckpt.detector.ignored_groups))
         features = _features(spec, source.features, ckpt)
         network = instantiate(ckpt, act_learn=source.act_learn, out_indices=_out_indices(features))

@@ -62,12 +62,8 @@ def reset_peak_rss() -> int | None:
 
 
 def peak_rss_kb() -> float | None:
-    peak = proc_kb("/proc/self/status", "VmHWM")
-    if peak is not None:
-        return peak
-    import resource
-
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    """The peak resident set since ``reset_peak_rss`` (Linux only, as is the reset)."""
+    return proc_kb("/proc/self/status", "VmHWM")
 
 
 def _onnx_weight_kb(model: Path) -> float:

@@ -82,7 +82,7 @@ def _row(source: ModelSource, target: str, size: int, request: ProfileRequest) -
     return {
         "model": _label(source), "network": source.model_name, "target": target, "precision": request.precision,
         "size": size, "batch": request.batch_size, "status": "error", "reason": None, "latency": None,
-        "memory": None, "artifact_sha256": None, "top1": None,
+        "memory": None, "artifact_sha256": None, "top1": None, "fit_memory": None,
     }
 
 
@@ -115,6 +115,7 @@ def profile_cell(source: ModelSource, target: str, size: int, request: ProfileRe
         return row
     row["network"] = manifest["model"]["name"]
     row["artifact_sha256"] = primary_artifact(manifest)["sha256"]
+    row["fit_memory"] = manifest["model"].get("fit_memory")  # --fit-memory: the tiling, its peaks and extra MACs
     accuracy = manifest.get("accuracy") or {}
     row["top1"] = accuracy.get("target", {}).get("top1")  # with --eval-data: the artifact's top-1 on the images
     if manifest["status"] != "ok":

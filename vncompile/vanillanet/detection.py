@@ -61,14 +61,14 @@ class DetectorBackbone:
 
     kind: str  # "mmdetection" or "detector state_dict"
     prefix: str
-    ignored: int  # tensors outside the backbone (neck, heads)
+    ignored_tensors: int  # tensors outside the backbone (neck, heads)
     ignored_groups: tuple[str, ...]  # their top-level names, e.g. ("neck", "rpn_head")
     features: str | None  # the config's out_indices, when the checkpoint carries its config
     exact_fusion: str | None  # why fusion is exact regardless of act_learn (the mmdetection backbone)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "prefix": self.prefix, "ignored_tensors": self.ignored,
-                "ignored": list(self.ignored_groups), "config_out_indices": self.features}
+        return {"kind": self.kind, "prefix": self.prefix, "ignored_tensors": self.ignored_tensors,
+                "ignored_groups": list(self.ignored_groups), "config_out_indices": self.features}
 
 
 def _has_stem(sd: Mapping[str, torch.Tensor], prefix: str) -> bool:
@@ -110,7 +110,7 @@ def find_backbone(obj: Any, sd: dict[str, torch.Tensor],
     mmdet = is_mmdetection(obj)
     vanillanet = "stem1.0.weight" in backbone
     info = DetectorBackbone(
-        kind="mmdetection" if mmdet else "detector state_dict", prefix=prefix, ignored=len(rest),
+        kind="mmdetection" if mmdet else "detector state_dict", prefix=prefix, ignored_tensors=len(rest),
         ignored_groups=groups, features=out_indices_from_config(_config_text(obj)) if mmdet else None,
         exact_fusion=_VANILLANET_FUSION_NOTE if mmdet and vanillanet else None,
     )
