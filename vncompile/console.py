@@ -72,8 +72,8 @@ def render_description(facts: dict[str, Any], console: Console = stderr) -> None
         detector = ckpt.get("detector")
         if detector:
             ignored = detector["ignored_groups"]
-            groups = ", ".join(ignored[:6]) + (f" and {len(ignored) - 6} more" if len(ignored) > 6
-                                         else "") or "nothing"
+            more = f" and {len(ignored) - 6} more" if len(ignored) > 6 else ""
+            groups = (", ".join(ignored[:6]) + more) or "nothing"
             table.add_row("kind", f"{detector['kind']}: backbone under '{escape(detector['prefix'])}'; ignored "
                           f"{detector['ignored_tensors']} tensors ({escape(groups)})")
         else:
