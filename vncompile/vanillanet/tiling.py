@@ -9,10 +9,13 @@ strips' outputs (pooled, 4x smaller) are concatenated and the rest of the networ
 Exactness comes from receptive-field arithmetic over the deploy form's ops, walked backwards from
 each strip's output rows: a depthwise (2n+1)^2 conv needs n more rows on each side (its halo), a
 s x s max pool the s rows under each output row (stride-aligned, so no window straddles a strip
-edge), the stem's 4x4/s4 conv the 4 rows under each. Forwards, each op runs on its strip with its
-own zero padding and the rows it got wrong at interior strip edges (within the halo) are cropped
-away; at the image's own border the zero padding is the network's. Strips may be uneven (odd sizes).
-Rows only: a strip spans the full width (the arithmetic is the same per axis, and rows suffice).
+edge), the stem's 4x4/s4 conv the 4 rows under each. Forwards, each op gets exactly the rows it
+needs and produces exactly the rows wanted: a depthwise conv is zero-padded only where its strip
+meets the image's own border (the network's padding there) and not at all at interior strip
+edges, where its halo rows are real. So no op computes a row only to crop it away: a strip's graph
+is its input slice and the network's own ops (each runtime's layout passes then see plain convs,
+not slices between them). Strips may be uneven (odd sizes). Rows only: a strip spans the full
+width (the arithmetic is the same per axis, and rows suffice).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import InputError
@@ -48,8 +52,16 @@ class _RowOp:
             return a * self.stride, (b - 1) * self.stride + self.kernel
         return max(0, a - self.halo), min(rows_in, b + self.halo)
 
-    def run(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
+    def run(self, x: torch.Tensor, pad_top: int = 0, pad_bottom: int = 0) -> torch.Tensor:
+        """The op on a strip; a depthwise conv zero-pads ``pad_top``/``pad_bottom`` rows (the image's
+        border rows its halo reaches past) and the full width, never rows inside the image."""
+        if self.kind != "dw":
+            return self.module(x)
+        act = self.module
+        x = F.relu(x)
+        if pad_top or pad_bottom:  # right before the conv, so that compilers fold it into the conv's pads
+            x = F.pad(x, (0, 0, pad_top, pad_bottom))
+        return F.conv2d(x, act.weight, act.bias, padding=(0, act.act_num), groups=act.dim)
 
 
 @dataclass(frozen=True)
@@ -129,12 +141,11 @@ class TiledVanillaNet(nn.Module):
         wanted = self._wanted(a, b, rows)
         lo, hi = wanted[0]
         y = x[:, :, lo:hi]
-        for op, (out_a, out_b) in zip(self.ops, wanted[1:], strict=True):
-            y = op.run(y)
-            if op.kind in ("conv", "pool"):  # stride-aligned: the output's first row is lo / stride
-                lo = lo // op.stride
-            y = y[:, :, out_a - lo:out_b - lo]  # drop the rows a halo got wrong at interior strip edges
-            lo = out_a
+        for op, (out_a, out_b), rows_in in zip(self.ops, wanted[1:], rows[:-1], strict=True):
+            # Output rows [out_a, out_b) read input rows [out_a - n, out_b + n): those outside the image are
+            # the padding a depthwise conv adds; every other op maps its input rows to exactly these.
+            y = op.run(y, max(0, op.halo - out_a), max(0, out_b + op.halo - rows_in))
+            assert y.shape[2] == out_b - out_a, "receptive-field arithmetic and the ops disagree"
         return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
