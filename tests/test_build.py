@@ -33,8 +33,8 @@ def leftovers(directory: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("target,roles,primary", [
-    ("onnxruntime", {"onnx", "onnxruntime-optimized"}, "onnxruntime-optimized"),
-    ("openvino", {"onnx", "openvino-xml", "openvino-bin"}, "openvino-xml"),
+    ("onnxruntime", {"onnx", "onnxruntime-optimized", "loader"}, "onnxruntime-optimized"),
+    ("openvino", {"onnx", "openvino-xml", "openvino-bin", "loader"}, "openvino-xml"),
 ])
 def test_build_runs_every_stage_and_writes_a_verified_bundle(tmp_path, run_cli, target, roles, primary):
     out = tmp_path / "bundle"

@@ -26,6 +26,10 @@ from ..core.schema import (
 
 SYNTHETIC = "synthetic"  # --calibration synthetic: seeded noise, accepted on purpose
 DEFAULT_CALIBRATION_SIZE = 256
+# The CPU runtimes' session settings, traded between latency and peak memory (each target's table says what
+# a profile means for it); targets whose memory is fixed at compile time accept only the default.
+RUNTIME_PROFILES = ("latency", "balanced", "memory")
+DEFAULT_RUNTIME_PROFILE = "balanced"
 
 
 class CalibrationKind(Kind):
@@ -87,6 +91,11 @@ class TargetOptions:
     fit_memory: float | None = setting(
         MemorySize(), None, flag="--fit-memory",
         help="tile the stem and first stages into strips so the planned peak memory fits, e.g. 64MB (1 KB = 1024 B)")
+    runtime_profile: str = setting(
+        OneOf(RUNTIME_PROFILES), DEFAULT_RUNTIME_PROFILE, flag="--runtime-profile",
+        help="onnxruntime/openvino session settings, recorded in the manifest and applied on loading: latency "
+             "(fastest), balanced (the memory savings that cost no latency), memory (lowest peak within ~1.3x the "
+             "latency)  [default: balanced]")
     # Not settings: the content hashes of the calibration and evaluation sets, filled in from the paths.
     calibration_sha256: str | None = None
     eval_sha256: str | None = None

@@ -143,6 +143,10 @@ class Target(abc.ABC):
     devices: ClassVar[tuple[str, ...]] = ("CPU",)
     packages: ClassVar[tuple[str, ...]] = ()  # distributions whose versions key the build cache
     executes: ClassVar[bool] = True  # False: nothing to run (the analytic memory planner)
+    # The --runtime-profile values it has session settings for (``options.RUNTIME_PROFILES``). Without any, the
+    # pipeline refuses all but the default, saying ``why_no_runtime_profiles``.
+    runtime_profiles: ClassVar[tuple[str, ...]] = ()
+    why_no_runtime_profiles: ClassVar[str] = "it has no session settings to choose"
 
     @abc.abstractmethod
     def availability(self) -> Availability:

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from ..api.options import DEFAULT_RUNTIME_PROFILE
 from ..api.request import BuildRequest
 from ..api.target import Artifact, CompileContext, CompileResult, MemoryFigure, Target
-from ..core.errors import OutputExists, VerificationError
+from ..core.errors import InputError, OutputExists, VerificationError
 from ..core.hashing import sha256_file
 from ..core.host import toolchain_versions
 from ..core.io import atomic_directory, write_json
@@ -112,6 +113,7 @@ def cached_build(request: BuildRequest, cache: BuildCache | None = None,
 def _ensure_built(request: BuildRequest, keys: _Keys, cache: BuildCache,
                   reporter: StageReporter | None) -> tuple[dict[str, Any], bool]:
     """Under the key's lock: the cached manifest, or a fresh build stored in the cache."""
+    _check_runtime_profile(request, get_target(request.target))  # an input error, before the toolchain is looked for
     manifest = cache.lookup(keys.build)
     if manifest is not None:
         return manifest, True
@@ -197,6 +199,14 @@ def _run(request: BuildRequest, target: Target, keys: _Keys, cache: BuildCache, 
         reporter.finish()
     write_json(bundle / "manifest.json", manifest)
     return manifest
+
+
+def _check_runtime_profile(request: BuildRequest, target: Target) -> None:
+    """Every target takes the default; another only where the target has session settings for it."""
+    profile = request.options.runtime_profile
+    if profile != DEFAULT_RUNTIME_PROFILE and profile not in target.runtime_profiles:
+        raise InputError(f"{target.name} has no runtime profiles: {target.why_no_runtime_profiles}; "
+                         f"drop --runtime-profile {profile}")
 
 
 def _calibration(request: BuildRequest, form: str):

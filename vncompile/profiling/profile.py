@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..api.options import TargetOptions
+from ..api.options import DEFAULT_RUNTIME_PROFILE, TargetOptions
 from ..api.request import BuildRequest, InputShape, ModelSource
 from ..api.tolerance import Tolerance
 from ..core.errors import VncompileError
@@ -54,7 +54,13 @@ class ProfileRequest:
         return [(m, t, s) for m in self.models for t in self.targets for s in self.sizes]
 
     def build_request(self, source: ModelSource, target: str, size: int, precision: str) -> BuildRequest:
-        fields = {"target": target, "precision": precision, "options": self.options, "tolerance": self.tolerance,
+        from ..targets import get_target
+
+        options = self.options
+        if not get_target(target).runtime_profiles:  # --runtime-profile is for the targets that have them; the
+            # others' memory is no session setting, so their rows are built as always rather than refused
+            options = dataclasses.replace(options, runtime_profile=DEFAULT_RUNTIME_PROFILE)
+        fields = {"target": target, "precision": precision, "options": options, "tolerance": self.tolerance,
                   "verify": self.verify}
         if self.device is not None:
             return self.device.build_request(source, size, sizes=self.sizes, **fields)
@@ -191,6 +197,7 @@ def run_profile(request: ProfileRequest,
                      "features": sorted({m.features for m in request.models if m.features}),
                      "precision": request.precision or "each target's default",
                      "batch": request.batch_size, "device": request.device.name if request.device else None,
+                     "runtime_profile": request.options.runtime_profile,
                      "warmup": request.warmup, "runs": request.runs, "memory_limit_kb": request.memory_limit_kb},
         "rows": rows,
         "paper_table1": paper_table1(),

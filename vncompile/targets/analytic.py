@@ -22,6 +22,7 @@ PLAN_FILE = "memory_plan.json"
 class AnalyticTarget(Target):
     name = "analytic"
     description = "estimated memory from the ONNX graph (fused ops, lifetimes, best-fit arena in execution order)"
+    why_no_runtime_profiles = "it plans the graph and runs nothing"
     precisions = ("fp32", "fp16", "bf16", "int8")
     devices = ("graph",)
     executes = False

@@ -2,27 +2,60 @@
 
 The artifact is the graph-optimized model ONNX Runtime writes for the chosen
 provider at the extended level (constant folding, Conv+activation fusions). The
-layout level (NCHWc blocking) is applied when the artifact is loaded, not saved:
+layout level (NCHWc blocking) is applied when the artifact is loaded (except by the
+memory runtime profile), not saved:
 ONNX Runtime itself warns that a saved layout-optimized model is tied to the
 machine that wrote it, and its node names differ from run to run, which would
 break byte-identical builds.
+
+How the session is loaded is the runtime profile's (``SESSION_SETTINGS``), recorded in the
+manifest and applied by the bundle's ``load_model.py``, which ``load`` goes through too.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..api.options import RUNTIME_PROFILES
 from ..api.request import BuildRequest
 from ..api.target import Artifact, Availability, CompileContext, CompileResult, Session, Target
 from ..core.errors import InputError
 from ..core.host import package_version
 from ..onnxtools.run import onnx_feed
+from .bundle_loader import loader_artifact
 
 PROVIDERS = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider"}
 OPTIMIZED_MODEL = "model.optimized.onnx"
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """What one runtime profile sets on ``onnxruntime.SessionOptions`` (``load_model.onnxruntime_session``)."""
+
+    graph_optimization_level: str  # a GraphOptimizationLevel name; ALL adds the machine's NCHWc layout on loading
+    enable_cpu_mem_arena: bool
+    enable_mem_pattern: bool  # True: one block for every activation, planned on the first run
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Measured at 512x512 fp32, peak RSS above the post-import baseline, VanillaNet-5 / ResNet-50: 370 / 293 MB with
+# the memory pattern's block, 243 / 270 MB without it at the same latency, so only the latency profile keeps it (no
+# allocation in a run). Loading at EXTENDED skips the NCHWc reordering, whose transient copies of the weights are the
+# peak once the pattern is off: 213 / 188 MB, at 1.39x / 1.26x the latency on two threads (1.32x / 1.17x on one; a
+# shared 2-core x86 machine, and ARM has no NCHWc kernels to lose). No arena cost 15-30% latency and saved less; no
+# prepacking, or the device allocator for initializers, saved nothing.
+SESSION_SETTINGS: dict[str, SessionSettings] = {
+    "latency": SessionSettings("ORT_ENABLE_ALL", enable_cpu_mem_arena=True, enable_mem_pattern=True),
+    "balanced": SessionSettings("ORT_ENABLE_ALL", enable_cpu_mem_arena=True, enable_mem_pattern=False),
+    "memory": SessionSettings("ORT_ENABLE_EXTENDED", enable_cpu_mem_arena=True, enable_mem_pattern=False),
+}
 
 
 class OnnxRuntimeSession(Session):
@@ -40,6 +73,7 @@ class OnnxRuntimeTarget(Target):
     precisions = ("fp32", "fp16", "int8")
     devices = ("CPU", "CUDA")
     packages = ("onnxruntime",)
+    runtime_profiles = RUNTIME_PROFILES
 
     def availability(self) -> Availability:
         version = package_version("onnxruntime") or package_version("onnxruntime-gpu")
@@ -62,26 +96,25 @@ class OnnxRuntimeTarget(Target):
         if device not in available:
             raise InputError(f"onnxruntime has no {device} provider here (available: {', '.join(available)})")
 
-    @staticmethod
-    def _session(model: Path, device: str, optimize_to: Path | None) -> Any:
+    def compile(self, ctx: CompileContext) -> CompileResult:
         import onnxruntime as ort
 
+        device = ctx.request.options.device or self.default_device()
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        if optimize_to is None:  # running: add the machine-specific layout optimizations
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        else:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-            options.optimized_model_filepath = str(optimize_to)
-        return ort.InferenceSession(str(model), options, providers=[PROVIDERS[device]])
-
-    def compile(self, ctx: CompileContext) -> CompileResult:
-        device = ctx.request.options.device or self.default_device()
-        self._session(ctx.onnx_path, device, optimize_to=ctx.build_dir / OPTIMIZED_MODEL)
-        ctx.log.info("onnxruntime: wrote %s for %s", OPTIMIZED_MODEL, PROVIDERS[device])
-        return CompileResult([Artifact(OPTIMIZED_MODEL, "onnxruntime-optimized", primary=True)],
-                             facts={"provider": PROVIDERS[device], "graph_optimization": "ORT_ENABLE_EXTENDED"})
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(ctx.build_dir / OPTIMIZED_MODEL)
+        ort.InferenceSession(str(ctx.onnx_path), options, providers=[PROVIDERS[device]])
+        profile = ctx.request.options.runtime_profile
+        settings = SESSION_SETTINGS[profile]
+        ctx.log.info("onnxruntime: wrote %s for %s; runtime profile %s: %s", OPTIMIZED_MODEL, PROVIDERS[device],
+                     profile, settings)
+        return CompileResult([Artifact(OPTIMIZED_MODEL, "onnxruntime-optimized", primary=True),
+                              loader_artifact(ctx.build_dir)],
+                             facts={"provider": PROVIDERS[device], "graph_optimization": "ORT_ENABLE_EXTENDED",  # saved
+                                    "runtime_profile": profile, "session_settings": settings.as_dict()})
 
     def load(self, build_dir: Path, manifest: dict[str, Any]) -> Session:
-        device = manifest["target"]["device"]
-        return OnnxRuntimeSession(self._session(build_dir / OPTIMIZED_MODEL, device, optimize_to=None))
+        from .load_model import onnxruntime_session
+
+        return OnnxRuntimeSession(onnxruntime_session(build_dir / OPTIMIZED_MODEL, manifest["target"]))

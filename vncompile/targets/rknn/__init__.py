@@ -49,6 +49,7 @@ __all__ = ["RknnTarget"]
 class RknnTarget(Target):
     name = "rknn"
     description = "Rockchip NPU via rknn-toolkit2 (verified on its x86 simulator)"
+    why_no_runtime_profiles = "its memory is the compiler's static plan"
     precisions = ("fp16", "int8")
     devices = ("simulator",)
 

@@ -52,6 +52,7 @@ ONNX_FORMS: dict[str, OnnxForm] = {"fp32": "fp32", "fp16": "fp16", "int8": "int8
 class TensorRTTarget(Target):
     name = "tensorrt"
     description = "NVIDIA TensorRT engine (10.x, 11.x) for the GPU that builds it; a trtexec bundle elsewhere"
+    why_no_runtime_profiles = "its memory is the engine's, planned when it is built"
     precisions = ("fp32", "fp16", "int8")
     devices = ("GPU",)
     packages = ("tensorrt",)
