@@ -96,6 +96,10 @@ class TargetOptions:
         help="onnxruntime/openvino session settings, recorded in the manifest and applied on loading: latency "
              "(fastest), balanced (the memory savings that cost no latency), memory (lowest peak within ~1.3x the "
              "latency)  [default: balanced]")
+    graph_passes: tuple[str, ...] | None = setting(
+        TextList("a list of graph pass names, or 'none'"), None, flag="--graph-passes",
+        help="exact ONNX rewrites for int8 NPUs: relu-before-maxpool, stem-space-to-depth (comma-separated), or "
+             "none  [default: the target's own choice]")
     # Not settings: the content hashes of the calibration and evaluation sets, filled in from the paths.
     calibration_sha256: str | None = None
     eval_sha256: str | None = None

@@ -173,7 +173,7 @@ class BuildRequest:
                         "options": self.options.key_fields(), "toolchain": toolchain})
 
     def onnx_key(self, form: str, checkpoint_sha256: str | None, toolchain: dict[str, str | None],
-                 fit_judge: str | None = None) -> str:
+                 fit_judge: str | None = None, graph_passes: tuple[str, ...] = ()) -> str:
         """What the target-independent stages depend on: no target, only the ONNX form it asked for (and,
         for --fit-memory, the target whose compiler judges the tiling, ``fit_judge``, if any)."""
         int8, options = form == "int8-qdq", self.options
@@ -188,7 +188,8 @@ class BuildRequest:
                           "scheme": INT8_SCHEME, "preprocessing": preprocessing} if int8 else None,
                  "eval": {"images": options.eval_sha256, "preprocessing": preprocessing} if options.eval_data else None,
                  "verify_images": {"images": real, "preprocessing": preprocessing} if real and self.verify else None,
-                 "fit_memory": {"budget_kb": options.fit_memory, "judge": fit_judge} if options.fit_memory else None}
+                 "fit_memory": {"budget_kb": options.fit_memory, "judge": fit_judge} if options.fit_memory else None,
+                 "graph_passes": list(graph_passes)}
         return _digest({**self._identity(checkpoint_sha256), "form": form, "options": keyed, "toolchain": toolchain})
 
 

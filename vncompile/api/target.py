@@ -146,6 +146,9 @@ class Target(abc.ABC):
     # The --runtime-profile values it has session settings for (``options.RUNTIME_PROFILES``). Without any, the
     # pipeline refuses all but the default, saying ``why_no_runtime_profiles``.
     runtime_profiles: ClassVar[tuple[str, ...]] = ()
+    # The exact graph passes (``onnxtools.passes``) its ONNX gets unless --graph-passes says otherwise: those
+    # measured to help its compiler.
+    graph_passes: ClassVar[tuple[str, ...]] = ()
     why_no_runtime_profiles: ClassVar[str] = "it has no session settings to choose"
 
     @abc.abstractmethod

@@ -33,7 +33,7 @@ from .accuracy import accuracy as accuracy_of
 from .accuracy import top1_drop
 from .cache import BuildCache, copy_tree
 from .manifest import default_output_dir, figures, intact, new_manifest, read_manifest
-from .prepare import PREPARE_STAGES, PreparedOnnx, prepare, real_images, verify_inputs
+from .prepare import PREPARE_STAGES, PreparedOnnx, graph_passes_for, prepare, real_images, verify_inputs
 from .timing import SilentReporter, StageReporter, StageTimings
 from .verify import Verification, compare, summarize
 
@@ -77,7 +77,8 @@ def _keys(request: BuildRequest, target: Target) -> _Keys:
     form = target.onnx_form(request.precision)
     judge = target.name if target.plans_memory else None  # its compiler judges --fit-memory's tiling
     return _Keys(request.cache_key(checkpoint_sha256, toolchain),
-                 request.onnx_key(form, checkpoint_sha256, core if judge is None else toolchain, judge),
+                 request.onnx_key(form, checkpoint_sha256, core if judge is None else toolchain, judge,
+                                  graph_passes_for(request, target)),
                  toolchain, checkpoint_sha256)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..api.request import BuildRequest, InputShape
+from ..api.target import Target
 from ..api.tolerance import Tolerance
 from ..core.errors import VerificationError
 from ..core.hashing import sha256_file
@@ -25,6 +26,7 @@ from ..data.evaluation import EvalSet
 from ..onnxtools.layers import LAYERS_CSV, layer_errors, write_layers
 from ..onnxtools.order import depth_first_order
 from ..onnxtools.run import run_onnx, seeded_inputs
+from ..targets import get_target
 from ..vanillanet.features import features_text
 from .accuracy import accuracy
 from .cache import BuildCache
@@ -160,11 +162,10 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
         loaded = stages.load_model(request.source, checkpoint_sha256)
         check_input_shape(loaded.spec, request.shape, request.dynamic, total_memory_bytes(),
                           feature_strides=tuple(m.stride for m in loaded.features))
-    fitted = None
+    fitted, rewritten = None, {}
     with timings.stage("fuse"):
         exported = stages.network_for_export(loaded)
         if request.options.fit_memory is not None:  # tiled, so that the planned peak fits (exactly the same function)
-            from ..targets import get_target
             from .fit import fit_memory
 
             target = get_target(request.target)
@@ -179,6 +180,9 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
         else:
             simplify_onnx(exported_onnx, simplified_onnx, request.simplifier)
             _check_simplified(exported_onnx, simplified_onnx, request, form)
+        passes = graph_passes_for(request, get_target(request.target))
+        if passes:
+            rewritten = _apply_graph_passes(exported_onnx, simplified_onnx, request, form, passes)
         # Every graph in the order that frees memory soonest (a tiled one: strip after strip), the order
         # the analytic plan assumes and the one rknn's compiler itself chooses.
         depth_first_order(simplified_onnx)
@@ -213,6 +217,7 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
             "detector": loaded.checkpoint.detector.as_dict() if loaded.checkpoint and loaded.checkpoint.detector
             else None,
             "fit_memory": fitted,  # --fit-memory: the tiling chosen, its planned peak and extra MACs
+            "graph_passes": rewritten,  # each exact rewrite applied, and how many places it changed
         },
         "classifier": classifier,
         "output_names": names,
@@ -314,15 +319,53 @@ def _reference_and_onnx_errors(request, form, loaded, exported, directory: Path,
     return errors
 
 
-def _check_simplified(exported: Path, simplified: Path, request: BuildRequest, form: str) -> None:
-    """The simplified graph must compute what the exported one does (one seeded input), output by output."""
+def _rel_error(exported: Path, rewritten: Path, request: BuildRequest, form: str, what: str) -> float | None:
+    """The relative error of ``rewritten`` against the exported graph (one seeded input, output by output),
+    or None where it is within the form's tolerance."""
     inputs = seeded_inputs(request.shape, 1, seed=99)
     tolerance = Tolerance(rel=1e-3 if form == "fp16" else 1e-5)
     reference = run_onnx(exported, inputs)
     names = [f"output {i}" for i in range(len(reference[0]))]
-    error = compare("simplified vs exported", "fp32", reference, run_onnx(simplified, inputs), names, tolerance,
+    error = compare(f"{what} vs exported", "fp32", reference, run_onnx(rewritten, inputs), names, tolerance,
                     classifier=False)
-    log.info("simplified vs exported: max abs %.3g, rel %.3g", error.worst.max_abs, error.worst.rel)
-    if not error.passed:
-        raise VerificationError(f"{request.simplifier} changed the graph's outputs (rel error "
-                                f"{error.worst.rel:.3g}); try --simplifier none")
+    log.info("%s vs exported: max abs %.3g, rel %.3g", what, error.worst.max_abs, error.worst.rel)
+    return None if error.passed else error.worst.rel
+
+
+def _check_simplified(exported: Path, simplified: Path, request: BuildRequest, form: str) -> None:
+    """The simplified graph must compute what the exported one does."""
+    rel = _rel_error(exported, simplified, request, form, "simplified")
+    if rel is not None:
+        raise VerificationError(f"{request.simplifier} changed the graph's outputs (rel error {rel:.3g}); "
+                                f"try --simplifier none")
+
+
+def graph_passes_for(request: BuildRequest, target: Target) -> tuple[str, ...]:
+    """The graph passes a build applies: --graph-passes (``none``: none), else the target's own."""
+    from ..onnxtools.passes import check_pass_names
+
+    chosen = request.options.graph_passes
+    if chosen is None:
+        return target.graph_passes
+    if chosen == ("none",):
+        return ()
+    check_pass_names(chosen)
+    return chosen
+
+
+def _apply_graph_passes(exported: Path, simplified: Path, request: BuildRequest, form: str,
+                        passes: tuple[str, ...]) -> dict[str, int]:
+    """Rewrite the simplified graph with ``passes``; each must leave its outputs as they were."""
+    import onnx
+
+    from ..onnxtools.passes import apply_passes
+
+    model = onnx.load(str(simplified))
+    counts = apply_passes(model, passes)
+    onnx.save_model(model, str(simplified))
+    rel = _rel_error(exported, simplified, request, form, "graph passes")
+    if rel is not None:
+        raise VerificationError(f"graph passes {', '.join(passes)} changed the graph's outputs (rel error {rel:.3g}); "
+                                f"try --graph-passes none")
+    log.info("graph passes: %s", ", ".join(f"{name} x{n}" for name, n in counts.items()))
+    return counts
