@@ -76,3 +76,16 @@ def test_a_build_records_its_passes_and_refuses_unknown_ones(tmp_path, run_cli):
                   "64", "--graph-passes", "fold-everything", "-o", tmp_path / "c")
     assert bad.code == 2 and "unknown graph pass 'fold-everything'" in one_line_error(bad)
     assert not (tmp_path / "c").exists()
+
+
+def test_the_stem_pass_looks_through_an_fp16_graphs_input_cast(tmp_path):
+    loaded = stages.network_for_export(stages.fuse(stages.load_model(ModelSource(model_name="vanillanet_5",
+                                                                                width=NARROW))))
+    path = stages.export_onnx(loaded, InputShape.square(96), tmp_path / "fp16.onnx", opset=18, dynamic=False,
+                              compute="fp16", io_dtype="fp32")
+    model = onnx.load(str(path))
+    assert [n.op_type for n in model.graph.node][0] == "Cast"
+    before = onnx.load(str(path))
+    assert apply_passes(model, ("stem-space-to-depth",)) == {"stem-space-to-depth": 1}
+    assert [n.op_type for n in model.graph.node][:2] == ["Cast", "SpaceToDepth"]
+    assert rel_error(before, model) <= 1e-3

@@ -188,7 +188,10 @@ class BuildRequest:
                           "scheme": INT8_SCHEME, "preprocessing": preprocessing} if int8 else None,
                  "eval": {"images": options.eval_sha256, "preprocessing": preprocessing} if options.eval_data else None,
                  "verify_images": {"images": real, "preprocessing": preprocessing} if real and self.verify else None,
-                 "fit_memory": {"budget_kb": options.fit_memory, "judge": fit_judge} if options.fit_memory else None,
+                 # The tiling is chosen at the build's element size and, with a judge, by its compiler's settings.
+                 "fit_memory": {"budget_kb": options.fit_memory, "precision": self.precision, "judge": fit_judge,
+                                "judge_options": options.key_fields() if fit_judge else None}
+                 if options.fit_memory else None,
                  "graph_passes": list(graph_passes)}
         return _digest({**self._identity(checkpoint_sha256), "form": form, "options": keyed, "toolchain": toolchain})
 

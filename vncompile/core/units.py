@@ -12,7 +12,7 @@ import re
 BYTES_PER_KB = 1024
 KB_PER: dict[str, float] = {"b": 1 / BYTES_PER_KB, "kb": 1, "mb": 1024, "gb": 1024**2}
 _ALIASES = {"": "b", "k": "kb", "kib": "kb", "m": "mb", "mib": "mb", "g": "gb", "gib": "gb"}
-_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*")
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*")
 
 
 def kb(nbytes: float) -> float:

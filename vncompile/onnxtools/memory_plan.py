@@ -131,6 +131,7 @@ def fused_ops(graph: onnx.GraphProto, weights: set[str]) -> list[PlannedOp]:
         for name in node.input:
             consumers.setdefault(name, []).append(index)
     graph_outputs = {o.name for o in graph.output}
+    node_outputs = {name for node in nodes for name in node.output}
     produced_at: dict[str, int] = {}
     absorbed: set[int] = set()
     ops: list[PlannedOp] = []
@@ -147,8 +148,8 @@ def fused_ops(graph: onnx.GraphProto, weights: set[str]) -> list[PlannedOp]:
             others = [name for name in user.input if name and name != outputs[0] and name not in weights]
             if user.op_type in FUSED_ACTIVATIONS and not others:
                 pass
-            elif (user.op_type in FUSED_ADDS and "Add" not in fused and "Relu" not in fused and len(others) == 1
-                  and (others[0] in produced_at or others[0] not in {o for n in nodes for o in n.output})):
+            elif (user.op_type in FUSED_ADDS and not set(fused) & (FUSED_ACTIVATIONS | FUSED_ADDS)
+                  and len(others) == 1 and (others[0] in produced_at or others[0] not in node_outputs)):
                 inputs.extend(others)
             else:
                 break

@@ -120,9 +120,13 @@ def stem_space_to_depth(model: onnx.ModelProto) -> int:
     rewrites = 0
     for graph_input in graph.input:
         dims = _static_dims(graph_input)
-        for conv in [n for n in users.get(graph_input.name, []) if n.op_type == "Conv"]:
+        # The image, or its cast (an fp16 graph with fp32 inputs casts first).
+        images = [graph_input.name] + [n.output[0] for n in users.get(graph_input.name, []) if n.op_type == "Cast"]
+        for image, conv in [(i, n) for i in images for n in users.get(i, []) if n.op_type == "Conv"]:
             attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
             weight = initializers.get(conv.input[1])
+            if conv.input[0] != image:
+                continue
             if weight is None or dims is None or len(dims) != 4:
                 continue
             w = numpy_helper.to_array(weight)
@@ -136,11 +140,15 @@ def stem_space_to_depth(model: onnx.ModelProto) -> int:
             # SpaceToDepth puts input channel c of block offset (dy, dx) at channel (dy * k + dx) * C + c.
             rearranged = w.transpose(0, 2, 3, 1).reshape(w.shape[0], k * k * w.shape[1], 1, 1)
             name = f"{conv.input[1]}_space_to_depth"
-            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(rearranged), name))
-            blocks = f"{graph_input.name}_space_to_depth_{k}"
+            if name not in initializers:  # two stems sharing one weight share its rearrangement too
+                initializers[name] = numpy_helper.from_array(np.ascontiguousarray(rearranged), name)
+                graph.initializer.append(initializers[name])
+            blocks = f"{image}_space_to_depth_{k}"
             if blocks not in {o for n in graph.node for o in n.output}:
-                graph.node.insert(0, helper.make_node("SpaceToDepth", [graph_input.name], [blocks], blocksize=k,
-                                                      name=f"space_to_depth_{k}"))
+                nodes = list(graph.node)  # right after the image's producer (the graph input: first)
+                at = next((i + 1 for i, n in enumerate(nodes) if image in n.output), 0)
+                graph.node.insert(at, helper.make_node("SpaceToDepth", [image], [blocks], blocksize=k,
+                                                       name=f"{image}_space_to_depth"))
             conv.input[0], conv.input[1] = blocks, name
             for attribute in conv.attribute:
                 if attribute.name in ("kernel_shape", "strides"):

@@ -114,7 +114,7 @@ def cached_build(request: BuildRequest, cache: BuildCache | None = None,
 def _ensure_built(request: BuildRequest, keys: _Keys, cache: BuildCache,
                   reporter: StageReporter | None) -> tuple[dict[str, Any], bool]:
     """Under the key's lock: the cached manifest, or a fresh build stored in the cache."""
-    _check_runtime_profile(request, get_target(request.target))  # an input error, before the toolchain is looked for
+    _check_runtime_profile(request, get_target(request.target))  # an input error, before any build work
     manifest = cache.lookup(keys.build)
     if manifest is not None:
         return manifest, True

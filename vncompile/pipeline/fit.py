@@ -18,12 +18,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from ..api.request import BuildRequest
 from ..api.target import Target
 from ..core.errors import InputError
 from ..core.units import kb
 from ..onnxtools.memory_plan import plan_memory
 from ..onnxtools.order import depth_first_order
+from ..onnxtools.passes import apply_passes
 from ..onnxtools.simplify import simplify_onnx
 from ..vanillanet.model import VanillaNet
 from ..vanillanet.tiling import TiledVanillaNet, Tiling, extra_macs
@@ -58,7 +61,8 @@ class _Candidate:
                 "target_peak_kb": self.target_kb, "extra_macs": self.extra_macs}
 
 
-def _candidate(loaded: LoadedModel, request: BuildRequest, work: Path, tiling: Tiling | None) -> _Candidate:
+def _candidate(loaded: LoadedModel, request: BuildRequest, work: Path, tiling: Tiling | None,
+               passes: tuple[str, ...]) -> _Candidate:
     """The graph the build will compile for ``tiling``: exported, simplified, in depth-first order; planned."""
     network = loaded.network if tiling is None else TiledVanillaNet(loaded.network, tiling)
     name = "untiled" if tiling is None else f"s{tiling.stages}x{tiling.strips}"
@@ -67,6 +71,10 @@ def _candidate(loaded: LoadedModel, request: BuildRequest, work: Path, tiling: T
     path = work / f"{name}.simplified.onnx"
     simplify_onnx(exported, path, request.simplifier) if request.simplifier != "none" else shutil.copyfile(
         exported, path)
+    if passes:  # the graph passes the build applies, so that a judging compiler sees the graph it will build
+        model = onnx.load(str(path))
+        apply_passes(model, passes)
+        onnx.save_model(model, str(path))
     depth_first_order(path)
     cost = 0 if tiling is None else extra_macs(loaded.network, tiling, request.shape.height, request.shape.width)
     candidate = _Candidate(tiling, path, kb(plan_memory(path, request.precision).total_bytes), cost)
@@ -75,18 +83,19 @@ def _candidate(loaded: LoadedModel, request: BuildRequest, work: Path, tiling: T
 
 
 def _fitting_tilings(loaded: LoadedModel, request: BuildRequest, work: Path, tried: list[_Candidate],
-                     more_strips: int) -> list[_Candidate]:
+                     more_strips: int, passes: tuple[str, ...]) -> list[_Candidate]:
     """Tilings whose analytic plan fits the budget, cheapest first; every one planned goes to ``tried``.
     Per number of stages, ``more_strips`` strip counts past the first that fits (for a judging compiler)."""
     budget, network = request.options.fit_memory, loaded.network
     fitting = []
     for stages in range(1, min(MAX_STAGES, len(network.stages) - 1) + 1):  # the stem alone saves nothing:
         previous, past_fit = None, None  # the first stage's 1x1 conv output is the peak
+        try:
+            TiledVanillaNet(network, Tiling(stages, 2))
+        except InputError:
+            break  # e.g. a backbone output inside the tiled stages: no more stages either
         for strips in STRIPS:
-            try:
-                candidate = _candidate(loaded, request, work, Tiling(stages, strips))
-            except InputError:
-                break  # e.g. a backbone output inside the tiled stages: no more stages either
+            candidate = _candidate(loaded, request, work, Tiling(stages, strips), passes)
             tried.append(candidate)
             if candidate.planned_kb <= budget:
                 fitting.append(candidate)
@@ -100,9 +109,10 @@ def _fitting_tilings(loaded: LoadedModel, request: BuildRequest, work: Path, tri
 
 
 def fit_memory(loaded: LoadedModel, request: BuildRequest, judge: Target | None = None,
-               ) -> tuple[LoadedModel, dict[str, Any]]:
+               passes: tuple[str, ...] = ()) -> tuple[LoadedModel, dict[str, Any]]:
     """``loaded`` (the deploy form) as it must run to fit ``request.options.fit_memory`` KB, and the record.
-    ``judge``: a target whose compiler's own figure must fit too (``Target.plans_memory``)."""
+    ``judge``: a target whose compiler's own figure must fit too (``Target.plans_memory``); ``passes``: the
+    graph passes the build applies."""
     budget = request.options.fit_memory
     assert budget is not None
     if request.dynamic:
@@ -112,11 +122,11 @@ def fit_memory(loaded: LoadedModel, request: BuildRequest, judge: Target | None 
         raise InputError(f"--fit-memory tiles VanillaNet's high-resolution stages; {loaded.spec.label} is not one")
     with tempfile.TemporaryDirectory(prefix="vncompile-fit-") as tmp:
         work = Path(tmp)
-        untiled = _candidate(loaded, request, work, None)
+        untiled = _candidate(loaded, request, work, None, passes)
         tried = [untiled]
         candidates = [untiled] if untiled.planned_kb <= budget else []
         if not candidates or judge:
-            candidates += _fitting_tilings(loaded, request, work, tried, MORE_STRIPS if judge else 0)
+            candidates += _fitting_tilings(loaded, request, work, tried, MORE_STRIPS if judge else 0, passes)
         chosen = None
         for index, candidate in enumerate(candidates):
             if judge is not None:
@@ -132,11 +142,13 @@ def fit_memory(loaded: LoadedModel, request: BuildRequest, judge: Target | None 
                 break
     record: dict[str, Any] = {"budget_kb": budget, "untiled_peak_kb": tried[0].peak_kb,
                               "judged_by": None if judge is None else judge.name,
-                              "tried": [c.as_dict() for c in tried if c.target_kb is not None]}
+                              "tried": [c.as_dict() for c in tried]}
     if chosen is None:
         judged = [c for c in tried if c.target_kb is not None]
         smallest = min(judged or tried, key=lambda c: c.peak_kb)
         whose = f"figure {judge.name}'s compiler gave" if judged and judge else "planned peak"
+        if judge and len(judged) == MAX_JUDGED and len(candidates) > MAX_JUDGED:
+            whose += f" to the {MAX_JUDGED} cheapest tilings that fit the plan"
         where = f"{loaded.spec.label} at {request.shape.label}{f' on {judge.name}' if judge else ''}"
         if smallest.tiling is None:
             raise InputError(f"--fit-memory {budget:,.0f} KB: no tiling fits {where}; none lowers the {whose} "

@@ -19,7 +19,7 @@ import numpy as np
 from ..api.request import BuildRequest, InputShape
 from ..api.target import Target
 from ..api.tolerance import Tolerance
-from ..core.errors import VerificationError
+from ..core.errors import InputError, VerificationError
 from ..core.hashing import sha256_file
 from ..core.io import write_json
 from ..data.evaluation import EvalSet
@@ -169,7 +169,8 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
             from .fit import fit_memory
 
             target = get_target(request.target)
-            exported, fitted = fit_memory(exported, request, judge=target if target.plans_memory else None)
+            exported, fitted = fit_memory(exported, request, judge=target if target.plans_memory else None,
+                                          passes=graph_passes_for(request, target))
     exported_onnx, simplified_onnx, model_onnx = (directory / name for name in FILES)
     with timings.stage("export"):
         stages.export_onnx(exported, request.shape, exported_onnx, opset=request.opset, dynamic=request.dynamic,
@@ -349,6 +350,8 @@ def graph_passes_for(request: BuildRequest, target: Target) -> tuple[str, ...]:
         return target.graph_passes
     if chosen == ("none",):
         return ()
+    if "none" in chosen:
+        raise InputError(f"--graph-passes none stands alone, not with {', '.join(n for n in chosen if n != 'none')}")
     check_pass_names(chosen)
     return chosen
 

@@ -140,7 +140,7 @@ def profile_cell(source: ModelSource, target: str, size: int, request: ProfileRe
     if memory is not None and limit is not None and memory["max_kb"] > limit:
         row["status"] = "oom"
         row["reason"] = f"needs {memory['max_kb']:,.0f} KB, over the {limit:,.0f} KB limit"
-        if source.model_name in VARIANTS and request.options.fit_memory is None:
+        if row["network"] in VARIANTS and request.options.fit_memory is None:
             row["fits_with_fit_memory"] = _tiled_to_fit(source, target, size, precision, request, builder)
             row["reason"] += "; " + _fit_note(row["fits_with_fit_memory"], limit)
     return row
@@ -157,15 +157,17 @@ def _tiled_to_fit(source: ModelSource, target: str, size: int, precision: str, r
                          timeout_s=request.timeout_s)
     except VncompileError as exc:
         return {"fits": False, "reason": str(exc)}
+    if manifest["status"] != "ok" or result["memory"] is None:
+        return {"fits": False, "reason": f"--fit-memory: {manifest['status']} build, no memory figure"}
     memory = result["memory"]
-    fits = memory is not None and memory["max_kb"] <= request.memory_limit_kb
+    fits = memory["max_kb"] <= request.memory_limit_kb
     return {"fits": fits, "memory": memory, "latency": result["latency"],
             "tiling": manifest["model"]["fit_memory"]["tiling"],
             "extra_macs": manifest["model"]["fit_memory"]["extra_macs"]}
 
 
 def _fit_note(fit: dict[str, Any], limit: float) -> str:
-    if fit.get("memory") is None:
+    if "reason" in fit:
         return fit["reason"].removeprefix("build failed: ")  # --fit-memory's own line: the smallest peak
     peak = f"{fit['memory']['max_kb']:,.0f} KB {fit['memory']['source']}"
     tiling = fit["tiling"]
