@@ -150,11 +150,14 @@ def fit_memory(loaded: LoadedModel, request: BuildRequest, judge: Target | None 
         if judge and len(judged) == MAX_JUDGED and len(candidates) > MAX_JUDGED:
             whose += f" to the {MAX_JUDGED} cheapest tilings that fit the plan"
         where = f"{loaded.spec.label} at {request.shape.label}{f' on {judge.name}' if judge else ''}"
+        first = tried[0]
+        untiled_figure = (f"{first.planned_kb:,.0f} KB planned" if first.target_kb is None else
+                          f"{first.target_kb:,.0f} KB")
         if smallest.tiling is None:
             raise InputError(f"--fit-memory {budget:,.0f} KB: no tiling fits {where}; none lowers the {whose} "
                              f"below the untiled network's {smallest.peak_kb:,.0f} KB")
         raise InputError(f"--fit-memory {budget:,.0f} KB: no tiling fits {where}; the smallest {whose} is "
-                         f"{smallest.peak_kb:,.0f} KB ({smallest.describe()}), untiled {tried[0].peak_kb:,.0f} KB")
+                         f"{smallest.peak_kb:,.0f} KB ({smallest.describe()}), untiled {untiled_figure}")
     log.info("fit-memory: %s, peak %.0f KB (untiled %.0f KB), %d extra MACs", chosen.describe(), chosen.peak_kb,
              tried[0].peak_kb, chosen.extra_macs)
     fitted = loaded if chosen.tiling is None else dataclasses.replace(
