@@ -77,6 +77,8 @@ class TargetOptions:
     platform: str | None = setting(
         Text("a platform name such as rk3588"), None, flag="--platform",
         help="rknn: Rockchip SoC (rk3588, rk3576, rk3568, rk3566, rk3562, rv1106, ...)")
+    soc: str | None = setting(Text("a Snapdragon SoC name such as SM8650"), None, flag="--soc",
+                              help="qnn: Snapdragon SoC (SM8450, SM8550, SM8650, SM8750)  [default: SM8650]")
     quant_algorithm: str | None = setting(Text("a quantization algorithm name"), None, flag="--quant-algorithm",
                                           help="rknn int8: normal | mmse | kl_divergence")
     board: str | None = setting(Text("a board's device id"), None, flag="--rknn-target",

@@ -143,6 +143,7 @@ class Target(abc.ABC):
     devices: ClassVar[tuple[str, ...]] = ("CPU",)
     packages: ClassVar[tuple[str, ...]] = ()  # distributions whose versions key the build cache
     executes: ClassVar[bool] = True  # False: nothing to run (the analytic memory planner)
+    latency_here: ClassVar[bool] = True  # False: what runs here is a simulator, whose wall clock is no latency
     # The --runtime-profile values it has session settings for (``options.RUNTIME_PROFILES``). Without any, the
     # pipeline refuses all but the default, saying ``why_no_runtime_profiles``.
     runtime_profiles: ClassVar[tuple[str, ...]] = ()

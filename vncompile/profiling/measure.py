@@ -92,11 +92,12 @@ def measure_here(target: Target, directory: Path, manifest: dict[str, Any], warm
                  runs: int) -> dict[str, Any]:
     memory: MemoryFigure | None = target.compiler_memory(directory, manifest)
     latency: LatencyFigure | None = target.estimated_latency(directory, manifest)
-    if target.executes and (memory is None or latency is None) and manifest["status"] == "ok":
+    wants_latency = latency is None and target.latency_here
+    if target.executes and (memory is None or wants_latency) and manifest["status"] == "ok":
         baseline = reset_peak_rss()
         with target.load(directory, manifest) as session:
             x = np.random.default_rng(0).standard_normal(manifest["input_shape"], dtype=np.float32)
-            if latency is None:
+            if wants_latency:
                 latency = session.time_runs(x, warmup, runs) or _wall_clock(session, x, warmup, runs)
             if memory is None:
                 memory = session.device_memory()

@@ -1,0 +1,43 @@
+"""The qnn target with the real onnxruntime-qnn: a narrow VanillaNet-5 quantized for the HTP, compiled into a
+context binary and verified on the x86 HTP simulator, with and without the NPU graph passes; what it refuses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import NARROW, one_line_error
+
+pytest.importorskip("onnxruntime_qnn", reason="onnxruntime-qnn is not installed (pip install 'vncompile[qnn]')")
+
+
+@pytest.mark.parametrize("passes", ["none", "relu-before-maxpool,stem-space-to-depth"])
+def test_int8_context_binary_verifies_on_the_htp_simulator(run_cli, tmp_path, passes):
+    out = tmp_path / "b"
+    result = run_cli("build", "--model", "vanillanet_5", "--width", str(NARROW), "--target", "qnn", "--size", "64",
+                     "--soc", "SM8750", "--graph-passes", passes, "-o", out)
+    assert result.code == 0, result.err
+    manifest = json.loads((out / "manifest.json").read_text())
+    facts = manifest["target"]["facts"]
+    assert facts["soc"] == "SM8750" and facts["htp_arch"] == "79" and manifest["target"]["precision"] == "int8"
+    roles = {a["role"]: a for a in manifest["artifacts"]}
+    assert roles["qnn-context-binary"]["primary"] and {"qnn-epcontext", "onnx-qdq"} <= set(roles)
+    assert (out / "model_ctx_qnn.bin").stat().st_size == facts["context_binary_kb"] * 1024
+    final = manifest["verification"]["stages"][-1]
+    assert final["stage"] == "qnn simulator" and final["passed"] and final["cosine"] >= 0.99
+    assert manifest["memory"]["source"] == "estimated" and "context binary" in manifest["memory"]["detail"]
+    assert manifest["latency"] is None  # the simulator's wall clock is no phone's
+    assert manifest["model"]["graph_passes"] == ({} if passes == "none" else
+                                                 {"relu-before-maxpool": 3, "stem-space-to-depth": 1})
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--precision", "fp16"], "qnn builds int8 (uint8 activations and weights on the HTP), not fp16"),
+    (["--soc", "SM0000"], "unknown --soc 'SM0000'; qnn builds for SM8450, SM8550, SM8650, SM8750"),
+])
+def test_requests_qnn_cannot_honour_are_one_line(run_cli, tmp_path, args, message):
+    result = run_cli("build", "--model", "vanillanet_5", "--width", str(NARROW), "--target", "qnn", "--size", "64",
+                     *args, "-o", tmp_path / "b")
+    assert result.code == 2 and message in one_line_error(result)
+    assert not (tmp_path / "b").exists()

@@ -1,0 +1,153 @@
+"""Qualcomm Hexagon HTP through ONNX Runtime's QNN execution provider (``onnxruntime-qnn``).
+
+The graph is quantized for QNN (uint8 activations and weights, ``get_qnn_qdq_config``, on the shared
+calibration set), then compiled offline into an HTP **context binary**: the artifact a phone loads,
+with the EPContext ONNX that points at it. Every node must run on the HTP (the CPU fallback is off),
+so a graph with anything the HTP cannot take fails to build in QNN's own words.
+
+Verification runs the context model on the x86 HTP simulator the wheel ships (real HTP numerics,
+slow). Memory is the analytic plan of the graph at int8 (``estimated``; QNN reports no memory
+figure); there is no latency: the simulator's wall clock and cycle counts are not a phone's.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..api.request import BuildRequest
+from ..api.target import Artifact, Availability, CompileContext, CompileResult, MemoryFigure, OnnxForm, Session, Target
+from ..core.errors import InputError, VncompileError
+from ..core.host import package_version
+from ..core.units import kb
+from ..onnxtools.memory_plan import plan_memory
+from ..onnxtools.run import onnx_feed
+
+EP = "QNNExecutionProvider"
+# Snapdragon SoCs and their Hexagon architecture (the HTP generation the context binary is compiled for).
+SOCS = {"SM8450": "69", "SM8550": "73", "SM8650": "75", "SM8750": "79"}
+DEFAULT_SOC = "SM8650"  # Snapdragon 8 Gen 3
+QDQ_MODEL, CONTEXT_MODEL, CONTEXT_BINARY = "model.qdq.onnx", "model_ctx.onnx", "model_ctx_qnn.bin"
+
+
+def _devices() -> list[Any]:
+    """The QNN EP's devices, registering its library with ONNX Runtime once per process."""
+    import onnxruntime as ort
+    import onnxruntime_qnn
+
+    found = [d for d in ort.get_ep_devices() if d.ep_name == EP]
+    if not found:
+        ort.register_execution_provider_library(EP, onnxruntime_qnn.get_library_path())
+        found = [d for d in ort.get_ep_devices() if d.ep_name == EP]
+    return found
+
+
+def _session_options(soc: str, context_model: Path | None = None) -> Any:
+    """HTP only (no CPU fallback); with ``context_model``, compile into that EPContext model and its binary."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    if context_model is not None:
+        options.add_session_config_entry("ep.context_enable", "1")
+        options.add_session_config_entry("ep.context_file_path", str(context_model))
+        options.add_session_config_entry("ep.context_embed_mode", "0")  # the binary beside the ONNX
+    options.add_provider_for_devices(_devices()[:1], {"backend_type": "htp", "htp_arch": SOCS[soc], "soc_model": soc})
+    return options
+
+
+class QnnSession(Session):
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._feed = onnx_feed(session)
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(o, dtype=np.float32) for o in self._session.run(None, self._feed(x))]
+
+
+class QnnTarget(Target):
+    name = "qnn"
+    description = "Qualcomm Hexagon HTP context binary (onnxruntime-qnn), verified on the HTP simulator"
+    precisions = ("int8",)
+    devices = ("simulator",)
+    packages = ("onnxruntime-qnn",)
+    latency_here = False
+    why_no_runtime_profiles = "its memory is the HTP's, planned offline"
+
+    def availability(self) -> Availability:
+        version = package_version("onnxruntime-qnn")
+        if version is None:
+            return Availability(False, None, "onnxruntime-qnn is not installed: pip install 'vncompile[qnn]' "
+                                             "(Linux x86-64, Python 3.11+)")
+        try:
+            found = _devices()
+        except Exception as exc:  # a library that does not load here is a reason, not a crash
+            return Availability(False, version, f"onnxruntime-qnn {version} does not load: {exc}".splitlines()[0])
+        return Availability(bool(found), version, "" if found else "the QNN EP reports no device", self.devices)
+
+    def onnx_form(self, precision: str) -> OnnxForm:
+        return "fp32"  # quantized here, with QNN's own QDQ configuration
+
+    def check_request(self, request: BuildRequest) -> None:
+        if request.precision not in self.precisions:
+            raise InputError(f"qnn builds int8 (uint8 activations and weights on the HTP), not {request.precision}; "
+                             f"pass --precision int8")
+        soc = request.options.soc or DEFAULT_SOC
+        if soc not in SOCS:
+            raise InputError(f"unknown --soc '{soc}'; qnn builds for {', '.join(SOCS)}")
+        if request.dynamic:
+            raise InputError("an HTP context binary has static shapes; drop --dynamic")
+
+    def compile(self, ctx: CompileContext) -> CompileResult:
+        import onnxruntime as ort
+        from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize
+        from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+        assert ctx.calibration is not None, "the pipeline passes calibration inputs for int8"
+        soc = ctx.request.options.soc or DEFAULT_SOC
+        samples = iter(ctx.calibration)
+        input_name = ort.InferenceSession(str(ctx.onnx_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+        class Samples(CalibrationDataReader):
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                sample = next(samples, None)
+                return None if sample is None else {input_name: sample[None]}
+
+        config = get_qnn_qdq_config(str(ctx.onnx_path), Samples(), activation_type=QuantType.QUInt8,
+                                    weight_type=QuantType.QUInt8)
+        qdq = ctx.build_dir / QDQ_MODEL
+        quantize(str(ctx.onnx_path), str(qdq), config)
+        work = ctx.build_dir / "qnn-compile"  # QNN names the binary after the context model: compile aside, move
+        work.mkdir()
+        try:
+            ort.InferenceSession(str(qdq), _session_options(soc, work / CONTEXT_MODEL))
+        except Exception as exc:
+            raise VncompileError(f"QNN could not compile the graph for the HTP: {str(exc).splitlines()[0]}") from None
+        for name in (CONTEXT_MODEL, CONTEXT_BINARY):
+            shutil.move(work / name, ctx.build_dir / name)
+        work.rmdir()
+        ctx.log.info("qnn: %s (HTP v%s) context binary %d bytes", soc, SOCS[soc],
+                     (ctx.build_dir / CONTEXT_BINARY).stat().st_size)
+        return CompileResult(
+            [Artifact(CONTEXT_BINARY, "qnn-context-binary", primary=True), Artifact(CONTEXT_MODEL, "qnn-epcontext"),
+             Artifact(QDQ_MODEL, "onnx-qdq")],
+            facts={"soc": soc, "htp_arch": SOCS[soc], "activations": "uint8", "weights": "uint8",
+                   "placement": "every node on the HTP (CPU fallback disabled)",
+                   "context_binary_kb": kb((ctx.build_dir / CONTEXT_BINARY).stat().st_size),
+                   "verified_on": "QNN HTP simulator (x86)", "latency": "none: the simulator's timing is no phone's"})
+
+    def load(self, build_dir: Path, manifest: dict[str, Any]) -> Session:
+        import onnxruntime as ort
+
+        soc = manifest["target"]["facts"]["soc"]
+        return QnnSession(ort.InferenceSession(str(build_dir / CONTEXT_MODEL), _session_options(soc)))
+
+    def compiler_memory(self, build_dir: Path, manifest: dict[str, Any]) -> MemoryFigure:
+        plan = plan_memory(build_dir / "model.onnx", "int8").figure()
+        binary = manifest["target"]["facts"]["context_binary_kb"]
+        return MemoryFigure(plan.max_kb, "estimated", plan.weights_kb, plan.activations_kb,
+                            f"{plan.detail}; QNN reports no memory figure; context binary {binary:,.0f} KB")
