@@ -24,7 +24,7 @@ from ..core.errors import InputError, VncompileError
 from ..core.host import package_version
 from ..core.units import kb
 from ..onnxtools.memory_plan import plan_memory
-from ..onnxtools.run import onnx_feed
+from .onnxruntime import OnnxRuntimeSession
 
 EP = "QNNExecutionProvider"
 # Snapdragon SoCs and their Hexagon architecture (the HTP generation the context binary is compiled for).
@@ -58,15 +58,6 @@ def _session_options(soc: str, context_model: Path | None = None) -> Any:
         options.add_session_config_entry("ep.context_embed_mode", "0")  # the binary beside the ONNX
     options.add_provider_for_devices(_devices()[:1], {"backend_type": "htp", "htp_arch": SOCS[soc], "soc_model": soc})
     return options
-
-
-class QnnSession(Session):
-    def __init__(self, session: Any) -> None:
-        self._session = session
-        self._feed = onnx_feed(session)
-
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
-        return [np.asarray(o, dtype=np.float32) for o in self._session.run(None, self._feed(x))]
 
 
 class QnnTarget(Target):
@@ -144,7 +135,8 @@ class QnnTarget(Target):
         import onnxruntime as ort
 
         soc = manifest["target"]["facts"]["soc"]
-        return QnnSession(ort.InferenceSession(str(build_dir / CONTEXT_MODEL), _session_options(soc)))
+        # An ONNX Runtime session like any other, its one node the EPContext the HTP runs.
+        return OnnxRuntimeSession(ort.InferenceSession(str(build_dir / CONTEXT_MODEL), _session_options(soc)))
 
     def compiler_memory(self, build_dir: Path, manifest: dict[str, Any]) -> MemoryFigure:
         plan = plan_memory(build_dir / "model.onnx", "int8").figure()
