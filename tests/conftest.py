@@ -88,3 +88,11 @@ def official_checkpoint(path: Path, network, *, epoch: int = 299, decay_epochs: 
         payload["model_ema"] = ema.state_dict()
     torch.save(payload, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def ethos_u_toolchain():
+    """The real ethos-u toolchain (litert-torch, vela): CI installs it first, as it does rknn's."""
+    from vncompile.toolchains import install
+
+    return install("ethos-u")

@@ -79,6 +79,20 @@ class TargetOptions:
         help="rknn: Rockchip SoC (rk3588, rk3576, rk3568, rk3566, rk3562, rv1106, ...)")
     soc: str | None = setting(Text("a Snapdragon SoC name such as SM8650"), None, flag="--soc",
                               help="qnn: Snapdragon SoC (SM8450, SM8550, SM8650, SM8750)  [default: SM8650]")
+    accelerator: str | None = setting(
+        Text("an Ethos-U configuration such as ethos-u65-256"), None, flag="--accelerator",
+        help="ethos-u: ethos-u55-32..256, ethos-u65-256|512, ethos-u85-128..2048  [default: ethos-u65-256]")
+    system_config: str | None = setting(
+        Text("a vela system configuration name"), None, flag="--system-config",
+        help="ethos-u: vela system configuration (Arm/vela.ini), e.g. Ethos_U65_High_End  [default: the "
+             "accelerator's own]")
+    memory_mode: str | None = setting(
+        Text("a vela memory mode name"), None, flag="--memory-mode",
+        help="ethos-u: vela memory mode, e.g. Dedicated_Sram_512KB, Shared_Sram  [default: the accelerator's own]")
+    allow_cpu_ops: tuple[str, ...] | None = setting(
+        TextList("a list of TFLite operator names, or 'all'"), None, flag="--allow-cpu-ops",
+        help="ethos-u: operators allowed to fall back to the Cortex-M CPU (e.g. SOFTMAX), or all  [default: "
+             "none: a CPU fallback fails the build]")
     quant_algorithm: str | None = setting(Text("a quantization algorithm name"), None, flag="--quant-algorithm",
                                           help="rknn int8: normal | mmse | kl_divergence")
     board: str | None = setting(Text("a board's device id"), None, flag="--rknn-target",

@@ -20,6 +20,7 @@ BUILTIN_TARGETS: dict[str, str] = {
     "openvino": "vncompile.targets.openvino:OpenVinoTarget",
     "tensorrt": "vncompile.targets.tensorrt:TensorRTTarget",
     "rknn": "vncompile.targets.rknn:RknnTarget",
+    "ethos-u": "vncompile.targets.ethos_u:EthosUTarget",
     "analytic": "vncompile.targets.analytic:AnalyticTarget",
 }
 

@@ -56,7 +56,7 @@ def canonical_command(scratch: Path, python: Path, spec: ToolchainSpec) -> list[
     spec asks for reproducible artifacts)."""
     scripts = scratch / "worker"
     scripts.mkdir()
-    for script in (spec.worker, PROTOCOL_SCRIPT):
+    for script in (spec.worker, *spec.helpers, PROTOCOL_SCRIPT):
         shutil.copyfile(WORKERS_DIR / script, scripts / script)
     command = [str(canonical_interpreter(scratch, python)), "-u", str(scripts / spec.worker)]
     return fixed_address_command(command) if spec.fixed_addresses else command

@@ -40,6 +40,7 @@ class ToolchainSpec:
     import_check: str  # a Python statement that must succeed in the environment
     worker: str  # file name under ``workers/``, run by the environment's python
     fixed_addresses: bool = False  # run the worker without address randomization (reproducible artifacts)
+    helpers: tuple[str, ...] = ()  # modules under ``workers/`` the worker imports, copied beside it
 
     @property
     def worker_path(self) -> Path:
@@ -47,7 +48,8 @@ class ToolchainSpec:
 
     def fingerprint(self) -> str:
         """Hash of what an installation depends on: a changed spec makes old installations stale."""
-        install = {k: v for k, v in asdict(self).items() if k not in ("description", "worker", "fixed_addresses")}
+        ignored = ("description", "worker", "fixed_addresses", "helpers")
+        install = {k: v for k, v in asdict(self).items() if k not in ignored}
         return hashlib.sha256(json.dumps(install, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -95,7 +97,28 @@ RKNN = ToolchainSpec(
     fixed_addresses=True,
 )
 
-TOOLCHAINS: dict[str, ToolchainSpec] = {spec.name: spec for spec in (RKNN,)}
+# litert-torch 0.10 (torch.export -> PT2E int8 -> TFLite, no TensorFlow) and ethos-u-vela 5.2 (TFLite ->
+# Ethos-U command stream, with its SRAM/DRAM plan and cycle estimate). litert-torch takes any torch >= 2.4:
+# the CPU build vncompile uses (pip finds it locally; a bare "torch" would pull the CUDA build). onnx reads
+# the verified graph the worker rebuilds in torch (``workers/onnx_as_torch.py``).
+ETHOS_U = ToolchainSpec(
+    name="ethos-u",
+    description="Arm Ethos-U: litert-torch int8 TFLite, compiled by vela (SRAM/DRAM plan, cycle estimate)",
+    distribution="ethos-u-vela",
+    requirements=(
+        "torch==2.13.0",
+        "litert-torch==0.10.0",
+        "ethos-u-vela==5.2.0",
+        "onnx==1.23.2",
+    ),
+    no_deps=(),
+    python_versions=("3.11", "3.12"),
+    import_check="import litert_torch, ethosu.vela, ai_edge_litert.interpreter",
+    worker="ethos_u_worker.py",
+    helpers=("onnx_as_torch.py",),
+)
+
+TOOLCHAINS: dict[str, ToolchainSpec] = {spec.name: spec for spec in (RKNN, ETHOS_U)}
 
 
 def get_spec(name: str) -> ToolchainSpec:
