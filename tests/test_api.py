@@ -231,6 +231,8 @@ def test_real_verification_images_key_the_onnx_stages_of_self_quantizing_targets
     int8 = BuildRequest(source, "rknn", "int8", options=real).onnx_key("fp32", None, {})  # rknn: the fp32 graph
     fp16 = BuildRequest(source, "rknn", "fp16").onnx_key("fp32", None, {})
     assert int8 != fp16  # the int8 build's reference holds real images too
+    int16 = BuildRequest(source, "qnn", "int16", options=real).onnx_key("fp32", None, {})  # qnn quantizes itself
+    assert int16 != BuildRequest(source, "qnn", "int16").onnx_key("fp32", None, {})  # int16 verifies on them too
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1"])

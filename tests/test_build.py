@@ -174,6 +174,8 @@ def test_unavailable_target_is_a_one_line_error(tmp_path, run_cli, plugins):
     (["--target", "tpu"], "unknown target 'tpu'"),
     (["--precision", "fp8"], "unknown precision 'fp8'"),
     (["--precision", "bf16"], "onnxruntime builds fp32, fp16, int8, not bf16"),
+    (["--precision", "int16"], "onnxruntime builds fp32, fp16, int8, not int16"),
+    (["--target", "openvino", "--precision", "int16"], "openvino builds fp32, fp16, bf16, int8, not int16"),
     (["--size", "0"], "'--size': must be a positive integer, got '0'"),
     (["--size", "-3"], "'--size': must be a positive integer, got '-3'"),
     (["--size", "16"], "needs inputs of at least 32x32"),

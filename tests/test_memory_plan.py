@@ -47,10 +47,12 @@ def test_weights_and_precision_resizing():
     weight = numpy_helper.from_array(np.zeros((4, 4, 3, 3), np.float32), "w")
     conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")
     model = graph([conv], initializers=[weight])
-    fp32, fp16, int8 = (plan_memory(model, p) for p in ("fp32", "fp16", "int8"))
+    fp32, fp16, int8, int16 = (plan_memory(model, p) for p in ("fp32", "fp16", "int8", "int16"))
     assert fp32.weight_bytes == 4 * 4 * 9 * 4 and fp32.arena_bytes == 2 * MAP
     assert fp16.weight_bytes == fp32.weight_bytes // 2 and fp16.arena_bytes == MAP
-    assert int8.arena_bytes == MAP // 2
+    assert int8.arena_bytes == MAP // 2 and int8.weight_bytes == fp32.weight_bytes // 4
+    # int16: 16-bit activations (2 bytes each, as fp16's) with 8-bit weights (1 byte, as int8's)
+    assert int16.arena_bytes == fp16.arena_bytes and int16.weight_bytes == int8.weight_bytes
     assert fp32.total_bytes == fp32.weight_bytes + fp32.arena_bytes
 
 

@@ -234,6 +234,7 @@ def test_build_script_runs_the_devices_trtexec(deferred, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--precision", "bf16"], "tensorrt builds fp32, fp16, int8, not bf16"),
+    (["--precision", "int16"], "tensorrt builds fp32, fp16, int8, not int16"),
     (["--device", "CPU"], "tensorrt runs on the GPU (--device GPU), not CPU"),
     (["--workspace", "0"], "'--workspace': must be a positive integer (MiB), got '0'"),
     (["--profile-sizes", "160,224,320"], "--profile-sizes shapes a --dynamic build's optimization profile"),

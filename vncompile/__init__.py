@@ -5,4 +5,4 @@ The pipeline reads top to bottom in the package layout:
 artifacts, profiling, reports) -> ``targets`` (one plugin per backend) -> ``cli``.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

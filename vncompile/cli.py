@@ -242,7 +242,8 @@ def _device_config(kwargs: dict[str, Any]):
 @cli.command()
 @model_options
 @click.option("-t", "--target", help="backend (see 'vncompile targets'); or take it from --device CONFIG.yaml")
-@click.option("--precision", help="fp32 | fp16 | bf16 | int8  [default: fp32; rknn: fp16, or int8 where only that]")
+@click.option("--precision", help="fp32 | fp16 | bf16 | int8 | int16 (qnn: 16-bit activations, 8-bit weights)  "
+                                  "[default: fp32; rknn: fp16, or int8 where only that; qnn: int8]")
 @click.option("--size", type=POSITIVE, help="square input size  [default: 224]")
 @click.option("--input-shape", type=SHAPE, metavar="NxCxHxW", help="explicit input shape, e.g. 1x3x224x224")
 @click.option("--batch", type=POSITIVE, default=1, show_default=True)

@@ -50,10 +50,10 @@ class TargetOptions:
                                  help="target device, e.g. CPU, GPU, NPU, CUDA  [default: the target's first]")
     calibration: Path | str | None = setting(
         CalibrationKind(), None, flag="--calibration",
-        help="int8: images (any layout, searched recursively) or .npy inputs; 'synthetic' for seeded noise "
+        help="int8/int16: images (any layout, searched recursively) or .npy inputs; 'synthetic' for seeded noise "
              "(the default for random weights; a trained checkpoint needs real images)")
     calibration_size: int = setting(PositiveInt(), DEFAULT_CALIBRATION_SIZE, flag="--calibration-size",
-                                    help="int8: calibration images used, sampled reproducibly  [default: 256]")
+                                    help="int8/int16: calibration images used, sampled reproducibly  [default: 256]")
     keep_fp32: tuple[str, ...] | None = setting(
         TextList("a list of layer (node) names, or 'auto'"), None, flag="--keep-fp32",
         help="int8: leave these conv layers unquantized (comma-separated node names from layers.csv), or 'auto' "

@@ -16,7 +16,7 @@ from ..core.errors import InputError
 from ..vanillanet.archs import MODEL_NAMES, ModelSpec, has_adaptive_pooling, min_input_size
 from ..vanillanet.features import parse_features
 from .options import SYNTHETIC, TargetOptions
-from .tolerance import PRECISIONS, Tolerance, tolerances
+from .tolerance import PRECISIONS, QUANTIZED, Tolerance, tolerances
 
 SIMPLIFIERS: tuple[str, ...] = ("onnxslim", "onnxsim", "none")
 DEFAULT_OPSET = 18
@@ -135,10 +135,12 @@ class BuildRequest:
             raise InputError(f"unknown simplifier '{self.simplifier}'; choose from {', '.join(SIMPLIFIERS)}")
         if not 7 <= self.opset <= 23:
             raise InputError(f"--opset must be between 7 and 23, got {self.opset}")
-        if self.precision == "int8" and self.source.checkpoint is not None and self.options.calibration is None:
+        if (self.precision in QUANTIZED and self.source.checkpoint is not None
+                and self.options.calibration is None):
             # Noise says nothing about the ranges a trained network's activations take on real images.
-            raise InputError("int8 of a trained checkpoint needs real calibration images: pass --calibration DIR "
-                             "(images in any layout), or --calibration synthetic to accept noise on purpose")
+            raise InputError(f"{self.precision} of a trained checkpoint needs real calibration images: pass "
+                             "--calibration DIR (images in any layout), or --calibration synthetic to accept noise "
+                             "on purpose")
 
     def tolerances(self) -> dict[str, Tolerance]:
         return tolerances(self.tolerance)
@@ -180,8 +182,8 @@ class BuildRequest:
         preprocessing = options.preprocessing()
         calibration = SYNTHETIC if options.calibration == SYNTHETIC else options.calibration_sha256
         # The real images verification judges with (``prepare.real_images``): the evaluation set's, else an
-        # int8 build's real calibration set, also for targets that quantize themselves from the fp32 graph.
-        real = options.eval_sha256 or (calibration if self.precision == "int8" and calibration != SYNTHETIC
+        # int8 (int16) build's real calibration set, also for targets that quantize themselves from the fp32 graph.
+        real = options.eval_sha256 or (calibration if self.precision in QUANTIZED and calibration != SYNTHETIC
                                        else None)
         keyed = {"io_dtype": options.io_dtype if form == "fp16" else None,
                  "int8": {"calibration": calibration, "size": options.calibration_size, "keep_fp32": options.keep_fp32,

@@ -10,7 +10,10 @@ from typing import Any
 from ..core.errors import InputError
 from ..core.schema import Kind
 
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+# int16: 16-bit activations with 8-bit weights (QNN's A16W8 on the Hexagon HTP).
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "int16")
+# The precisions quantized from calibration images, verified like int8 (on real images, by cosine).
+QUANTIZED: tuple[str, ...] = ("int8", "int16")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp16": Tolerance(rel=2e-2),
     "bf16": Tolerance(rel=2e-2),
     "int8": Tolerance(cosine=0.99),
+    "int16": Tolerance(cosine=0.99),
 }
 
 _ITEM = re.compile(r"(rel|cosine):([0-9.eE+-]+)")

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .quantized import qdq_placement
 from .run import batches, onnx_feed, static_batch
 
 LAYERS_CSV = "layers.csv"
@@ -53,9 +54,7 @@ def layer_errors(fp32: Path, int8: Path, inputs: np.ndarray) -> list[dict[str, A
 
     fp32_graph = onnx.load(str(fp32), load_external_data=False).graph
     convs = [(n.name, n.output[0]) for n in fp32_graph.node if n.op_type == "Conv"]
-    int8_graph = onnx.load(str(int8), load_external_data=False).graph
-    quantized_inputs = {n.output[0] for n in int8_graph.node if n.op_type == "DequantizeLinear"}
-    int8_convs = {n.name: n for n in int8_graph.node if n.op_type == "Conv"}
+    quantized_nodes = set(qdq_placement(int8).quantized)
     names = [output for _, output in convs]
     batch = static_batch(fp32)
     reference = _run_all(_with_outputs(fp32, names), names, inputs, batch)
@@ -66,10 +65,8 @@ def layer_errors(fp32: Path, int8: Path, inputs: np.ndarray) -> list[dict[str, A
         denom = float(np.linalg.norm(ref) * np.linalg.norm(out))
         cosine = float(np.dot(ref, out) / denom) if denom else 1.0
         rel = float(np.max(np.abs(ref - out)) / (np.max(np.abs(ref)) or 1.0))
-        conv = int8_convs.get(node)
-        is_quantized = conv is not None and conv.input[0] in quantized_inputs
         rows.append({"index": index, "node": node, "output": output, "cosine": cosine, "rel": rel,
-                     "quantized": is_quantized})
+                     "quantized": node in quantized_nodes})
     return rows
 
 

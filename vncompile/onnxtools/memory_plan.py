@@ -32,7 +32,10 @@ from ..api.target import MemoryFigure
 from ..core.errors import InputError
 from ..core.units import kb
 
-ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+# Bytes per activation element at each precision, and per weight element where that differs: int16 is
+# 16-bit activations with 8-bit weights (QNN's A16W8).
+ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int16": 2}
+WEIGHT_BYTES = {**ELEMENT_BYTES, "int16": 1}
 
 
 @dataclass(frozen=True)
@@ -162,12 +165,14 @@ def fused_ops(graph: onnx.GraphProto, weights: set[str]) -> list[PlannedOp]:
     return ops
 
 
-def tensor_lifetimes(model: onnx.ModelProto, element_bytes: int | None = None) -> tuple[list[TensorLife], int,
-                                                                                           list[PlannedOp]]:
-    """Activation lifetimes over the fused ops in execution order, the weight bytes and the ops."""
+def tensor_lifetimes(model: onnx.ModelProto, element_bytes: int | None = None,
+                     weight_element_bytes: int | None = None) -> tuple[list[TensorLife], int, list[PlannedOp]]:
+    """Activation lifetimes over the fused ops in execution order, the weight bytes and the ops; float weights
+    are re-sized to ``weight_element_bytes`` (default: ``element_bytes``)."""
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     sizes = _static_sizes(model, element_bytes)
-    weight_bytes, weights = _weight_bytes(model, element_bytes)
+    weight_bytes, weights = _weight_bytes(model, element_bytes if weight_element_bytes is None
+                                          else weight_element_bytes)
     graph = model.graph
     ops = fused_ops(graph, weights)
     last_step = max(len(ops) - 1, 0)
@@ -229,11 +234,12 @@ def _free(holes: list[tuple[int, int]], start: int, end: int) -> list[tuple[int,
 
 
 def plan_memory(model: onnx.ModelProto | str | Path, precision: str | None = None) -> MemoryPlan:
-    """The memory plan of a static-shape graph; ``precision`` re-sizes its float tensors."""
+    """The memory plan of a static-shape graph; ``precision`` re-sizes its float tensors (activations and
+    weights each at the precision's element size)."""
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
     element_bytes = ELEMENT_BYTES[precision] if precision else None
-    lives, weight_bytes, ops = tensor_lifetimes(model, element_bytes)
+    lives, weight_bytes, ops = tensor_lifetimes(model, element_bytes, WEIGHT_BYTES[precision] if precision else None)
     steps = max((t.last for t in lives), default=0) + 1
     live_bytes = [0] * steps
     for t in lives:

@@ -21,6 +21,7 @@ import numpy as np
 from ..api.options import DEFAULT_RUNTIME_PROFILE
 from ..api.request import BuildRequest
 from ..api.target import Artifact, CompileContext, CompileResult, MemoryFigure, Target
+from ..api.tolerance import QUANTIZED
 from ..core.errors import InputError, OutputExists, VerificationError
 from ..core.hashing import sha256_file
 from ..core.host import toolchain_versions
@@ -211,8 +212,8 @@ def _check_runtime_profile(request: BuildRequest, target: Target) -> None:
 
 
 def _calibration(request: BuildRequest, form: str):
-    """Targets that quantize themselves (rknn) get the preprocessed calibration inputs."""
-    if request.precision != "int8" or form == "int8-qdq":
+    """Targets that quantize themselves (rknn, qnn) get the preprocessed calibration inputs."""
+    if request.precision not in QUANTIZED or form == "int8-qdq":
         return None
     from ..data.calibration import calibration_set
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..api.request import BuildRequest, InputShape
 from ..api.target import Target
-from ..api.tolerance import Tolerance
+from ..api.tolerance import QUANTIZED, Tolerance
 from ..core.errors import InputError, VerificationError
 from ..core.hashing import sha256_file
 from ..core.io import write_json
@@ -51,9 +51,9 @@ class VerifyInputs:
     noise: int  # how many of ``batches`` are noise
 
     def judged(self, precision: str, values: list) -> list:
-        """What a stage is judged on: an int8 graph calibrated on real images is only meant for inputs like
-        them (noise falls outside its activation ranges), so with real images it is judged on those alone."""
-        return values[self.noise:] if precision == "int8" and len(values) > self.noise else values
+        """What a stage is judged on: an int8 (int16) graph calibrated on real images is only meant for inputs
+        like them (noise falls outside its activation ranges), so with real images it is judged on those alone."""
+        return values[self.noise:] if precision in QUANTIZED and len(values) > self.noise else values
 
 
 def verify_inputs(shape: InputShape, real: np.ndarray | None = None) -> VerifyInputs:
@@ -74,7 +74,7 @@ def real_images(request: BuildRequest, eval_set: EvalSet | None) -> np.ndarray |
     if eval_set is not None:
         return eval_set.inputs[:VERIFY_IMAGES]
     options = request.options
-    if request.precision == "int8" and options.calibration is not None and options.calibration != SYNTHETIC:
+    if request.precision in QUANTIZED and options.calibration is not None and options.calibration != SYNTHETIC:
         return calibration_samples(options.calibration, request.shape, VERIFY_IMAGES,
                                    preprocessing=preprocessing_of(options))
     return None

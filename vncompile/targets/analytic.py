@@ -23,7 +23,7 @@ class AnalyticTarget(Target):
     name = "analytic"
     description = "estimated memory from the ONNX graph (fused ops, lifetimes, best-fit arena in execution order)"
     why_no_runtime_profiles = "it plans the graph and runs nothing"
-    precisions = ("fp32", "fp16", "bf16", "int8")
+    precisions = ("fp32", "fp16", "bf16", "int8", "int16")  # int16: 2-byte activations, 1-byte weights
     devices = ("graph",)
     executes = False
 

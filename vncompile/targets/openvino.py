@@ -85,6 +85,8 @@ class OpenVinoTarget(Target):
         return Availability(True, version, "", tuple(ov.Core().available_devices))
 
     def check_request(self, request: BuildRequest) -> None:
+        if request.precision not in self.precisions:
+            raise InputError(f"openvino builds {', '.join(self.precisions)}, not {request.precision}")
         import openvino as ov
 
         core = ov.Core()

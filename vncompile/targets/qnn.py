@@ -1,13 +1,17 @@
 """Qualcomm Hexagon HTP through ONNX Runtime's QNN execution provider (``onnxruntime-qnn``).
 
-The graph is quantized for QNN (uint8 activations and weights, ``get_qnn_qdq_config``, on the shared
-calibration set), then compiled offline into an HTP **context binary**: the artifact a phone loads,
-with the EPContext ONNX that points at it. Every node must run on the HTP (the CPU fallback is off),
-so a graph with anything the HTP cannot take fails to build in QNN's own words.
+The graph is quantized for QNN (``get_qnn_qdq_config`` on the shared calibration set): int8 is uint8
+activations and weights, int16 uint16 activations with uint8 weights (QNN's A16W8). It is then
+compiled offline into an HTP **context binary**: the artifact a phone loads, with the EPContext ONNX
+that points at it. Every node must run on the HTP (the CPU fallback is off), so a graph with anything
+the HTP cannot take fails to build in QNN's own words. A node the quantizer leaves outside a Q/DQ
+unit still runs on the HTP, in float between a Dequantize and a Quantize: the build reports those
+(``onnxtools.quantized``) and names the graph pass that would quantize them.
 
 Verification runs the context model on the x86 HTP simulator the wheel ships (real HTP numerics,
-slow). Memory is the analytic plan of the graph at int8 (``estimated``; QNN reports no memory
-figure); there is no latency: the simulator's wall clock and cycle counts are not a phone's.
+slow). Memory is the analytic plan of the graph at the precision's element sizes (``estimated``; QNN
+reports no memory figure); there is no latency: the simulator's wall clock and cycle counts are not a
+phone's.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from ..core.errors import InputError, VncompileError
 from ..core.host import package_version
 from ..core.units import kb
 from ..onnxtools.memory_plan import plan_memory
+from ..onnxtools.passes import PASSES
+from ..onnxtools.quantized import QdqPlacement, qdq_placement
 from .onnxruntime import OnnxRuntimeSession
 
 EP = "QNNExecutionProvider"
@@ -31,6 +37,9 @@ EP = "QNNExecutionProvider"
 SOCS = {"SM8450": "69", "SM8550": "73", "SM8650": "75", "SM8750": "79"}
 DEFAULT_SOC = "SM8650"  # Snapdragon 8 Gen 3
 QDQ_MODEL, CONTEXT_MODEL, CONTEXT_BINARY = "model.qdq.onnx", "model_ctx.onnx", "model_ctx_qnn.bin"
+# Each precision's quantized types (onnxruntime.quantization.QuantType names): activations, weights.
+QUANT_TYPES = {"int8": ("QUInt8", "QUInt8"), "int16": ("QUInt16", "QUInt8")}
+POOL_PASS = "relu-before-maxpool"  # gives a MaxPool followed by a ReLU one scale on both sides
 
 
 def _devices() -> list[Any]:
@@ -63,11 +72,14 @@ def _session_options(soc: str, context_model: Path | None = None) -> Any:
 class QnnTarget(Target):
     name = "qnn"
     description = "Qualcomm Hexagon HTP context binary (onnxruntime-qnn), verified on the HTP simulator"
-    precisions = ("int8",)
+    precisions = tuple(QUANT_TYPES)
     devices = ("simulator",)
     packages = ("onnxruntime-qnn",)
     latency_here = False
     why_no_runtime_profiles = "its memory is the HTP's, planned offline"
+    # VanillaNet's MaxPool -> ReLU leaves each pool between two scales, so QNN runs it in float between a
+    # Dequantize and a Quantize; ReLU first quantizes the whole graph (``quantized_nodes``/``float_nodes``).
+    graph_passes = ("relu-before-maxpool",)
 
     def availability(self) -> Availability:
         version = package_version("onnxruntime-qnn")
@@ -85,8 +97,8 @@ class QnnTarget(Target):
 
     def check_request(self, request: BuildRequest) -> None:
         if request.precision not in self.precisions:
-            raise InputError(f"qnn builds int8 (uint8 activations and weights on the HTP), not {request.precision}; "
-                             f"pass --precision int8")
+            raise InputError(f"qnn builds int8 (uint8 activations and weights on the HTP) or int16 (uint16 "
+                             f"activations, uint8 weights), not {request.precision}; pass --precision int8 or int16")
         soc = request.options.soc or DEFAULT_SOC
         if soc not in SOCS:
             raise InputError(f"unknown --soc '{soc}'; qnn builds for {', '.join(SOCS)}")
@@ -98,7 +110,7 @@ class QnnTarget(Target):
         from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize
         from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
-        assert ctx.calibration is not None, "the pipeline passes calibration inputs for int8"
+        assert ctx.calibration is not None, "the pipeline passes calibration inputs for int8 and int16"
         soc = ctx.request.options.soc or DEFAULT_SOC
         samples = iter(ctx.calibration)
         input_name = ort.InferenceSession(str(ctx.onnx_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
@@ -108,10 +120,13 @@ class QnnTarget(Target):
                 sample = next(samples, None)
                 return None if sample is None else {input_name: sample[None]}
 
-        config = get_qnn_qdq_config(str(ctx.onnx_path), Samples(), activation_type=QuantType.QUInt8,
-                                    weight_type=QuantType.QUInt8)
+        activations, weights = QUANT_TYPES[ctx.request.precision]
+        config = get_qnn_qdq_config(str(ctx.onnx_path), Samples(), activation_type=QuantType[activations],
+                                    weight_type=QuantType[weights])
         qdq = ctx.build_dir / QDQ_MODEL
         quantize(str(ctx.onnx_path), str(qdq), config)
+        placement = qdq_placement(qdq)
+        _warn_float_nodes(ctx, placement)
         work = ctx.build_dir / "qnn-compile"  # QNN names the binary after the context model: compile aside, move
         work.mkdir()
         try:
@@ -126,8 +141,9 @@ class QnnTarget(Target):
         return CompileResult(
             [Artifact(CONTEXT_BINARY, "qnn-context-binary", primary=True), Artifact(CONTEXT_MODEL, "qnn-epcontext"),
              Artifact(QDQ_MODEL, "onnx-qdq")],
-            facts={"soc": soc, "htp_arch": SOCS[soc], "activations": "uint8", "weights": "uint8",
-                   "placement": "every node on the HTP (CPU fallback disabled)",
+            facts={"soc": soc, "htp_arch": SOCS[soc], "activations": _type_name(activations),
+                   "weights": _type_name(weights), "placement": _placement(placement),
+                   "quantized_nodes": len(placement.quantized), "float_nodes": placement.float_ops(),
                    "context_binary_kb": kb((ctx.build_dir / CONTEXT_BINARY).stat().st_size),
                    "verified_on": "QNN HTP simulator (x86)", "latency": "none: the simulator's timing is no phone's"})
 
@@ -139,7 +155,37 @@ class QnnTarget(Target):
         return OnnxRuntimeSession(ort.InferenceSession(str(build_dir / CONTEXT_MODEL), _session_options(soc)))
 
     def compiler_memory(self, build_dir: Path, manifest: dict[str, Any]) -> MemoryFigure:
-        plan = plan_memory(build_dir / "model.onnx", "int8").figure()
+        plan = plan_memory(build_dir / "model.onnx", manifest["target"]["precision"]).figure()
         binary = manifest["target"]["facts"]["context_binary_kb"]
         return MemoryFigure(plan.max_kb, "estimated", plan.weights_kb, plan.activations_kb,
                             f"{plan.detail}; QNN reports no memory figure; context binary {binary:,.0f} KB")
+
+
+def _type_name(quant_type: str) -> str:
+    """``QUInt16`` -> ``uint16``."""
+    return quant_type.lower().removeprefix("q")
+
+
+def _placement(placement: QdqPlacement) -> str:
+    where = "every node on the HTP (CPU fallback disabled)"
+    if not placement.float_nodes:
+        return f"{where}; all {placement.compute_nodes} compute nodes quantized"
+    ops = ", ".join(f"{op} x{count}" for op, count in placement.float_ops().items())
+    return (f"{where}; {len(placement.float_nodes)} of {placement.compute_nodes} compute nodes in float between a "
+            f"Dequantize and a Quantize ({ops})")
+
+
+def _warn_float_nodes(ctx: CompileContext, placement: QdqPlacement) -> None:
+    """One warning naming the nodes the HTP runs in float, and the graph pass that would quantize them."""
+    if not placement.float_nodes:
+        return
+    import onnx
+
+    names = ", ".join(name for name, _ in placement.float_nodes[:8])
+    if len(placement.float_nodes) > 8:
+        names += f" and {len(placement.float_nodes) - 8} more"
+    hint = ""
+    if any(op == "MaxPool" for _, op in placement.float_nodes) and PASSES[POOL_PASS].run(onnx.load(str(ctx.onnx_path))):
+        hint = f"; --graph-passes {POOL_PASS} quantizes the pools (one scale across each)"
+    ctx.log.warning("qnn: %d of %d compute nodes run in float on the HTP, between a Dequantize and a Quantize: "
+                    "%s%s", len(placement.float_nodes), placement.compute_nodes, names, hint)
