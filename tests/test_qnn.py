@@ -5,6 +5,8 @@ without the NPU graph passes, and how fully quantized the graph QNN receives is;
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -74,3 +76,13 @@ def test_requests_qnn_cannot_honour_are_one_line(run_cli, tmp_path, args, messag
                      *args, "-o", tmp_path / "b")
     assert result.code == 2 and message in one_line_error(result)
     assert not (tmp_path / "b").exists()
+
+
+def test_json_on_stdout_is_only_json_though_qnn_prints_on_loading(tmp_path):
+    """onnxruntime-qnn's native library prints a banner to file descriptor 1 when it loads; a real process's
+    --json output is still the manifest alone."""
+    command = [sys.executable, "-m", "vncompile", "build", "--model", "vanillanet_5", "--width", str(NARROW),
+               "--target", "qnn", "--size", "64", "--calibration-size", "4", "-o", str(tmp_path / "b"), "--json"]
+    process = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert process.returncode == 0, process.stderr
+    assert json.loads(process.stdout)["target"]["name"] == "qnn"

@@ -204,7 +204,8 @@ def test_missing_and_stale_toolchains_name_the_install_command(tmp_path):
     missing = locate("rknn", tmp_path)
     assert not missing.installed and missing.path == tmp_path / "rknn"
     assert [t.as_dict() for t in list_toolchains(tmp_path)] == [
-        {"name": "rknn", "installed": False, "version": None, "path": str(tmp_path / "rknn")}]
+        {"name": name, "installed": False, "version": None, "path": str(tmp_path / name)}
+        for name in ("rknn", "ethos-u")]
     with pytest.raises(ToolchainMissing) as info:
         start_worker("rknn", log, root=tmp_path)
     assert_one_line(info.value, "not installed", "vncompile toolchain install rknn")
@@ -224,8 +225,9 @@ def test_cli_without_the_toolchain(tmp_path, run_cli, monkeypatch):
     rows = {row["name"]: row for row in run_cli("targets", "--json").json()}
     assert not rows["rknn"]["available"] and "vncompile toolchain install rknn" in rows["rknn"]["reason"]
     listed = run_cli("toolchain", "list", "--json").json()
-    assert listed == [{"name": "rknn", "installed": False, "version": None,
-                       "path": str(tmp_path / "toolchains" / "rknn")}]
+    assert listed == [{"name": name, "installed": False, "version": None,
+                       "path": str(tmp_path / "toolchains" / name)} for name in ("rknn", "ethos-u")]
+    assert not rows["ethos-u"]["available"] and "vncompile toolchain install ethos-u" in rows["ethos-u"]["reason"]
     out = tmp_path / "b"
     result = run_cli("build", "--model", "vanillanet_5", "--width", NARROW, "--target", "rknn", "--precision",
                      "fp16", "-o", out)

@@ -30,8 +30,26 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _reserve_stdout() -> None:
+    """Keep the process's stdout for what vncompile prints (``--json``, ``--format json``): native libraries
+    loaded in-process (onnxruntime-qnn's prints a banner on loading) write to file descriptor 1, so that
+    descriptor becomes stderr and ``sys.stdout`` a copy of the original. Only where stdout is the real
+    descriptor 1 (not a test's capture)."""
+    try:
+        if sys.stdout.fileno() != 1:
+            return
+    except (AttributeError, ValueError, OSError):
+        return
+    sys.stdout.flush()
+    original = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = open(original, "w", encoding=sys.stdout.encoding, errors=sys.stdout.errors,  # noqa: SIM115
+                      buffering=1, closefd=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn every failure into one line."""
+    _reserve_stdout()
     try:
         cli.main(args=argv, prog_name="vncompile", standalone_mode=False)
     except VncompileError as exc:
