@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from ...api.target import Session
 from ...core.errors import VerificationError
-from ...toolchains import Worker, WorkerRequestFailed, start_worker
+from ...toolchains import WorkerReply, WorkerRequestFailed, start_worker
+from ..worker_session import WorkerSession
 
 log = logging.getLogger("vncompile")
 
 
-class LiteRtInterpreterSession(Session):
-    def __init__(self, worker: Worker) -> None:
-        assert worker.scratch is not None, "start_worker gives every toolchain worker its directory"
-        self._worker, self._scratch = worker, worker.scratch
-
+class LiteRtInterpreterSession(WorkerSession):
     @classmethod
     def open(cls, tflite: Path) -> LiteRtInterpreterSession:
         session = cls(start_worker("ethos-u", log))
@@ -33,17 +28,8 @@ class LiteRtInterpreterSession(Session):
             raise
         return session
 
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
-        batch = self._scratch / "input.npy"
-        np.save(batch, np.ascontiguousarray(x, dtype=np.float32))
-        reply = self._request("infer", {"input": str(batch), "output_dir": str(self._scratch)})
-        return [np.load(path).astype(np.float32) for path in reply["outputs"]]
-
-    def close(self) -> None:
-        self._worker.close()
-
-    def _request(self, op: str, args: dict) -> dict:
+    def _request(self, op: str, args: dict[str, Any]) -> WorkerReply:
         try:
-            return self._worker.request(op, args, timeout=600.0).result
+            return self._worker.request(op, args, timeout=600.0)
         except WorkerRequestFailed as exc:
             raise VerificationError(f"the LiteRT interpreter failed to {op} the int8 TFLite: {exc.error}") from None

@@ -12,25 +12,23 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ...api.target import Session, facts
+from ...api.target import facts
 from ...core.errors import VerificationError
-from ...toolchains import Worker, start_worker
+from ...toolchains import WorkerReply, start_worker
+from ..worker_session import WorkerSession
 from .compiler_output import CompilerReport
 from .toolkit import RKNN_MODEL, RknnSettings, compile_onnx, recorded_calibration, request, write_dataset
 
 log = logging.getLogger("vncompile")
 
 
-class RknnSimulatorSession(Session):
+class RknnSimulatorSession(WorkerSession):
     """model.onnx rebuilt with the recorded settings in a persistent worker, run on the toolkit's simulator.
 
     ``close`` (the pipeline closes every session after use) ends the worker and removes its directory."""
 
-    def __init__(self, worker: Worker) -> None:
-        assert worker.scratch is not None, "start_worker gives every toolchain worker its directory"
-        self._worker, self._scratch = worker, worker.scratch
+    def _request(self, op: str, args: dict[str, Any]) -> WorkerReply:
+        return request(self._worker, op, args)
 
     @classmethod
     def open(cls, build_dir: Path, manifest: dict[str, Any]) -> RknnSimulatorSession:
@@ -42,20 +40,11 @@ class RknnSimulatorSession(Session):
                                                                      session._scratch)
             report = compile_onnx(session._worker, build_dir / "model.onnx", settings, dataset, export=None)
             check_same_compile(report, manifest)
-            request(session._worker, "init_runtime", {"target": None})  # None: the simulator
+            session._request("init_runtime", {"target": None})  # None: the simulator
         except BaseException:
             session.close()
             raise
         return session
-
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
-        batch = self._scratch / "input.npy"
-        np.save(batch, np.ascontiguousarray(x, dtype=np.float32))
-        reply = request(self._worker, "infer", {"inputs": [str(batch)], "output_dir": str(self._scratch)})
-        return [np.load(path).astype(np.float32) for path in reply.result["outputs"]]
-
-    def close(self) -> None:
-        self._worker.close()
 
 
 def check_same_compile(report: CompilerReport, manifest: dict[str, Any]) -> None:

@@ -102,7 +102,8 @@ class EthosUWorker:
             raise RuntimeError("no model: send 'load' first")
         it = self._interpreter
         (inp,) = it.get_input_details()
-        x = np.load(args["input"]).transpose(0, 2, 3, 1)
+        (path,) = args["inputs"]
+        x = np.load(path).transpose(0, 2, 3, 1)
         it.set_tensor(inp["index"], _quantize(x, inp))
         it.invoke()
         paths = []
