@@ -113,3 +113,10 @@ def test_the_configurations_offered_are_velas_own(ethos_u_toolchain):
     sections.read(ini)
     assert {s.split(".", 1)[1] for s in sections.sections() if s.startswith("System_Config.")} == set(SYSTEM_CONFIGS)
     assert {s.split(".", 1)[1] for s in sections.sections() if s.startswith("Memory_Mode.")} == set(MEMORY_MODES)
+
+
+def test_a_backbone_verifies_every_output_in_order(run_cli, tmp_path, ethos_u_toolchain):
+    manifest = build(run_cli, tmp_path / "b", "--features", "stem,0,1,2")
+    final = manifest["verification"]["stages"][-1]
+    assert [o["name"] for o in final["outputs"]] == ["stem_s4", "stage0_s8", "stage1_s16", "stage2_s32"]
+    assert all(o["passed"] and o["cosine"] >= 0.99 for o in final["outputs"])

@@ -95,8 +95,7 @@ class EthosUTarget(Target):
                              VELA_TIMEOUT_S, "compile for the NPU")
             versions = dict(worker.facts)
             shutil.move(tflite, ctx.build_dir / TFLITE)
-            (optimized,) = reply.result["optimized"]
-            shutil.move(optimized, ctx.build_dir / VELA_TFLITE)
+            shutil.move(reply.result["optimized"], ctx.build_dir / VELA_TFLITE)
             shutil.move(reply.result["summary_csv"], ctx.build_dir / SUMMARY_CSV)
             shutil.move(reply.result["layers_csv"], ctx.build_dir / LAYERS_CSV)
         summary = VelaSummary.of_row(reply.result["summary"])

@@ -11,6 +11,7 @@ import csv
 import glob
 import importlib.metadata
 import os
+import re
 
 import numpy as np
 from vncompile_worker_protocol import serve
@@ -80,12 +81,14 @@ class EthosUWorker:
             raise RuntimeError(f"vela failed (exit code {code})")
         summaries = glob.glob(os.path.join(args["output_dir"], "*_summary_*.csv"))
         layers = glob.glob(os.path.join(args["output_dir"], "*_per-layer.csv"))
-        if len(summaries) != 1 or len(layers) != 1:
-            raise RuntimeError(f"vela wrote {len(summaries)} summary and {len(layers)} per-layer files, not one each")
+        optimized = glob.glob(os.path.join(args["output_dir"], "*_vela.tflite"))
+        if not len(summaries) == len(layers) == len(optimized) == 1:
+            raise RuntimeError(f"vela wrote {len(optimized)} optimized models, {len(summaries)} summaries and "
+                               f"{len(layers)} per-layer tables, not one of each")
         with open(summaries[0], newline="") as f:
             summary = next(csv.DictReader(f))
         return {"summary": summary, "summary_csv": summaries[0], "layers_csv": layers[0],
-                "optimized": glob.glob(os.path.join(args["output_dir"], "*_vela.tflite"))}
+                "optimized": optimized[0]}
 
     def load(self, args):
         from ai_edge_litert.interpreter import Interpreter
@@ -107,11 +110,21 @@ class EthosUWorker:
         it.set_tensor(inp["index"], _quantize(x, inp))
         it.invoke()
         paths = []
-        for i, out in enumerate(it.get_output_details()):
+        for i, out in enumerate(_in_model_order(it.get_output_details())):
             path = os.path.join(args["output_dir"], f"output{i}.npy")
             np.save(path, _dequantize(it.get_tensor(out["index"]), out))
             paths.append(path)
         return {"outputs": paths}
+
+
+def _in_model_order(details):
+    """Outputs in the torch module's order: the converter names them ``..._output_<i>...``, and the
+    interpreter lists them by tensor index, not by that position."""
+    positions = [re.search(r"output_(\d+)", d["name"]) for d in details]
+    if not all(positions):
+        return details
+    return [d for _, d in sorted(zip((int(p.group(1)) for p in positions), details, strict=True),
+                                 key=lambda pair: pair[0])]
 
 
 def _describe(detail):
