@@ -41,12 +41,22 @@ def test_int8_tflite_verifies_and_vela_plans_it_with_and_without_the_passes(run_
         assert manifest["latency"]["source"] == "estimated"
         assert manifest["latency"]["median_ms"] == pytest.approx(float(summary["inference_time"]) * 1e3)
         assert facts["cpu_operators"] == []
-    assert default["model"]["graph_passes"] == {"relu-before-maxpool": 3, "stem-space-to-depth": 1}
+    assert default["model"]["graph_passes"] == {"stem-space-to-depth": 1}
     assert plain["model"]["graph_passes"] == {}
     assert (default["target"]["facts"]["accelerator"], plain["target"]["facts"]["memory_mode"]) == (
         "ethos-u65-256", "Shared_Sram")
     layers = list(csv.DictReader((tmp_path / "none" / "vela_per_layer.csv").open()))
     assert sum(row["Original Operator"] == "Conv2D" for row in layers) > 64  # the stem, one conv per pixel
+    assert default["target"]["facts"]["vela"]["cycles"] < plain["target"]["facts"]["vela"]["cycles"]
+
+
+def test_a_residual_network_runs_wholly_on_the_npu(run_cli, tmp_path, ethos_u_toolchain):
+    """ResNet's Add -> ReLU is quantized as one unit (left float, vela would put 16 ReLUs on the CPU)."""
+    result = run_cli("build", "--model", "resnet50", "--width", NARROW, "--target", "ethos-u", "--size", "64",
+                     "-o", tmp_path / "b")
+    assert result.code == 0, result.err
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["target"]["facts"]["cpu_operators"] == [] and manifest["verification"]["passed"]
 
 
 def test_the_converter_starts_from_the_verified_graph(run_cli, tmp_path, ethos_u_toolchain):

@@ -6,9 +6,11 @@ is exactly that graph, not a second export of the network. The op set is what vn
 graphs contain (VanillaNet, the baselines, the detection backbone, tiled strips); anything else is
 refused by name.
 
-Weights become parameters so PT2E quantizers see conv/linear weights as such; global average pooling
-is written as ``adaptive_avg_pool2d`` (what quantizers annotate) and space-to-depth as 4-D reshapes and
-a transpose in NHWC, the layout the converters emit, in ONNX's channel order.
+Written the way PT2E quantizers match their patterns: weights as parameters; each ReLU its own
+``nn.ReLU`` module and each Add ``torch.add`` (litert-torch's quantizer fuses Add+ReLU only in that
+form: otherwise a residual network's ReLUs stay float and fall back to the CPU); global average
+pooling as ``adaptive_avg_pool2d``. Space-to-depth is 4-D reshapes and a transpose in NHWC, the layout
+the converters emit, in ONNX's channel order.
 """
 
 import numpy as np
@@ -41,8 +43,11 @@ class OnnxAsTorch(torch.nn.Module):
                         self.weights[key] = torch.nn.Parameter(torch.from_numpy(np.array(self.constants[name])),
                                                                requires_grad=False)
                         self.weight_key[name] = key
+        self.relus = torch.nn.ModuleDict({str(i): torch.nn.ReLU() for i, n in enumerate(graph.node)
+                                          if n.op_type == "Relu"})
         self.nodes = [(n.op_type, list(n.input), list(n.output),
-                       {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}) for n in graph.node]
+                       {"index": str(i), **{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}})
+                      for i, n in enumerate(graph.node)]
         self.input_name = graph.input[0].name
         self.output_names = [o.name for o in graph.output]
 
@@ -72,7 +77,7 @@ class OnnxAsTorch(torch.nn.Module):
                         attrs.get("strides", [1, 1]), pads[:2], attrs.get("dilations", [1, 1]), attrs.get("group", 1))
 
     def _Relu(self, inputs, args, attrs):
-        return F.relu(args[0])
+        return self.relus[attrs["index"]](args[0])
 
     def _LeakyRelu(self, inputs, args, attrs):
         return F.leaky_relu(args[0], attrs.get("alpha", 0.01))
@@ -115,7 +120,7 @@ class OnnxAsTorch(torch.nn.Module):
                         self._weight(inputs[2]) if len(inputs) > 2 else None)
 
     def _Add(self, inputs, args, attrs):
-        return args[0] + args[1]
+        return torch.add(args[0], args[1])
 
     def _Identity(self, inputs, args, attrs):
         return args[0]
