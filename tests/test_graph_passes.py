@@ -89,3 +89,17 @@ def test_the_stem_pass_looks_through_an_fp16_graphs_input_cast(tmp_path):
     assert apply_passes(model, ("stem-space-to-depth",)) == {"stem-space-to-depth": 1}
     assert [n.op_type for n in model.graph.node][:2] == ["Cast", "SpaceToDepth"]
     assert rel_error(before, model) <= 1e-3
+
+
+def test_a_targets_default_passes_key_its_builds(tmp_path, run_cli, monkeypatch):
+    """What a target applies unasked is part of what its build depends on: when its default passes change,
+    the cache does not serve the build made with the old ones."""
+    from vncompile.targets.onnxruntime import OnnxRuntimeTarget
+
+    args = ("build", "--model", "vanillanet_5", "--width", NARROW, "--target", "onnxruntime", "--size", "64")
+    assert run_cli(*args, "-o", tmp_path / "a").code == 0
+    monkeypatch.setattr(OnnxRuntimeTarget, "graph_passes", ("relu-before-maxpool",))
+    result = run_cli(*args, "-o", tmp_path / "b")
+    assert result.code == 0 and "served from the cache" not in result.err
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["model"]["graph_passes"] == {"relu-before-maxpool": 3}

@@ -169,10 +169,11 @@ class BuildRequest:
             "tolerance": [[p, t.as_dict()] for p, t in self.tolerance],
         }
 
-    def cache_key(self, checkpoint_sha256: str | None, toolchain: dict[str, str | None]) -> str:
-        """Everything a finished build depends on."""
+    def cache_key(self, checkpoint_sha256: str | None, toolchain: dict[str, str | None], onnx_key: str) -> str:
+        """Everything a finished build depends on: the request, the toolchain, and the ONNX it compiled
+        (``onnx_key``: also what the request leaves to the target, such as its default graph passes)."""
         return _digest({**self._identity(checkpoint_sha256), "target": self.target, "precision": self.precision,
-                        "options": self.options.key_fields(), "toolchain": toolchain})
+                        "options": self.options.key_fields(), "toolchain": toolchain, "onnx": onnx_key})
 
     def onnx_key(self, form: str, checkpoint_sha256: str | None, toolchain: dict[str, str | None],
                  fit_judge: str | None = None, graph_passes: tuple[str, ...] = ()) -> str:

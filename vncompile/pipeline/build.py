@@ -77,10 +77,9 @@ def _keys(request: BuildRequest, target: Target) -> _Keys:
     toolchain = {**core, **toolchain_versions(*target.packages), **target.cache_identity()}
     form = target.onnx_form(request.precision)
     judge = target.name if target.plans_memory else None  # its compiler judges --fit-memory's tiling
-    return _Keys(request.cache_key(checkpoint_sha256, toolchain),
-                 request.onnx_key(form, checkpoint_sha256, core if judge is None else toolchain, judge,
-                                  graph_passes_for(request, target)),
-                 toolchain, checkpoint_sha256)
+    onnx_key = request.onnx_key(form, checkpoint_sha256, core if judge is None else toolchain, judge,
+                                graph_passes_for(request, target))
+    return _Keys(request.cache_key(checkpoint_sha256, toolchain, onnx_key), onnx_key, toolchain, checkpoint_sha256)
 
 
 def build(
