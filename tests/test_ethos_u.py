@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from tests.conftest import NARROW, one_line_error
+from vncompile.core.errors import VncompileError
 from vncompile.targets.ethos_u.vela import MEMORY_MODES, SYSTEM_CONFIGS, VelaSettings, cpu_operations
 
 
@@ -92,6 +93,7 @@ def test_the_converter_starts_from_the_verified_graph(run_cli, tmp_path, ethos_u
                                                      "Ethos-U than ethos-u65-256"),
     (["--memory-mode", "Lots"], "unknown --memory-mode 'Lots'"),
     (["--batch", "2"], "ethos-u builds batch 1"),
+    (["--opset", "11"], "ethos-u reads ONNX opset >= 13"),
 ])
 def test_requests_ethos_u_cannot_honour_are_one_line(run_cli, tmp_path, args, message):
     result = run_cli("build", "--model", "vanillanet_5", "--width", NARROW, "--target", "ethos-u", "--size", "64",
@@ -115,6 +117,10 @@ def test_cpu_operators_are_read_from_velas_report_and_refused_unless_allowed():
     assert settings.refused_cpu_ops(ops) == ops[:1]
     everything = VelaSettings("ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram", ("all",))
     assert everything.refused_cpu_ops(ops) == []
+    # Where vela cannot read its operator database it prints "CPU: N/A": still counted, never passed over.
+    assert cpu_operations(["CPU operators = 1 (5.0%)", "   CPU: N/A"]) == [{"op": "unknown", "name": "N/A"}]
+    with pytest.raises(VncompileError, match="vela printed no operator placement"):
+        cpu_operations(["Network summary for model"])
 
 
 def test_the_configurations_offered_are_velas_own(ethos_u_toolchain):

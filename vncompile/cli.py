@@ -41,8 +41,11 @@ def _reserve_stdout() -> None:
     except (AttributeError, ValueError, OSError):
         return
     sys.stdout.flush()
-    original = os.dup(1)
-    os.dup2(2, 1)
+    try:
+        original = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no stderr to send them to: leave stdout as it is
+        return
     sys.stdout = open(original, "w", encoding=sys.stdout.encoding, errors=sys.stdout.errors,  # noqa: SIM115
                       buffering=1, closefd=True)
 
@@ -261,7 +264,7 @@ def _device_config(kwargs: dict[str, Any]):
 @model_options
 @click.option("-t", "--target", help="backend (see 'vncompile targets'); or take it from --device CONFIG.yaml")
 @click.option("--precision", help="fp32 | fp16 | bf16 | int8 | int16 (qnn: 16-bit activations, 8-bit weights)  "
-                                  "[default: fp32; rknn: fp16, or int8 where only that; qnn: int8]")
+                                  "[default: fp32; rknn: fp16, or int8 where only that; qnn, ethos-u: int8]")
 @click.option("--size", type=POSITIVE, help="square input size  [default: 224]")
 @click.option("--input-shape", type=SHAPE, metavar="NxCxHxW", help="explicit input shape, e.g. 1x3x224x224")
 @click.option("--batch", type=POSITIVE, default=1, show_default=True)
@@ -386,7 +389,7 @@ def targets(as_json) -> None:
               help="comma-separated square input sizes  [with --features: 640,1280]")
 @click.option("--features", metavar="INDICES",
               help=f"profile backbones: {FEATURES_HELP}; the ResNet baselines give their four stages (C2-C5)")
-@click.option("--precision", help="[default: each target's own: fp32, rknn fp16]")
+@click.option("--precision", help="[default: each target's own: fp32; rknn fp16; qnn, ethos-u int8]")
 @click.option("--batch", type=POSITIVE, default=1, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="untimed runs before timing")
 @click.option("--runs", type=POSITIVE, default=20, show_default=True, help="timed runs")

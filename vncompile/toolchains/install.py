@@ -27,7 +27,7 @@ from ..core.errors import InputError, VncompileError
 from ..core.io import atomic_file, file_lock, write_json
 from .canonical import environment_name
 from .installed import MARKER, InstalledToolchain, locate_spec, marker_document, toolchain_home, venv_python
-from .spec import ToolchainSpec, get_spec
+from .spec import NoDepsPackage, ToolchainSpec, get_spec
 
 PYTHON_OVERRIDE = "VNCOMPILE_TOOLCHAIN_PYTHON"
 INSTALL_LOG = "install.log"
@@ -88,13 +88,18 @@ def _build_environment(spec: ToolchainSpec, env: Path, base_python: str, base_ve
         _run([base_python, "-m", "venv", str(env)], log, step, "creating the virtual environment", log_path)
     python = str(venv_python(env))
     pip = [python, "-m", "pip", "install", "--no-input", "--progress-bar", "off"]
+
+    def install_no_deps(packages: tuple[NoDepsPackage, ...]) -> None:
+        for package in packages:
+            index = ["--extra-index-url", package.extra_index_url] if package.extra_index_url else []
+            with display.step(f"install {package.requirement} (--no-deps)") as step:
+                _run([*pip, "--no-deps", *index, package.requirement], log, step,
+                     f"installing {package.requirement}", log_path)
+
+    install_no_deps(spec.first)
     with display.step(f"install {len(spec.requirements)} pinned requirements") as step:
         _run([*pip, *spec.requirements], log, step, "installing the pinned requirements", log_path)
-    for package in spec.no_deps:
-        index = ["--extra-index-url", package.extra_index_url] if package.extra_index_url else []
-        with display.step(f"install {package.requirement} (--no-deps)") as step:
-            _run([*pip, "--no-deps", *index, package.requirement], log, step,
-                 f"installing {package.requirement}", log_path)
+    install_no_deps(spec.no_deps)
     with display.step(f"import {spec.distribution}"):
         version = _import_check(spec, Path(python), log)
     if version is None:

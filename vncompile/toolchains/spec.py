@@ -41,6 +41,9 @@ class ToolchainSpec:
     worker: str  # file name under ``workers/``, run by the environment's python
     fixed_addresses: bool = False  # run the worker without address randomization (reproducible artifacts)
     helpers: tuple[str, ...] = ()  # modules under ``workers/`` the worker imports, copied beside it
+    # installed first, one by one, without dependencies: what the requirements depend on but must come from
+    # a special index (the CPU torch), so that pip's resolver then finds it satisfied and keeps it
+    first: tuple[NoDepsPackage, ...] = ()
 
     @property
     def worker_path(self) -> Path:
@@ -99,17 +102,38 @@ RKNN = ToolchainSpec(
 
 # litert-torch 0.10 (torch.export -> PT2E int8 -> TFLite, no TensorFlow) and ethos-u-vela 5.2 (TFLite ->
 # Ethos-U command stream, with its SRAM/DRAM plan and cycle estimate). litert-torch takes any torch >= 2.4:
-# the CPU build vncompile uses (pip finds it locally; a bare "torch" would pull the CUDA build). onnx reads
-# the verified graph the worker rebuilds in torch (``workers/onnx_as_torch.py``).
+# the CPU build vncompile uses, installed first from PyTorch's CPU index (pip then finds it satisfied; a bare
+# "torch" would pull the CUDA build), its own dependencies pinned with the rest. What
+# its conversion runs through is pinned too (torchao's PT2E, the TFLite converter and quantizer, jax,
+# numpy), so an install made later converts the same way. onnx reads the verified graph the worker
+# rebuilds in torch (``workers/onnx_as_torch.py``).
 ETHOS_U = ToolchainSpec(
     name="ethos-u",
     description="Arm Ethos-U: litert-torch int8 TFLite, compiled by vela (SRAM/DRAM plan, cycle estimate)",
     distribution="ethos-u-vela",
+    first=(NoDepsPackage("torch==2.13.0+cpu", extra_index_url="https://download.pytorch.org/whl/cpu"),),
     requirements=(
-        "torch==2.13.0",
         "litert-torch==0.10.0",
         "ethos-u-vela==5.2.0",
         "onnx==1.23.2",
+        "torchao==0.18.0",
+        "litert-converter==0.5.0",
+        "ai-edge-litert==2.3.0",
+        "ai-edge-quantizer==0.10.0",
+        "jax==0.10.2",
+        "jaxlib==0.10.2",
+        "numpy==2.4.6",
+        "ml-dtypes==0.6.0",
+        "flatbuffers==25.12.19",
+        "protobuf==7.36.2",
+        # torch's own
+        "filelock==4.2.12",
+        "fsspec==2026.9.0",
+        "jinja2==3.1.6",
+        "networkx==3.6.1",
+        "setuptools==84.2.1",
+        "sympy==1.14.0",
+        "typing-extensions==4.12.2",
     ),
     no_deps=(),
     python_versions=("3.11", "3.12"),

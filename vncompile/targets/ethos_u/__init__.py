@@ -42,6 +42,7 @@ __all__ = ["EthosUTarget"]
 TFLITE, VELA_TFLITE = "model_int8.tflite", "model_int8_vela.tflite"
 SUMMARY_CSV, LAYERS_CSV = "vela_summary.csv", "vela_per_layer.csv"
 CONVERT_TIMEOUT_S, VELA_TIMEOUT_S = 3600.0, 1800.0
+MIN_OPSET = 13
 
 
 class EthosUTarget(Target):
@@ -73,6 +74,9 @@ class EthosUTarget(Target):
                              "pass --precision int8")
         if request.dynamic:
             raise InputError("an Ethos-U command stream has static shapes; drop --dynamic")
+        if request.opset < MIN_OPSET:
+            raise InputError(f"ethos-u reads ONNX opset >= {MIN_OPSET} (Pad and Slice take their values as inputs), "
+                             f"not {request.opset}; pass --opset {MIN_OPSET} or higher")
         if request.shape.batch != 1:
             raise InputError(f"ethos-u builds batch 1 (a microcontroller NPU runs one input at a time), not "
                              f"--batch {request.shape.batch}")
@@ -95,17 +99,17 @@ class EthosUTarget(Target):
             reply = _request(worker, "vela", {"tflite": str(tflite), "output_dir": str(out), **settings.as_args()},
                              VELA_TIMEOUT_S, "compile for the NPU")
             versions = dict(worker.facts)
+            cpu_ops = cpu_operations(reply.output)
+            refused = settings.refused_cpu_ops(cpu_ops)
+            if refused:
+                names = ", ".join(sorted({op["op"] for op in refused}))
+                raise VncompileError(f"vela left {len(refused)} operator(s) to the CPU ({names}); change the graph, "
+                                     f"or accept them with --allow-cpu-ops {names.replace(' ', '')}")
             shutil.move(tflite, ctx.build_dir / TFLITE)
             shutil.move(reply.result["optimized"], ctx.build_dir / VELA_TFLITE)
             shutil.move(reply.result["summary_csv"], ctx.build_dir / SUMMARY_CSV)
             shutil.move(reply.result["layers_csv"], ctx.build_dir / LAYERS_CSV)
         summary = VelaSummary.of_row(reply.result["summary"])
-        cpu_ops = cpu_operations(reply.output)
-        refused = settings.refused_cpu_ops(cpu_ops)
-        if refused:
-            names = ", ".join(sorted({op["op"] for op in refused}))
-            raise VncompileError(f"vela left {len(refused)} operator(s) to the CPU ({names}); change the graph, or "
-                                 f"accept them with --allow-cpu-ops {names.replace(' ', '')}")
         ctx.log.info("ethos-u: %s, SRAM %.1f KB + off-chip %.1f KB, %d cycles (%.3f ms), %d CPU operators",
                      settings.accelerator, summary.memory_kb["sram"], summary.total_kb - summary.memory_kb["sram"],
                      summary.cycles, summary.inference_ms, len(cpu_ops))
@@ -126,7 +130,8 @@ class EthosUTarget(Target):
                           for area, used in summary.memory_kb.items() if used)
         return MemoryFigure(summary.total_kb, "compiler", summary.weights_kb, summary.total_kb - summary.weights_kb,
                             f"{target['toolkit'].split(',')[0]} plan for {target['accelerator']} "
-                            f"({target['system_config']}, {target['memory_mode']}): {areas}")
+                            f"({target['system_config']}, {target['memory_mode']}): {areas}; activations = all "
+                            "but the encoded weights, staging buffers included")
 
     def estimated_latency(self, build_dir: Path, manifest: dict[str, Any]) -> LatencyFigure:
         summary, target = VelaSummary.of_manifest(manifest), facts(manifest)

@@ -14,7 +14,8 @@ from typing import Any
 
 from ...api.request import BuildRequest
 from ...api.target import facts
-from ...core.errors import InputError
+from ...core.errors import InputError, VncompileError
+from ...core.units import kb
 
 # accelerator -> (system config, memory mode): U55 shares the SoC's SRAM and reads weights from flash;
 # U65 and U85 have SRAM of their own as a cache in front of DRAM (Arm's "Dedicated SRAM" modes).
@@ -39,6 +40,7 @@ MEMORY_AREAS = ("sram", "dram", "on_chip_flash", "off_chip_flash")
 # the TFLite operator is in its warning, "Warning (supported operators) operator: SOFTMAX, ofm: 'NAME'".
 CPU_OPERATION = re.compile(r"^\s*CPU: (\w+) = (.*?)(?: \(outputs \[[\d, ]*\]\))?$")
 UNSUPPORTED = re.compile(r"^Warning \(supported operators\) operator: (\w+), ofm: '(.*)'$")
+CPU_COUNT = re.compile(r"^CPU operators = (\d+) ")
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,16 @@ def _op_key(name: str) -> str:
 
 
 def cpu_operations(output: list[str]) -> list[dict[str, str]]:
-    """The operators vela left to the CPU (``--show-cpu-operations``): their TFLite type and name."""
+    """The operators vela left to the CPU (``--show-cpu-operations``): their TFLite type and name. Its count
+    line decides how many: where vela cannot name one (it prints ``CPU: N/A``), it is ``unknown``."""
     lines = [line.strip() for line in output]
+    counts = [int(m.group(1)) for m in map(CPU_COUNT.match, lines) if m]
+    if len(counts) != 1:
+        raise VncompileError("vela printed no operator placement ('CPU operators = N'); its output is in build.log")
     tflite_op = {m.group(2): m.group(1) for m in map(UNSUPPORTED.match, lines) if m}
-    return [{"op": tflite_op.get(m.group(2), m.group(1)), "name": m.group(2)}
-            for m in map(CPU_OPERATION.match, lines) if m]
+    named = [{"op": tflite_op.get(m.group(2), m.group(1)), "name": m.group(2)}
+             for m in map(CPU_OPERATION.match, lines) if m]
+    return named + [{"op": "unknown", "name": "N/A"}] * (counts[0] - len(named))
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,7 @@ class VelaSummary:
     @classmethod
     def of_row(cls, row: dict[str, Any]) -> VelaSummary:
         return cls({area: float(row[f"{area}_memory_used"]) for area in MEMORY_AREAS},
-                   float(row["total_npu_encoded_weights"]) / 1024, int(float(row["cycles_total"])),
+                   kb(float(row["total_npu_encoded_weights"])), int(float(row["cycles_total"])),
                    float(row["inference_time"]) * 1e3, float(row["core_clock"]))
 
     @property

@@ -96,8 +96,7 @@ class EthosUWorker:
         self._interpreter = Interpreter(model_path=args["tflite"], num_threads=1)
         self._interpreter.allocate_tensors()
         return {"inputs": [_describe(d) for d in self._interpreter.get_input_details()],
-                "outputs": [_describe(d) for d in self._interpreter.get_output_details()],
-                "operators": [op["op_name"] for op in self._interpreter._get_ops_details()]}
+                "outputs": [_describe(d) for d in self._interpreter.get_output_details()]}
 
     def infer(self, args):
         """One NCHW float input, quantized with the model's input scale, NHWC; outputs dequantized."""
@@ -120,9 +119,11 @@ class EthosUWorker:
 def _in_model_order(details):
     """Outputs in the torch module's order: the converter names them ``..._output_<i>...``, and the
     interpreter lists them by tensor index, not by that position."""
+    if len(details) == 1:
+        return details
     positions = [re.search(r"output_(\d+)", d["name"]) for d in details]
     if not all(positions):
-        return details
+        raise RuntimeError(f"cannot tell the outputs' order from their names: {[d['name'] for d in details]}")
     return [d for _, d in sorted(zip((int(p.group(1)) for p in positions), details, strict=True),
                                  key=lambda pair: pair[0])]
 

@@ -30,29 +30,43 @@ class OnnxAsTorch(torch.nn.Module):
         unsupported = sorted({n.op_type for n in graph.node} - set(SUPPORTED))
         if unsupported:
             raise ValueError(f"the graph has operators this converter does not take: {', '.join(unsupported)}")
-        if len(graph.input) != 1:
-            raise ValueError(f"the graph has {len(graph.input)} inputs; one image input expected")
         self.constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        inputs = [i.name for i in graph.input if i.name not in self.constants]  # opset < 9 lists initializers
+        if len(inputs) != 1:
+            raise ValueError(f"the graph has {len(inputs)} inputs; one image input expected")
         self.weights = torch.nn.ParameterDict()
         self.weight_key = {}
         for node in graph.node:
             if node.op_type in ("Conv", "Gemm"):
-                for name in node.input[1:3]:
+                for j, name in enumerate(node.input[1:3]):
                     if name and name not in self.weight_key:
+                        weight = np.array(self._constant(name, node))
+                        if node.op_type == "Gemm" and j == 0 and not _attribute(node, "transB", 0):
+                            weight = weight.T.copy()  # stored as linear's (out, in), not transposed per call
                         key = f"w{len(self.weight_key)}"
-                        self.weights[key] = torch.nn.Parameter(torch.from_numpy(np.array(self.constants[name])),
-                                                               requires_grad=False)
+                        self.weights[key] = torch.nn.Parameter(torch.from_numpy(weight), requires_grad=False)
                         self.weight_key[name] = key
+        # Other constants used as operands (an Add's bias, say) become buffers: values like any other.
+        operands = {name for n in graph.node if n.op_type in ("Add", "Concat", "Identity") for name in n.input}
+        for i, name in enumerate(sorted(operands & set(self.constants))):
+            self.register_buffer(f"c{i}", torch.from_numpy(np.array(self.constants[name])))
+        self.operand_buffer = {name: f"c{i}" for i, name in enumerate(sorted(operands & set(self.constants)))}
         self.relus = torch.nn.ModuleDict({str(i): torch.nn.ReLU() for i, n in enumerate(graph.node)
                                           if n.op_type == "Relu"})
         self.nodes = [(n.op_type, list(n.input), list(n.output),
                        {"index": str(i), **{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}})
                       for i, n in enumerate(graph.node)]
-        self.input_name = graph.input[0].name
+        self.input_name = inputs[0]
         self.output_names = [o.name for o in graph.output]
 
+    def _constant(self, name, node):
+        if name not in self.constants:
+            raise ValueError(f"{node.op_type} node '{node.name}' takes '{name}' from the graph, not as a constant; "
+                             "simplify the graph first")
+        return self.constants[name]
+
     def forward(self, x):
-        values = {self.input_name: x}
+        values = {self.input_name: x, **{name: getattr(self, key) for name, key in self.operand_buffer.items()}}
         for op, inputs, outputs, attrs in self.nodes:
             args = [values.get(name) for name in inputs]
             values[outputs[0]] = getattr(self, f"_{op}")(inputs, args, attrs)
@@ -63,6 +77,8 @@ class OnnxAsTorch(torch.nn.Module):
         return self.weights[self.weight_key[name]] if name else None
 
     def _ints(self, name):
+        if name not in self.constants:
+            raise ValueError(f"'{name}' is computed in the graph, not a constant; simplify the graph first")
         return [int(v) for v in np.asarray(self.constants[name]).reshape(-1)]
 
     def _Conv(self, inputs, args, attrs):
@@ -86,7 +102,7 @@ class OnnxAsTorch(torch.nn.Module):
         x, pads = args[0], list(attrs.get("pads", [0, 0, 0, 0]))
         if attrs.get("ceil_mode", 0) or pads[:2] != pads[2:]:
             raise ValueError("MaxPool with ceil_mode or asymmetric pads is not taken")
-        return F.max_pool2d(x, attrs["kernel_shape"], attrs.get("strides", attrs["kernel_shape"]), pads[:2],
+        return F.max_pool2d(x, attrs["kernel_shape"], attrs.get("strides", [1, 1]), pads[:2],
                             attrs.get("dilations", [1, 1]))
 
     def _global_average(self, x, keepdims):
@@ -114,10 +130,8 @@ class OnnxAsTorch(torch.nn.Module):
 
     def _Gemm(self, inputs, args, attrs):
         if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
-            raise ValueError("Gemm other than x @ W^T + b is not taken")
-        weight = self._weight(inputs[1])
-        return F.linear(args[0], weight if attrs.get("transB", 0) else weight.t(),
-                        self._weight(inputs[2]) if len(inputs) > 2 else None)
+            raise ValueError("Gemm with transA, alpha or beta is not taken")
+        return F.linear(args[0], self._weight(inputs[1]), self._weight(inputs[2]) if len(inputs) > 2 else None)
 
     def _Add(self, inputs, args, attrs):
         return torch.add(args[0], args[1])
@@ -142,6 +156,8 @@ class OnnxAsTorch(torch.nn.Module):
         pads = self._ints(inputs[1])
         if attrs.get("mode", b"constant") not in (b"constant", "constant"):
             raise ValueError("only constant Pad is taken")
+        if len(inputs) > 3 and inputs[3]:
+            raise ValueError("Pad with axes is not taken")
         value = float(np.asarray(self.constants[inputs[2]]).reshape(-1)[0]) if len(inputs) > 2 and inputs[2] else 0.0
         half = len(pads) // 2
         if pads[:2] != [0, 0] or pads[half:half + 2] != [0, 0] or half != 4:
@@ -155,3 +171,10 @@ class OnnxAsTorch(torch.nn.Module):
         n, c, h, w = x.shape
         nhwc = x.permute(0, 2, 3, 1).reshape(n * h // b, b, w // b, b * c).permute(0, 2, 1, 3)
         return nhwc.reshape(n, h // b, w // b, b * b * c).permute(0, 3, 1, 2)
+
+
+def _attribute(node, name, default):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return onnx.helper.get_attribute_value(attribute)
+    return default
