@@ -38,6 +38,49 @@ def test_every_target_option_has_one_declaration_for_config_cli_and_key():
     assert "calibration" not in TargetOptions().key_fields()  # its content hash stands for it
 
 
+def test_every_target_specific_option_belongs_to_a_target():
+    from vncompile.api.options import TARGET_OPTIONS
+    from vncompile.targets import get_target, target_names
+
+    owned = {name: get_target(name).own_options for name in target_names()}
+    assert set().union(*owned.values()) == TARGET_OPTIONS
+    assert owned["qnn"] == ("soc",) and "platform" in owned["rknn"] and "accelerator" in owned["ethos-u"]
+
+
+@pytest.mark.parametrize("target,flags,message", [
+    ("ethos-u", ["--soc", "SM8650"], "--soc does not apply to --target ethos-u (its own: --accelerator, "
+                                     "--system-config, --memory-mode, --allow-cpu-ops)"),
+    ("openvino", ["--platform", "rk3588", "--quant-algorithm", "mmse"],
+     "--platform, --quant-algorithm do not apply to --target openvino (its own: --keep-fp32)"),
+    ("analytic", ["--workspace", "64"], "--workspace does not apply to --target analytic"),
+])
+def test_another_targets_option_is_refused_not_ignored(tmp_path, run_cli, target, flags, message):
+    from tests.conftest import one_line_error
+
+    out = tmp_path / "b"
+    result = run_cli("build", "--model", "vanillanet_5", "--width", NARROW, "--size", "64", "--target", target,
+                     *flags, "-o", out)
+    assert result.code == 2 and one_line_error(result) == f"error: {message}"
+    assert not out.exists()
+
+
+def test_profile_gives_each_target_its_own_options_and_refuses_one_none_reads():
+    from vncompile.profiling.profile import ProfileRequest
+
+    source = ModelSource(model_name="vanillanet_5", width=NARROW)
+    options = TargetOptions(soc="SM8750", platform="rk3576", keep_fp32=("auto",))
+    profile = ProfileRequest(models=(source,), targets=("qnn", "rknn", "openvino"), options=options)
+    profile.check_options()
+    qnn, rknn, openvino = (profile.build_request(source, t, 64, "int8").options for t in profile.targets)
+    assert (qnn.soc, qnn.platform, qnn.keep_fp32) == ("SM8750", None, None)
+    assert (rknn.soc, rknn.platform, rknn.keep_fp32) == (None, "rk3576", None)
+    assert (openvino.soc, openvino.platform, openvino.keep_fp32) == (None, None, ("auto",))
+    unread = ProfileRequest(models=(source,), targets=("onnxruntime", "openvino"), options=options)
+    with pytest.raises(InputError, match=r"^--platform, --soc apply to none of the profiled targets "
+                                         r"\(onnxruntime, openvino\)$"):
+        unread.check_options()
+
+
 def test_options_round_trip_through_a_worker_payload():
     options = TargetOptions(device="CPU", calibration=Path("cal"), profile_sizes=(256, 384, 512), workspace_mb=64,
                             timing_cache=Path("t.cache"), fit_memory=15850.5, keep_fp32=("a", "b"),
@@ -96,6 +139,7 @@ def test_profile_honours_a_device_configs_batch_and_dynamic(tmp_path):
                              sizes=(64, 96), device=config)
     request = profile.build_request(profile.models[0], "onnxruntime", 64, "fp32")
     assert request.dynamic and request.shape.batch == 2 and profile.batch_size == 2
+    assert request.options.profile_sizes is None  # an optimization profile is tensorrt's alone
 
 
 # ---------------------------------------------------------------------------- tolerances and per-output comparison

@@ -204,6 +204,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, run_cli, args, messa
 def test_missing_checkpoint_is_one_line(tmp_path, run_cli):
     result = run_cli("build", tmp_path / "nope.pth", "--target", "onnxruntime", "-o", tmp_path / "b")
     assert result.code == 2 and "no such checkpoint file" in one_line_error(result)
+    # a model's name where the checkpoint goes (with a --model option): the missing file, and how to build it
+    named = run_cli("build", "vanillanet_5", "--width", W, "--target", "analytic", "-o", tmp_path / "c")
+    assert one_line_error(named) == ("error: vanillanet_5: no such checkpoint file (a network with random weights: "
+                                     "--model vanillanet_5)")
 
 
 def test_dynamic_build_verifies_two_sizes(tmp_path, run_cli):

@@ -115,8 +115,9 @@ def test_cpu_operators_are_read_from_velas_report_and_refused_unless_allowed():
                    {"op": "SOFTMAX", "name": "serving_default_output_0_output"}]
     settings = VelaSettings("ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram", ("Softmax",))
     assert settings.refused_cpu_ops(ops) == ops[:1]
-    everything = VelaSettings("ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram", ("all",))
-    assert everything.refused_cpu_ops(ops) == []
+    for word in ("all", "ALL"):
+        everything = VelaSettings("ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram", (word,))
+        assert everything.refused_cpu_ops(ops) == []
     # Where vela cannot read its operator database it prints "CPU: N/A": still counted, never passed over.
     assert cpu_operations(["CPU operators = 1 (5.0%)", "   CPU: N/A"]) == [{"op": "unknown", "name": "N/A"}]
     with pytest.raises(VncompileError, match="vela printed no operator placement"):

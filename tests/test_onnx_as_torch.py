@@ -73,6 +73,8 @@ def test_the_module_is_the_graphs_function(case):
     ([helper.make_node("Conv", ["x", "x"], ["y"])], [], "takes 'x' from the graph, not as a constant"),
     ([helper.make_node("Pad", ["x", "p", "", "a"], ["y"])],
      [constant("p", np.array([1, 1])), constant("a", np.array([2]))], "Pad with axes is not taken"),
+    ([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], auto_pad="SAME_UPPER")], [],
+     "MaxPool with auto_pad"),
 ])
 def test_what_it_does_not_take_is_refused_by_name(nodes, initializers, message):
     with pytest.raises(ValueError, match=message):  # on building the module, or at the latest on tracing it

@@ -40,7 +40,7 @@ def test_int8_context_binary_verifies_on_the_htp_simulator(run_cli, tmp_path, pa
     if passes == "none":
         assert facts["float_nodes"] == {"MaxPool": 3} and facts["quantized_nodes"] == 11
         assert "3 of 14 compute nodes in float" in facts["placement"]
-        assert "node_max_pool2d_2; --graph-passes relu-before-maxpool quantizes the pools" in log
+        assert "node_max_pool2d_2; adding relu-before-maxpool to --graph-passes quantizes the pools" in log
     else:  # the stem's SpaceToDepth is one more node, quantized too
         assert facts["float_nodes"] == {} and facts["quantized_nodes"] == 15
         assert "all 15 compute nodes quantized" in facts["placement"] and "run in float" not in log

@@ -117,6 +117,10 @@ def test_int8_of_a_checkpoint_without_calibration_is_refused(tmp_path, run_cli):
     line = one_line_error(result)
     assert "needs real calibration images" in line and "--calibration synthetic" in line
     assert not (tmp_path / "b").exists()
+    # the analytic planner quantizes nothing (int8 is an element size to it): no images asked for
+    planned, manifest = build(run_cli, tmp_path / "plan", "--target", "analytic", "--precision", "int8")
+    assert planned.code == 0, planned.err
+    assert manifest["memory"]["source"] == "estimated"
 
 
 def test_a_broken_int8_is_caught_and_the_layers_named(tmp_path, run_cli):

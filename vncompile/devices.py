@@ -21,6 +21,7 @@ from .api.request import BuildRequest, InputShape, ModelSource
 from .api.tolerance import PRECISIONS, Tolerance, ToleranceKind
 from .core.errors import InputError
 from .core.schema import Flag, IntList, Mapping_, MemorySize, OneOf, PositiveInt, Text, TextList, from_document, setting
+from .targets import get_target
 from .vanillanet.features import parse_features
 
 
@@ -73,7 +74,8 @@ class DeviceConfig:
         fields.setdefault("tolerance", self.tolerance)
         dynamic = fields.pop("dynamic", self.dynamic)
         options = fields.pop("options", self.options)
-        if dynamic and options.profile_sizes is None:  # the profile covers the config's sizes and this one
+        if dynamic and options.profile_sizes is None and "profile_sizes" in get_target(fields["target"]).own_options:
+            # an optimization profile (tensorrt's) covers the config's sizes and this one
             options = dataclasses.replace(options, profile_sizes=(min(*sizes, shape.height), shape.height,
                                                                   max(*sizes, shape.height)))
         return BuildRequest(source, shape=shape, dynamic=dynamic, options=options, **fields)

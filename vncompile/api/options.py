@@ -30,6 +30,15 @@ DEFAULT_CALIBRATION_SIZE = 256
 # a profile means for it); targets whose memory is fixed at compile time accept only the default.
 RUNTIME_PROFILES = ("latency", "balanced", "memory")
 DEFAULT_RUNTIME_PROFILE = "balanced"
+# The options only some targets read (each ``Target.own_options`` names its own): a build for another target
+# refuses them rather than ignoring them, and a profile passes each target only its own.
+TARGET_OPTIONS = frozenset({
+    "keep_fp32",  # the ONNX that vncompile quantizes (onnxruntime, openvino, tensorrt); the NPUs quantize themselves
+    "platform", "quant_algorithm", "board",  # rknn
+    "soc",  # qnn
+    "accelerator", "system_config", "memory_mode", "allow_cpu_ops",  # ethos-u
+    "workspace_mb", "profile_sizes", "timing_cache",  # tensorrt
+})
 
 
 class CalibrationKind(Kind):
@@ -151,6 +160,21 @@ class TargetOptions:
                 value = declared[name][1].kind.from_value(value)
             values[name] = value
         return cls(**values)
+
+
+def foreign_options(options: TargetOptions, own: tuple[str, ...]) -> list[str]:
+    """The flags of the target-specific options that are set and not among ``own`` (a target's own options)."""
+    return [flag_of(name) for name in sorted(TARGET_OPTIONS - set(own)) if getattr(options, name) is not None]
+
+
+def only_own_options(options: TargetOptions, own: tuple[str, ...]) -> TargetOptions:
+    """``options`` without the target-specific options that are not among ``own``."""
+    return dataclasses.replace(options, **{name: None for name in TARGET_OPTIONS - set(own)})
+
+
+def flag_of(name: str) -> str:
+    flag = settings_of(TargetOptions)[name][1].flag
+    return flag or name
 
 
 def _jsonable(value: Any) -> Any:

@@ -48,11 +48,14 @@ class ModelSource:
         if self.model_name is not None and self.model_name not in MODEL_NAMES:
             raise InputError(f"unknown model '{self.model_name}'; choose from {', '.join(MODEL_NAMES)}")
         if self.checkpoint is not None:
+            if not Path(self.checkpoint).is_file():
+                # a model's name typed where the checkpoint goes: say how to build it
+                hint = f" (a network with random weights: --model {self.checkpoint})" \
+                    if str(self.checkpoint) in MODEL_NAMES else ""
+                raise InputError(f"{self.checkpoint}: no such checkpoint file{hint}")
             if self.width != 1.0 or self.act_num is not None:
                 raise InputError("--width and --act-num apply to --model networks; a checkpoint's come from its "
                                  "tensors")
-            if not Path(self.checkpoint).is_file():
-                raise InputError(f"{self.checkpoint}: no such checkpoint file")
         if self.act_num is not None and not 0 <= self.act_num <= 8:
             raise InputError(f"--act-num must be between 0 and 8, got {self.act_num}")
         if self.act_learn is not None and not (0.0 <= self.act_learn <= 1.0):
@@ -135,13 +138,14 @@ class BuildRequest:
             raise InputError(f"unknown simplifier '{self.simplifier}'; choose from {', '.join(SIMPLIFIERS)}")
         if not 7 <= self.opset <= 23:
             raise InputError(f"--opset must be between 7 and 23, got {self.opset}")
-        if (self.precision in QUANTIZED and self.source.checkpoint is not None
-                and self.options.calibration is None):
-            # Noise says nothing about the ranges a trained network's activations take on real images.
+
+    def check_calibration(self) -> None:
+        """A build that quantizes a trained checkpoint needs real images: noise says nothing about the ranges its
+        activations take on them."""
+        if self.precision in QUANTIZED and self.source.checkpoint is not None and self.options.calibration is None:
             raise InputError(f"{self.precision} of a trained checkpoint needs real calibration images: pass "
                              "--calibration DIR (images in any layout), or --calibration synthetic to accept noise "
                              "on purpose")
-
     def tolerances(self) -> dict[str, Tolerance]:
         return tolerances(self.tolerance)
 

@@ -143,6 +143,7 @@ class Target(abc.ABC):
     devices: ClassVar[tuple[str, ...]] = ("CPU",)
     packages: ClassVar[tuple[str, ...]] = ()  # distributions whose versions key the build cache
     executes: ClassVar[bool] = True  # False: nothing to run (the analytic memory planner)
+    quantizes: ClassVar[bool] = True  # False: int8/int16 are element sizes only, no calibration (the planner)
     latency_here: ClassVar[bool] = True  # False: what runs here is a simulator, whose wall clock is no latency
     # The --runtime-profile values it has session settings for (``options.RUNTIME_PROFILES``). Without any, the
     # pipeline refuses all but the default, saying ``why_no_runtime_profiles``.
@@ -151,6 +152,8 @@ class Target(abc.ABC):
     # measured to help its compiler.
     graph_passes: ClassVar[tuple[str, ...]] = ()
     why_no_runtime_profiles: ClassVar[str] = "it has no session settings to choose"
+    # The target-specific options (``options.TARGET_OPTIONS``) it reads; the others are refused, not ignored.
+    own_options: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def availability(self) -> Availability:

@@ -154,8 +154,9 @@ def stem_space_to_depth(model: onnx.ModelProto) -> int:
                 if attribute.name in ("kernel_shape", "strides"):
                     attribute.ints[:] = [1, 1]
             rewrites += 1
-    still_used = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    if rewrites:  # the replaced stem weights, now unused
+        still_used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        kept = [init for init in graph.initializer if init.name in still_used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
     return rewrites

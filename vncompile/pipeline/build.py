@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..api.options import DEFAULT_RUNTIME_PROFILE
+from ..api.options import DEFAULT_RUNTIME_PROFILE, flag_of, foreign_options
 from ..api.request import BuildRequest
 from ..api.target import Artifact, CompileContext, CompileResult, MemoryFigure, Target
 from ..api.tolerance import QUANTIZED
@@ -114,7 +114,7 @@ def cached_build(request: BuildRequest, cache: BuildCache | None = None,
 def _ensure_built(request: BuildRequest, keys: _Keys, cache: BuildCache,
                   reporter: StageReporter | None) -> tuple[dict[str, Any], bool]:
     """Under the key's lock: the cached manifest, or a fresh build stored in the cache."""
-    _check_runtime_profile(request, get_target(request.target))  # an input error, before any build work
+    _check_options(request, get_target(request.target))  # input errors, before any build work
     manifest = cache.lookup(keys.build)
     if manifest is not None:
         return manifest, True
@@ -177,7 +177,7 @@ def _run(request: BuildRequest, target: Target, keys: _Keys, cache: BuildCache, 
                 extra.append(Artifact(LAYERS_CSV, "int8-layers"))
             with timings.stage("compile"):
                 result = target.compile(CompileContext(bundle / "model.onnx", bundle, request, log,
-                                                       _calibration(request, form)))
+                                                       _calibration(request, target, form)))
             manifest = new_manifest(request, target, prepared.model, result, bundle, outputs=prepared.outputs,
                                     toolchain=keys.toolchain, cache_key=keys.build, extra_artifacts=extra)
             manifest.update(figures(target.compiler_memory(bundle, manifest) or _estimated_memory(request, bundle),
@@ -202,17 +202,26 @@ def _run(request: BuildRequest, target: Target, keys: _Keys, cache: BuildCache, 
     return manifest
 
 
-def _check_runtime_profile(request: BuildRequest, target: Target) -> None:
-    """Every target takes the default; another only where the target has session settings for it."""
+def _check_options(request: BuildRequest, target: Target) -> None:
+    """Another target's options are refused, not ignored: the user meant a build they would not get. A target that
+    quantizes a trained checkpoint needs real images. Every target takes the default runtime profile; another only
+    where the target has session settings for it."""
+    foreign = foreign_options(request.options, target.own_options)
+    if foreign:
+        own = f" (its own: {', '.join(flag_of(name) for name in target.own_options)})" if target.own_options else ""
+        raise InputError(f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to --target "
+                         f"{target.name}{own}")
+    if target.quantizes:
+        request.check_calibration()
     profile = request.options.runtime_profile
     if profile != DEFAULT_RUNTIME_PROFILE and profile not in target.runtime_profiles:
         raise InputError(f"{target.name} has no runtime profiles: {target.why_no_runtime_profiles}; "
                          f"drop --runtime-profile {profile}")
 
 
-def _calibration(request: BuildRequest, form: str):
-    """Targets that quantize themselves (rknn, qnn) get the preprocessed calibration inputs."""
-    if request.precision not in QUANTIZED or form == "int8-qdq":
+def _calibration(request: BuildRequest, target: Target, form: str):
+    """Targets that quantize themselves (rknn, qnn, ethos-u) get the preprocessed calibration inputs."""
+    if request.precision not in QUANTIZED or form == "int8-qdq" or not target.quantizes:
         return None
     from ..data.calibration import calibration_set
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..api.options import DEFAULT_RUNTIME_PROFILE, TargetOptions
+from ..api.options import DEFAULT_RUNTIME_PROFILE, TargetOptions, foreign_options, only_own_options
 from ..api.request import BuildRequest, InputShape, ModelSource
 from ..api.tolerance import Tolerance
-from ..core.errors import VncompileError
+from ..core.errors import InputError, VncompileError
 from ..core.host import machine_info, toolchain_versions
 from ..devices import DeviceConfig
 from ..pipeline.build_process import BuildWorker
@@ -56,15 +56,28 @@ class ProfileRequest:
     def build_request(self, source: ModelSource, target: str, size: int, precision: str) -> BuildRequest:
         from ..targets import get_target
 
-        options = self.options
-        if not get_target(target).runtime_profiles:  # --runtime-profile is for the targets that have them; the
-            # others' memory is no session setting, so their rows are built as always rather than refused
+        # Each target gets its own options (--soc is qnn's, --platform rknn's); --runtime-profile is for the
+        # targets that have them, the others' memory is no session setting: their rows are built as always.
+        own = get_target(target)
+        options = only_own_options(self.options, own.own_options)
+        if not own.runtime_profiles:
             options = dataclasses.replace(options, runtime_profile=DEFAULT_RUNTIME_PROFILE)
         fields = {"target": target, "precision": precision, "options": options, "tolerance": self.tolerance,
                   "verify": self.verify}
         if self.device is not None:
             return self.device.build_request(source, size, sizes=self.sizes, **fields)
         return BuildRequest(source, shape=InputShape.square(size, self.batch), **fields)
+
+    def check_options(self) -> None:
+        """An option that none of the profiled targets reads is a mistake (a typo'd target list, a flag for a
+        target left out), refused before anything is built."""
+        from ..targets import get_target
+
+        read = {name for target in self.targets for name in get_target(target).own_options}
+        unread = foreign_options(self.options, tuple(read))
+        if unread:
+            raise InputError(f"{', '.join(unread)} {'applies' if len(unread) == 1 else 'apply'} to none of the "
+                             f"profiled targets ({', '.join(self.targets)})")
 
     @property
     def batch_size(self) -> int:
@@ -182,6 +195,7 @@ def run_profile(request: ProfileRequest,
     """Every cell of the matrix, in order; the profile document (``profile.json``)."""
     from ..targets import get_target
 
+    request.check_options()
     rows = []
     with BuildWorker(timeout_s=request.timeout_s) as builder:
         for source, target, size in request.cells():

@@ -26,6 +26,7 @@ class AnalyticTarget(Target):
     precisions = ("fp32", "fp16", "bf16", "int8", "int16")  # int16: 2-byte activations, 1-byte weights
     devices = ("graph",)
     executes = False
+    quantizes = False
 
     def availability(self) -> Availability:
         return Availability(True, __version__, devices=self.devices)

@@ -74,6 +74,7 @@ class OnnxRuntimeTarget(Target):
     devices = ("CPU", "CUDA")
     packages = ("onnxruntime",)
     runtime_profiles = RUNTIME_PROFILES
+    own_options = ("keep_fp32",)
 
     def availability(self) -> Availability:
         version = package_version("onnxruntime") or package_version("onnxruntime-gpu")

@@ -75,6 +75,7 @@ class OpenVinoTarget(Target):
     devices = ("CPU", "GPU", "NPU")
     packages = ("openvino",)
     runtime_profiles = RUNTIME_PROFILES
+    own_options = ("keep_fp32",)
 
     def availability(self) -> Availability:
         version = package_version("openvino")

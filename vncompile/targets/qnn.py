@@ -77,6 +77,7 @@ class QnnTarget(Target):
     packages = ("onnxruntime-qnn",)
     latency_here = False
     why_no_runtime_profiles = "its memory is the HTP's, planned offline"
+    own_options = ("soc",)
     # VanillaNet's MaxPool -> ReLU leaves each pool between two scales, so QNN runs it in float between a
     # Dequantize and a Quantize; ReLU first quantizes the whole graph (``quantized_nodes``/``float_nodes``).
     graph_passes = ("relu-before-maxpool",)
@@ -186,6 +187,6 @@ def _warn_float_nodes(ctx: CompileContext, placement: QdqPlacement) -> None:
         names += f" and {len(placement.float_nodes) - 8} more"
     hint = ""
     if any(op == "MaxPool" for _, op in placement.float_nodes) and PASSES[POOL_PASS].run(onnx.load(str(ctx.onnx_path))):
-        hint = f"; --graph-passes {POOL_PASS} quantizes the pools (one scale across each)"
+        hint = f"; adding {POOL_PASS} to --graph-passes quantizes the pools (one scale across each)"
     ctx.log.warning("qnn: %d of %d compute nodes run in float on the HTP, between a Dequantize and a Quantize: "
                     "%s%s", len(placement.float_nodes), placement.compute_nodes, names, hint)

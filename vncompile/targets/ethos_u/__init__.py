@@ -51,6 +51,8 @@ class EthosUTarget(Target):
     precisions = ("int8",)
     devices = ("interpreter",)
     why_no_runtime_profiles = "its memory is vela's static plan"
+    latency_here = False  # what runs here is the LiteRT interpreter on x86, not the NPU: vela's estimate stands
+    own_options = ("accelerator", "system_config", "memory_mode", "allow_cpu_ops")
     # Measured with vela (``benchmarks/npu_passes.py``, VanillaNet-5 at 224 on ethos-u65-256): the 4x4/s4
     # stem as one 1x1 conv instead of a convolution per output pixel, 0.58x the cycles and half the DRAM
     # traffic. ReLU before MaxPool changes nothing here (litert-torch requantizes after the pool on the NPU).
@@ -128,7 +130,8 @@ class EthosUTarget(Target):
         summary, target = VelaSummary.of_manifest(manifest), facts(manifest)
         areas = ", ".join(f"{area.replace('_', '-')} {used:,.1f} KB"
                           for area, used in summary.memory_kb.items() if used)
-        return MemoryFigure(summary.total_kb, "compiler", summary.weights_kb, summary.total_kb - summary.weights_kb,
+        return MemoryFigure(summary.total_kb, "compiler", summary.weights_kb,
+                            max(summary.total_kb - summary.weights_kb, 0.0),
                             f"{target['toolkit'].split(',')[0]} plan for {target['accelerator']} "
                             f"({target['system_config']}, {target['memory_mode']}): {areas}; activations = all "
                             "but the encoded weights, staging buffers included")

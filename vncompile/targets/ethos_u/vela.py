@@ -79,7 +79,7 @@ class VelaSettings:
     def refused_cpu_ops(self, cpu_ops: list[dict[str, str]]) -> list[dict[str, str]]:
         """The CPU-placed operators not allowed by ``--allow-cpu-ops`` (names compared as vela or TFLite spell
         them: Softmax = SOFTMAX)."""
-        if "all" in self.allow_cpu_ops:
+        if any(name.lower() == "all" for name in self.allow_cpu_ops):
             return []
         allowed = {_op_key(name) for name in self.allow_cpu_ops}
         return [op for op in cpu_ops if _op_key(op["op"]) not in allowed]

@@ -50,6 +50,7 @@ class RknnTarget(Target):
     name = "rknn"
     description = "Rockchip NPU via rknn-toolkit2 (verified on its x86 simulator)"
     why_no_runtime_profiles = "its memory is the compiler's static plan"
+    own_options = ("platform", "quant_algorithm", "board")
     precisions = ("fp16", "int8")
     devices = ("simulator",)
 

@@ -53,6 +53,7 @@ class TensorRTTarget(Target):
     name = "tensorrt"
     description = "NVIDIA TensorRT engine (10.x, 11.x) for the GPU that builds it; a trtexec bundle elsewhere"
     why_no_runtime_profiles = "its memory is the engine's, planned when it is built"
+    own_options = ("keep_fp32", "workspace_mb", "profile_sizes", "timing_cache")
     precisions = ("fp32", "fp16", "int8")
     devices = ("GPU",)
     packages = ("tensorrt",)

@@ -100,6 +100,8 @@ class OnnxAsTorch(torch.nn.Module):
 
     def _MaxPool(self, inputs, args, attrs):
         x, pads = args[0], list(attrs.get("pads", [0, 0, 0, 0]))
+        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise ValueError("MaxPool with auto_pad: simplify the graph first")
         if attrs.get("ceil_mode", 0) or pads[:2] != pads[2:]:
             raise ValueError("MaxPool with ceil_mode or asymmetric pads is not taken")
         return F.max_pool2d(x, attrs["kernel_shape"], attrs.get("strides", [1, 1]), pads[:2],
