@@ -587,5 +587,44 @@ def toolchain_list(root, as_json) -> None:
     Console().print(table)
 
 
+# ---------------------------------------------------------------- the build cache
+
+
+@cli.group()
+def cache() -> None:
+    """The build cache ($VNCOMPILE_CACHE_DIR, bounded by $VNCOMPILE_CACHE_MAX_SIZE, default 20GB)."""
+
+
+@cache.command("info")
+@click.option("--json", "as_json", is_flag=True)
+def cache_info(as_json) -> None:
+    """Where the cache is, its size and bound, and its entries by kind."""
+    from .core.units import kb
+    from .pipeline.cache import KINDS, BuildCache
+
+    store = BuildCache()
+    entries = store.entries()
+    document = {"root": str(store.root), "bytes": sum(e.bytes for e in entries), "max_bytes": store.max_bytes,
+                "kinds": {kind: {"entries": sum(e.kind == kind for e in entries),
+                                 "bytes": sum(e.bytes for e in entries if e.kind == kind)} for kind in KINDS}}
+    if as_json:
+        _print_json(document)
+        return
+    bound = "unbounded" if store.max_bytes is None else f"bound {kb(store.max_bytes) / 1024:,.0f} MB"
+    parts = ", ".join(f"{k} {v['entries']} ({kb(v['bytes']) / 1024:,.0f} MB)" for k, v in document["kinds"].items())
+    click.echo(f"{store.root}: {kb(document['bytes']) / 1024:,.0f} MB, {bound}; {parts}")
+
+
+@cache.command("clear")
+def cache_clear() -> None:
+    """Remove every entry (refused while another vncompile process is building)."""
+    from .console import stderr
+    from .core.units import kb
+    from .pipeline.cache import BuildCache
+
+    removed = BuildCache(max_bytes=None).clear()
+    stderr.print(f"removed {len(removed)} entries ({kb(sum(e.bytes for e in removed)) / 1024:,.0f} MB)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -25,7 +25,7 @@ from typing import Any
 from ..core.errors import InputError, VncompileError
 from ..core.io import atomic_directory
 from ..pipeline.build_process import BuildWorker
-from ..pipeline.cache import copy_tree
+from ..pipeline.cache import BuildCache, copy_tree
 from .matrix import Cell
 
 INDEX_SCHEMA = 1
@@ -99,8 +99,8 @@ def build_cells(cells: list[Cell], dist: Path, *, jobs: int = 1, timeout_s: floa
             on_result(result)
         return result
 
-    try:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
+    try:  # the bundles are copied from where the cache keeps them: in use for the whole run
+        with BuildCache().in_use(), ThreadPoolExecutor(max_workers=jobs) as pool:
             return list(pool.map(build_one, cells))
     finally:
         while not workers.empty():

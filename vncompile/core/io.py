@@ -145,8 +145,22 @@ def atomic_directory(path: Path, *, force: bool = False, what: str = "output") -
 
 
 @contextmanager
-def file_lock(path: Path, what: str = "lock file") -> Iterator[None]:
-    """An exclusive lock between processes, held while the block runs (flock on ``path``)."""
+def file_lock(path: Path, what: str = "lock file", *, shared: bool = False) -> Iterator[None]:
+    """An exclusive lock between processes, held while the block runs (flock on ``path``); ``shared``: one that
+    any number of processes hold at once, excluding only the exclusive one."""
+    with _flock(path, what, wait=True, shared=shared):
+        yield
+
+
+@contextmanager
+def try_file_lock(path: Path, what: str = "lock file") -> Iterator[bool]:
+    """``file_lock`` without waiting: yields whether the lock was free (and is now held)."""
+    with _flock(path, what, wait=False) as held:
+        yield held
+
+
+@contextmanager
+def _flock(path: Path, what: str, wait: bool, shared: bool = False) -> Iterator[bool]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "w")  # noqa: SIM115 - closed below, after the translation of its failure
@@ -156,13 +170,26 @@ def file_lock(path: Path, what: str = "lock file") -> Iterator[None]:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no cross-process lock
-            yield
+            yield True
             return
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+            fcntl.flock(handle, mode if wait else mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` (an identical file stored once), or a copy where links are not possible."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def write_json(path: Path, document: Any) -> None:

@@ -96,7 +96,7 @@ def build(
     keys = _keys(request, target)
     if out_dir is not None and _check_output(out_dir, keys.build, force):
         return BuildOutcome(read_manifest(out_dir) or {}, out_dir, cached=True, up_to_date=True)
-    with cache.lock(keys.build):
+    with cache.in_use(), cache.lock(keys.build):
         manifest, cached = _ensure_built(request, keys, cache, reporter)
         return _publish(cache.entry(keys.build), manifest, out_dir, keys.build, force, cached)
 
@@ -106,7 +106,7 @@ def cached_build(request: BuildRequest, cache: BuildCache | None = None,
     """The build's manifest and its directory in the cache, building it if needed (profile, ci)."""
     cache = cache or BuildCache()
     keys = _keys(request, get_target(request.target))
-    with cache.lock(keys.build):
+    with cache.in_use(), cache.lock(keys.build):  # the caller reads the entry: it holds ``in_use`` on its own
         manifest, cached = _ensure_built(request, keys, cache, reporter)
         return manifest, cache.entry(keys.build), cached
 

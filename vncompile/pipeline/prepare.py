@@ -9,7 +9,6 @@ reference computed once.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from ..api.target import Target
 from ..api.tolerance import QUANTIZED, Tolerance
 from ..core.errors import InputError, VerificationError
 from ..core.hashing import sha256_file
-from ..core.io import write_json
+from ..core.io import link_or_copy, write_json
 from ..data.evaluation import EvalSet
 from ..onnxtools.layers import LAYERS_CSV, layer_errors, write_layers
 from ..onnxtools.order import depth_first_order
@@ -177,7 +176,7 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
                            compute="fp16" if form == "fp16" else "fp32", io_dtype=request.options.io_dtype)
     with timings.stage("simplify"):
         if request.simplifier == "none":
-            shutil.copyfile(exported_onnx, simplified_onnx)
+            link_or_copy(exported_onnx, simplified_onnx)
         else:
             simplify_onnx(exported_onnx, simplified_onnx, request.simplifier)
             _check_simplified(exported_onnx, simplified_onnx, request, form)
@@ -195,8 +194,8 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
             # Where int8 departs from fp32, layer by layer, on real images when there are some.
             probe = calibration if eval_set is None else eval_set.inputs
             write_layers(layer_errors(simplified_onnx, model_onnx, probe[:LAYER_INPUTS]), directory / LAYERS_CSV)
-    else:
-        shutil.copyfile(simplified_onnx, model_onnx)
+    else:  # the same graph: one file under both names (a full-size ONNX is ~100 MB)
+        link_or_copy(simplified_onnx, model_onnx)
     names = stages.output_names(loaded)
     classifier = names == ["logits"]
     errors: list[StageError] = []

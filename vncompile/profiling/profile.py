@@ -23,6 +23,7 @@ from ..core.errors import InputError, VncompileError
 from ..core.host import machine_info, toolchain_versions
 from ..devices import DeviceConfig
 from ..pipeline.build_process import BuildWorker
+from ..pipeline.cache import BuildCache
 from ..pipeline.manifest import primary_artifact
 from ..vanillanet.archs import VARIANTS
 from .measure import measure
@@ -197,7 +198,8 @@ def run_profile(request: ProfileRequest,
 
     request.check_options()
     rows = []
-    with BuildWorker(timeout_s=request.timeout_s) as builder:
+    # The builds are measured where the cache keeps them: in use for the whole run.
+    with BuildCache().in_use(), BuildWorker(timeout_s=request.timeout_s) as builder:
         for source, target, size in request.cells():
             row = profile_cell(source, target, size, request, builder)
             rows.append(row)
