@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import NARROW, one_line_error
 from vncompile.core.io import file_lock
-from vncompile.pipeline.cache import BuildCache
+from vncompile.pipeline.cache import BuildCache, reading
 
 HOUR = 3600.0
 
@@ -50,6 +50,32 @@ def test_trim_spares_entries_in_use_and_the_one_just_stored(tmp_path):
     assert [e.path for e in evicted] == [evictable]  # over the bound still, but nothing else may go
     assert locked.exists() and kept.exists() and used_lately.exists()
     assert BuildCache(tmp_path, max_bytes=None).trim() == []  # unbounded: never evicts
+
+
+def test_eviction_spares_an_entry_being_read_or_used_since_it_was_listed(tmp_path):
+    cache = BuildCache(tmp_path, max_bytes=100, in_use_s=HOUR)
+    read = fake_entry(tmp_path, "builds", "a" * 64, 1000, used_ago_s=5 * HOUR)
+    used_since = fake_entry(tmp_path, "builds", "b" * 64, 1000, used_ago_s=4 * HOUR)
+    listed = {e.path: e for e in cache.entries()}
+    os.utime(used_since)  # another process hit it after this one listed the entries
+    assert not cache.evict(listed[used_since], unused_for_s=HOUR)
+    with reading(read):  # a profile measuring it, ci copying it, a build reading its ONNX entry
+        assert cache.trim() == []
+    assert read.exists() and used_since.exists()
+    assert [e.path for e in cache.trim()] == [read]  # read no more: evicted
+
+
+def test_what_a_killed_write_left_is_removed_by_trim_when_stale_and_by_clear(tmp_path):
+    cache = BuildCache(tmp_path, max_bytes=10**9, in_use_s=HOUR)
+    stale_write = fake_entry(tmp_path, "builds", f".{'a' * 64}.tmp-123-0badf00d", 1000, used_ago_s=2 * HOUR)
+    half_evicted = fake_entry(tmp_path, "onnx", f".{'b' * 64}.evicted-0badf00d", 1000, used_ago_s=5 * HOUR)
+    in_progress = fake_entry(tmp_path, "builds", f".{'c' * 64}.tmp-456-0badf00d", 1000, used_ago_s=1)
+    entry = fake_entry(tmp_path, "builds", "d" * 64, 1000, used_ago_s=5 * HOUR)
+    assert cache.trim() == [] and entry.exists()  # under the bound: nothing evicted
+    assert not stale_write.exists() and not half_evicted.exists() and in_progress.exists()
+    assert cache.leftovers() == [in_progress]
+    assert [e.path for e in cache.clear()] == [entry]
+    assert cache.leftovers() == [] and not list((tmp_path / "builds").iterdir())
 
 
 def narrow_build(run_cli, out: Path, *extra: str):
@@ -114,7 +140,7 @@ def test_cache_info_and_clear(tmp_path, run_cli, isolated_cache, monkeypatch):
     assert not (tmp_path / "c").exists()
 
 
-@pytest.mark.parametrize("text,expected", [("1GB", 1024**3), ("900MB", 900 * 1024**2), ("NONE", None)])
+@pytest.mark.parametrize("text,expected", [("1GB", 1024**3), ("900MB", 900 * 1024**2), ("NONE", None), ("0.5", 1)])
 def test_the_bound_reads_memory_sizes(monkeypatch, tmp_path, text, expected):
     monkeypatch.setenv("VNCOMPILE_CACHE_MAX_SIZE", text)
     assert BuildCache(tmp_path).max_bytes == expected

@@ -103,3 +103,26 @@ def test_a_targets_default_passes_key_its_builds(tmp_path, run_cli, monkeypatch)
     assert result.code == 0 and "served from the cache" not in result.err
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["model"]["graph_passes"] == {"relu-before-maxpool": 3}
+
+
+def _negate_the_output(model: onnx.ModelProto) -> int:
+    """A broken pass: the graph's output negated."""
+    output = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{o}_pre" if o == output else o for o in node.output]
+    model.graph.node.append(helper.make_node("Neg", [f"{output}_pre"], [output], name="broken_pass_neg"))
+    return 1
+
+
+@pytest.mark.parametrize("simplifier", ["onnxslim", "none"])
+def test_a_pass_that_changes_the_function_fails_the_build(tmp_path, run_cli, monkeypatch, simplifier):
+    """Checked against the exported graph, also when nothing simplified it (the cache then stores the exported
+    graph once under two names: rewriting one must not rewrite the other it is checked against)."""
+    from vncompile.onnxtools.passes import GraphPass
+
+    monkeypatch.setitem(PASSES, "relu-before-maxpool", GraphPass("relu-before-maxpool", "broken", _negate_the_output))
+    result = run_cli("build", "--model", "vanillanet_5", "--width", NARROW, "--target", "onnxruntime", "--size", "64",
+                     "--simplifier", simplifier, "--graph-passes", "relu-before-maxpool", "-o", tmp_path / "b")
+    assert result.code != 0
+    assert "graph passes relu-before-maxpool changed the graph's outputs" in one_line_error(result)
+    assert not (tmp_path / "b").exists()

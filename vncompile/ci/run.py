@@ -25,7 +25,7 @@ from typing import Any
 from ..core.errors import InputError, VncompileError
 from ..core.io import atomic_directory
 from ..pipeline.build_process import BuildWorker
-from ..pipeline.cache import BuildCache, copy_tree
+from ..pipeline.cache import BuildCache, copy_tree, reading
 from .matrix import Cell
 
 INDEX_SCHEMA = 1
@@ -88,7 +88,8 @@ def build_cells(cells: list[Cell], dist: Path, *, jobs: int = 1, timeout_s: floa
             manifest, directory = worker.build(cell.request)
             bundle = dist / cell.id
             bundle.mkdir(parents=True)
-            copy_tree(directory, bundle)
+            with reading(directory):  # no other process evicts it meanwhile
+                copy_tree(directory, bundle)
             result = _result(cell, "ok" if manifest["status"] == "ok" else manifest["status"],
                              time.perf_counter() - start, manifest.get("notice"), manifest)
         except VncompileError as exc:

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..api.request import InputShape
 from ..core.errors import ExportError
+from .files import save_onnx
 from .quiet import quiet
 
 
@@ -63,5 +64,5 @@ def export_onnx(
     if opset < 18:  # the dynamo exporter emits opset >= 18; older runtimes get a converted graph
         model = onnx.version_converter.convert_version(model, opset)
     onnx.checker.check_model(model)
-    onnx.save_model(model, str(path))
+    save_onnx(model, path)
     return path

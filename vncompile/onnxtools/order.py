@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .files import save_onnx
+
 
 def depth_first_order(path: Path) -> None:
     """Rewrite the ONNX at ``path`` with its nodes in depth-first topological order."""
@@ -42,4 +44,4 @@ def depth_first_order(path: Path) -> None:
         return  # a cycle (not a valid ONNX graph): leave it for the checker to report
     del model.graph.node[:]
     model.graph.node.extend(nodes[i] for i in order)
-    onnx.save_model(model, str(path))
+    save_onnx(model, path)

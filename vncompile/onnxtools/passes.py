@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from ..core.errors import InputError
+from .files import save_onnx
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,14 @@ def apply_passes(model: onnx.ModelProto, names: tuple[str, ...]) -> dict[str, in
     """Run the passes ``names`` in order on ``model`` (in place): how many places each rewrote."""
     check_pass_names(names)
     return {name: PASSES[name].run(model) for name in names}
+
+
+def apply_passes_to_file(path: Path, names: tuple[str, ...]) -> dict[str, int]:
+    """``apply_passes`` on the ONNX file at ``path``, rewritten (by a rename: see ``files``)."""
+    model = onnx.load(str(path))
+    counts = apply_passes(model, names)
+    save_onnx(model, path)
+    return counts
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:

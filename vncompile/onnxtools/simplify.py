@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import ExportError, InputError
+from .files import save_onnx
 from .quiet import quiet
 
 SIMPLIFIER_PACKAGES = {"onnxslim": ("onnxslim",), "onnxsim": ("onnxsim",), "none": ()}
@@ -27,5 +28,5 @@ def simplify_onnx(src: Path, dst: Path, simplifier: str) -> Path:
             model, ok = onnxsim.simplify(model)
             if not ok:
                 raise ExportError("onnxsim could not validate its simplified graph")
-    onnx.save_model(model, str(dst))
+    save_onnx(model, dst)
     return dst

@@ -32,7 +32,7 @@ from ..onnxtools.simplify import SIMPLIFIER_PACKAGES
 from ..targets import get_target, require_available
 from .accuracy import accuracy as accuracy_of
 from .accuracy import top1_drop
-from .cache import BuildCache, copy_tree
+from .cache import BuildCache, copy_tree, reading
 from .manifest import default_output_dir, figures, intact, new_manifest, read_manifest
 from .prepare import PREPARE_STAGES, PreparedOnnx, graph_passes_for, prepare, real_images, verify_inputs
 from .timing import SilentReporter, StageReporter, StageTimings
@@ -118,7 +118,8 @@ def _ensure_built(request: BuildRequest, keys: _Keys, cache: BuildCache,
     manifest = cache.lookup(keys.build)
     if manifest is not None:
         return manifest, True
-    with tempfile.TemporaryDirectory(prefix="vncompile-build-") as work:
+    # The build reads its ONNX entry until it ends (the reference outputs, at verification): read-locked.
+    with tempfile.TemporaryDirectory(prefix="vncompile-build-") as work, reading(cache.entry(keys.onnx, "onnx")):
         bundle = Path(work) / "bundle"
         bundle.mkdir()
         manifest = _run(request, require_available(request.target), keys, cache, Path(work), bundle,

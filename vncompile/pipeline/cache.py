@@ -10,15 +10,19 @@ two concurrent identical builds do the work once: the second waits, then hits.
 The cache is bounded (``$VNCOMPILE_CACHE_MAX_SIZE``, default 20 GB; the README's profile
 alone stores ~16 GB of full-size ONNX and artifacts): after each store, the entries used
 longest ago are evicted until it fits, sparing any used within the last hour (a profile
-measures a build after it is stored) and any whose lock another process holds. Every
-vncompile command that builds holds the cache's shared "in use" lock while it runs, so
-``clear`` (which needs it exclusively) never pulls files from under a running build.
+measures a build after it is stored) and any another process holds: its key's lock (being built)
+or its readers' lock (``reading``: a build reading its ONNX entry, a profile measuring a build, ci
+copying one). Every vncompile command that builds holds the cache's shared "in use" lock while it
+runs, so ``clear`` (which needs it exclusively) never pulls files from under a running build.
+Writes a killed process left behind (``.<key>.tmp-*``, ``.<key>.evicted-*``) are removed by the next
+trim once they are an hour old, and by ``clear``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 import time
@@ -63,7 +67,7 @@ def default_max_bytes() -> int | None:
     if text.lower() in UNLIMITED:
         return None
     try:
-        return int(parse_memory_size(text) * 1024)
+        return math.ceil(parse_memory_size(text) * 1024)
     except ValueError:
         raise InputError(f"${MAX_SIZE_ENV} must be a memory size such as 20GB or 900MB, or 'none' for no bound; "
                          f"got '{text}'") from None
@@ -76,6 +80,16 @@ class CacheEntry:
     path: Path
     bytes: int
     last_used: float  # the entry directory's mtime: set when stored and on every hit
+
+
+def reading(entry: Path) -> contextlib.AbstractContextManager[None]:
+    """Held (shared) while a process reads ``entry``, a cache directory it looked up or stored: no other process
+    evicts it meanwhile."""
+    return file_lock(_readers_lock(entry), what="build cache lock", shared=True)
+
+
+def _readers_lock(entry: Path) -> Path:
+    return entry.parent.parent / "locks" / f"{entry.name}.readers.lock"
 
 
 def copy_tree(src: Path, dst: Path) -> None:
@@ -145,8 +159,25 @@ class BuildCache:
                         found.append(CacheEntry(kind, path.name, path, _tree_bytes(path), path.stat().st_mtime))
         return sorted(found, key=lambda e: e.last_used)
 
+    def leftovers(self) -> list[Path]:
+        """Directories a write or an eviction left when its process was killed (and ones in progress)."""
+        found = []
+        for kind in KINDS:
+            with contextlib.suppress(FileNotFoundError):
+                found += [p for p in (self.root / kind).iterdir() if p.name.startswith(".") and p.is_dir()]
+        return found
+
+    def _remove_leftovers(self, older_than_s: float) -> None:
+        now = time.time()
+        for path in self.leftovers():
+            with contextlib.suppress(FileNotFoundError):
+                # An eviction renames an entry away keeping its (old) mtime: removing it twice is harmless.
+                if ".evicted-" in path.name or now - path.stat().st_mtime >= older_than_s:
+                    shutil.rmtree(path, ignore_errors=True)
+
     def trim(self, keep: Path | None = None) -> list[CacheEntry]:
         """Evict the least recently used entries until the cache fits ``max_bytes``; what was evicted."""
+        self._remove_leftovers(older_than_s=self.in_use_s)
         if self.max_bytes is None:
             return []
         entries = self.entries()
@@ -158,7 +189,7 @@ class BuildCache:
                 break
             if entry.path == keep or now - entry.last_used < self.in_use_s:
                 continue
-            if self.evict(entry):
+            if self.evict(entry, unused_for_s=self.in_use_s):
                 total -= entry.bytes
                 evicted.append(entry)
         if evicted:
@@ -166,14 +197,19 @@ class BuildCache:
                      kb(self.max_bytes) / 1024, len(evicted), kb(sum(e.bytes for e in evicted)) / 1024)
         return evicted
 
-    def evict(self, entry: CacheEntry) -> bool:
-        """Remove one entry unless another process holds its lock; whether it was removed. Renamed away first,
-        so a lookup sees the whole entry or none."""
-        with try_file_lock(self.root / "locks" / f"{entry.key}.lock", what="build cache lock") as locked:
-            if not locked:
+    def evict(self, entry: CacheEntry, unused_for_s: float = 0.0) -> bool:
+        """Remove one entry unless another process holds its lock or reads it, or it was used in the last
+        ``unused_for_s`` seconds; whether it was removed. Renamed away first, so a lookup sees the whole entry
+        or none."""
+        with (try_file_lock(self.root / "locks" / f"{entry.key}.lock", what="build cache lock") as locked,
+              try_file_lock(_readers_lock(entry.path), what="build cache lock") as unread):
+            if not (locked and unread):
                 return False
-            doomed = entry.path.parent / f".{entry.key}.evicted-{uuid.uuid4().hex[:8]}"
             try:
+                # Looked again under the locks: a process may have used it since the entries were listed.
+                if time.time() - entry.path.stat().st_mtime < unused_for_s:
+                    return False
+                doomed = entry.path.parent / f".{entry.key}.evicted-{uuid.uuid4().hex[:8]}"
                 os.rename(entry.path, doomed)
             except FileNotFoundError:  # another process evicted it first
                 return False
@@ -186,7 +222,9 @@ class BuildCache:
             if not alone:
                 raise VncompileError(f"the build cache {self.root} is in use by another vncompile process (a build, "
                                      "profile or ci run); clear it when that ends")
-            return [entry for entry in self.entries() if self.evict(entry)]
+            removed = [entry for entry in self.entries() if self.evict(entry)]
+            self._remove_leftovers(older_than_s=0.0)
+            return removed
 
 
 def _touch(entry: Path) -> None:

@@ -18,15 +18,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from ..api.request import BuildRequest
 from ..api.target import Target
 from ..core.errors import InputError
 from ..core.units import kb
 from ..onnxtools.memory_plan import plan_memory
 from ..onnxtools.order import depth_first_order
-from ..onnxtools.passes import apply_passes
+from ..onnxtools.passes import apply_passes_to_file
 from ..onnxtools.simplify import simplify_onnx
 from ..vanillanet.model import VanillaNet
 from ..vanillanet.tiling import TiledVanillaNet, Tiling, extra_macs
@@ -72,9 +70,7 @@ def _candidate(loaded: LoadedModel, request: BuildRequest, work: Path, tiling: T
     simplify_onnx(exported, path, request.simplifier) if request.simplifier != "none" else shutil.copyfile(
         exported, path)
     if passes:  # the graph passes the build applies, so that a judging compiler sees the graph it will build
-        model = onnx.load(str(path))
-        apply_passes(model, passes)
-        onnx.save_model(model, str(path))
+        apply_passes_to_file(path, passes)
     depth_first_order(path)
     cost = 0 if tiling is None else extra_macs(loaded.network, tiling, request.shape.height, request.shape.width)
     candidate = _Candidate(tiling, path, kb(plan_memory(path, request.precision).total_bytes), cost)

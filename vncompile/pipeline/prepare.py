@@ -358,13 +358,9 @@ def graph_passes_for(request: BuildRequest, target: Target) -> tuple[str, ...]:
 def _apply_graph_passes(exported: Path, simplified: Path, request: BuildRequest, form: str,
                         passes: tuple[str, ...]) -> dict[str, int]:
     """Rewrite the simplified graph with ``passes``; each must leave its outputs as they were."""
-    import onnx
+    from ..onnxtools.passes import apply_passes_to_file
 
-    from ..onnxtools.passes import apply_passes
-
-    model = onnx.load(str(simplified))
-    counts = apply_passes(model, passes)
-    onnx.save_model(model, str(simplified))
+    counts = apply_passes_to_file(simplified, passes)
     rel = _rel_error(exported, simplified, request, form, "graph passes")
     if rel is not None:
         raise VerificationError(f"graph passes {', '.join(passes)} changed the graph's outputs (rel error {rel:.3g}); "

@@ -23,7 +23,7 @@ from ..core.errors import InputError, VncompileError
 from ..core.host import machine_info, toolchain_versions
 from ..devices import DeviceConfig
 from ..pipeline.build_process import BuildWorker
-from ..pipeline.cache import BuildCache
+from ..pipeline.cache import BuildCache, reading
 from ..pipeline.manifest import primary_artifact
 from ..vanillanet.archs import VARIANTS
 from .measure import measure
@@ -142,8 +142,7 @@ def profile_cell(source: ModelSource, target: str, size: int, request: ProfileRe
         row["reason"] = f"{manifest['status']}: {manifest.get('notice') or 'nothing to run here'}"
         return row
     try:
-        result = measure(target, directory, manifest, warmup=request.warmup, runs=request.runs,
-                         timeout_s=request.timeout_s)
+        result = _measure(target, directory, manifest, request)
     except VncompileError as exc:
         row["reason"] = str(exc)
         return row
@@ -160,6 +159,13 @@ def profile_cell(source: ModelSource, target: str, size: int, request: ProfileRe
     return row
 
 
+def _measure(target: str, directory: Path, manifest: dict[str, Any], request: ProfileRequest) -> dict[str, Any]:
+    """Measure a build where the cache keeps it, read-locked so no other process evicts it meanwhile."""
+    with reading(directory):
+        return measure(target, directory, manifest, warmup=request.warmup, runs=request.runs,
+                       timeout_s=request.timeout_s)
+
+
 def _tiled_to_fit(source: ModelSource, target: str, size: int, precision: str, request: ProfileRequest,
                   builder: BuildWorker) -> dict[str, Any]:
     """An OOM VanillaNet cell built again with ``--fit-memory LIMIT`` and measured: what the tiling reaches."""
@@ -167,8 +173,7 @@ def _tiled_to_fit(source: ModelSource, target: str, size: int, precision: str, r
     fitted = dataclasses.replace(request, options=options)
     try:
         manifest, directory = builder.build(fitted.build_request(source, target, size, precision))
-        result = measure(target, directory, manifest, warmup=request.warmup, runs=request.runs,
-                         timeout_s=request.timeout_s)
+        result = _measure(target, directory, manifest, request)
     except VncompileError as exc:
         return {"fits": False, "reason": str(exc)}
     if manifest["status"] != "ok" or result["memory"] is None:
