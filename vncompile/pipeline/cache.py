@@ -8,7 +8,7 @@ size and sha256; an altered entry is dropped and rebuilt. A per-key file lock ma
 two concurrent identical builds do the work once: the second waits, then hits.
 
 The cache is bounded (``$VNCOMPILE_CACHE_MAX_SIZE``, default 20 GB; the README's profile
-alone stores ~16 GB of full-size ONNX and artifacts): after each store, the entries used
+alone stores ~13 GB of full-size ONNX and artifacts): after each store, the entries used
 longest ago are evicted until it fits, sparing any used within the last hour (a profile
 measures a build after it is stored) and any another process holds: its key's lock (being built)
 or its readers' lock (``reading``: a build reading its ONNX entry, a profile measuring a build, ci
