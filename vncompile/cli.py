@@ -599,7 +599,7 @@ def cache() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def cache_info(as_json) -> None:
     """Where the cache is, its size and bound, and its entries by kind."""
-    from .core.units import kb
+    from .core.units import megabytes
     from .pipeline.cache import KINDS, BuildCache
 
     store = BuildCache()
@@ -610,20 +610,20 @@ def cache_info(as_json) -> None:
     if as_json:
         _print_json(document)
         return
-    bound = "unbounded" if store.max_bytes is None else f"bound {kb(store.max_bytes) / 1024:,.0f} MB"
-    parts = ", ".join(f"{k} {v['entries']} ({kb(v['bytes']) / 1024:,.0f} MB)" for k, v in document["kinds"].items())
-    click.echo(f"{store.root}: {kb(document['bytes']) / 1024:,.0f} MB, {bound}; {parts}")
+    bound = "unbounded" if store.max_bytes is None else f"bound {megabytes(store.max_bytes)}"
+    parts = ", ".join(f"{k} {v['entries']} ({megabytes(v['bytes'])})" for k, v in document["kinds"].items())
+    click.echo(f"{store.root}: {megabytes(document['bytes'])}, {bound}; {parts}")
 
 
 @cache.command("clear")
 def cache_clear() -> None:
     """Remove every entry (refused while another vncompile process is building)."""
     from .console import stderr
-    from .core.units import kb
+    from .core.units import megabytes
     from .pipeline.cache import BuildCache
 
-    removed = BuildCache(max_bytes=None).clear()
-    stderr.print(f"removed {len(removed)} entries ({kb(sum(e.bytes for e in removed)) / 1024:,.0f} MB)")
+    removed = BuildCache(max_bytes=None).clear()  # no bound read: a bad one must not block clearing
+    stderr.print(f"removed {len(removed)} entries ({megabytes(sum(e.bytes for e in removed))})")
 
 
 if __name__ == "__main__":  # pragma: no cover

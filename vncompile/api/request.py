@@ -146,6 +146,7 @@ class BuildRequest:
             raise InputError(f"{self.precision} of a trained checkpoint needs real calibration images: pass "
                              "--calibration DIR (images in any layout), or --calibration synthetic to accept noise "
                              "on purpose")
+
     def tolerances(self) -> dict[str, Tolerance]:
         return tolerances(self.tolerance)
 

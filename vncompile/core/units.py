@@ -20,6 +20,11 @@ def kb(nbytes: float) -> float:
     return nbytes / BYTES_PER_KB
 
 
+def megabytes(nbytes: float) -> str:
+    """Bytes as whole MB, for people: '12,807 MB'."""
+    return f"{kb(nbytes) / KB_PER['mb']:,.0f} MB"
+
+
 def unit_kb(unit: str) -> float:
     """KB in one ``unit`` (B, KB, MB, GB and their KiB/MiB/GiB spellings, any case)."""
     key = unit.lower()

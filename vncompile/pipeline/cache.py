@@ -33,7 +33,7 @@ from typing import Any
 
 from ..core.errors import InputError, VncompileError
 from ..core.io import atomic_directory, file_lock, link_or_copy, try_file_lock
-from ..core.units import kb, parse_memory_size
+from ..core.units import megabytes, parse_memory_size
 from .manifest import intact, read_manifest
 
 log = logging.getLogger("vncompile")
@@ -119,7 +119,10 @@ class BuildCache:
         return self.root / kind / key
 
     def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
-        return file_lock(self.root / "locks" / f"{key}.lock", what="build cache lock")
+        return file_lock(self._key_lock(key), what="build cache lock")
+
+    def _key_lock(self, key: str) -> Path:
+        return self.root / "locks" / f"{key}.lock"
 
     def in_use(self) -> contextlib.AbstractContextManager[None]:
         """Held (shared) by every process that builds, for as long as it runs: ``clear`` waits for none of them."""
@@ -183,25 +186,22 @@ class BuildCache:
         entries = self.entries()
         total = sum(e.bytes for e in entries)
         evicted: list[CacheEntry] = []
-        now = time.time()
         for entry in entries:
             if total <= self.max_bytes:
                 break
-            if entry.path == keep or now - entry.last_used < self.in_use_s:
-                continue
-            if self.evict(entry, unused_for_s=self.in_use_s):
+            if entry.path != keep and self.evict(entry, unused_for_s=self.in_use_s):
                 total -= entry.bytes
                 evicted.append(entry)
         if evicted:
-            log.info("build cache over %.0f MB: evicted %d least recently used entries (%.0f MB)",
-                     kb(self.max_bytes) / 1024, len(evicted), kb(sum(e.bytes for e in evicted)) / 1024)
+            log.info("build cache over %s: evicted %d least recently used entries (%s)",
+                     megabytes(self.max_bytes), len(evicted), megabytes(sum(e.bytes for e in evicted)))
         return evicted
 
     def evict(self, entry: CacheEntry, unused_for_s: float = 0.0) -> bool:
         """Remove one entry unless another process holds its lock or reads it, or it was used in the last
         ``unused_for_s`` seconds; whether it was removed. Renamed away first, so a lookup sees the whole entry
         or none."""
-        with (try_file_lock(self.root / "locks" / f"{entry.key}.lock", what="build cache lock") as locked,
+        with (try_file_lock(self._key_lock(entry.key), what="build cache lock") as locked,
               try_file_lock(_readers_lock(entry.path), what="build cache lock") as unread):
             if not (locked and unread):
                 return False

@@ -59,9 +59,9 @@ class ProfileRequest:
 
         # Each target gets its own options (--soc is qnn's, --platform rknn's); --runtime-profile is for the
         # targets that have them, the others' memory is no session setting: their rows are built as always.
-        own = get_target(target)
-        options = only_own_options(self.options, own.own_options)
-        if not own.runtime_profiles:
+        spec = get_target(target)
+        options = only_own_options(self.options, spec.own_options)
+        if not spec.runtime_profiles:
             options = dataclasses.replace(options, runtime_profile=DEFAULT_RUNTIME_PROFILE)
         fields = {"target": target, "precision": precision, "options": options, "tolerance": self.tolerance,
                   "verify": self.verify}
