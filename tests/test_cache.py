@@ -88,7 +88,7 @@ def test_a_hit_marks_the_entry_used_and_one_graph_is_stored_once(tmp_path, run_c
     narrow_build(run_cli, tmp_path / "a")
     cache = BuildCache(isolated_cache)
     entries = cache.entries()
-    assert {e.kind for e in entries} == {"onnx", "builds"}
+    assert {e.kind for e in entries} == {"reference", "onnx", "builds"}
     onnx_entry = next(e.path for e in entries if e.kind == "onnx")
     model, simplified = (onnx_entry / n for n in ("model.onnx", "simplified.onnx"))
     assert model.stat().st_ino == simplified.stat().st_ino  # the fp32 target-ready graph is the simplified one
@@ -96,7 +96,7 @@ def test_a_hit_marks_the_entry_used_and_one_graph_is_stored_once(tmp_path, run_c
         os.utime(entry.path, (0, 0))
     narrow_build(run_cli, tmp_path / "b")  # served from the cache: the build's entry, without its ONNX's
     used = {e.kind: time.time() - e.last_used < HOUR for e in cache.entries()}
-    assert used == {"builds": True, "onnx": False}
+    assert used == {"builds": True, "onnx": False, "reference": False}
 
 
 def test_a_store_past_the_bound_evicts_what_was_used_longest_ago(tmp_path, run_cli, isolated_cache, monkeypatch):
@@ -105,9 +105,9 @@ def test_a_store_past_the_bound_evicts_what_was_used_longest_ago(tmp_path, run_c
     for entry in first:
         os.utime(entry.path, (time.time() - 2 * HOUR,) * 2)
     monkeypatch.setenv("VNCOMPILE_CACHE_MAX_SIZE", "1KB")
-    narrow_build(run_cli, tmp_path / "b", "--size", "96")  # a new build: its two entries stay, being in use
+    narrow_build(run_cli, tmp_path / "b", "--size", "96")  # a new build: its three entries stay, being in use
     now = BuildCache(isolated_cache).entries()
-    assert len(now) == 2 and not {e.path for e in now} & {e.path for e in first}
+    assert len(now) == 3 and not {e.path for e in now} & {e.path for e in first}
     assert (tmp_path / "a" / "manifest.json").exists()  # a published build is the user's, not the cache's
 
 
@@ -118,15 +118,16 @@ def test_cache_info_and_clear(tmp_path, run_cli, isolated_cache, monkeypatch):
     document = json.loads(info.out)
     assert document["root"] == str(isolated_cache) and document["max_bytes"] == 20 * 1024**3
     assert document["kinds"]["onnx"]["entries"] == 1 and document["kinds"]["builds"]["entries"] == 1
+    assert document["kinds"]["reference"]["entries"] == 1
     assert document["bytes"] == sum(e.bytes for e in BuildCache(isolated_cache).entries()) > 0
     with BuildCache(isolated_cache).in_use():  # another vncompile process is building
         busy = run_cli("cache", "clear")
     assert busy.code == 1 and one_line_error(busy) == (
         f"error: the build cache {isolated_cache} is in use by another vncompile process (a build, profile or ci "
         "run); clear it when that ends")
-    assert len(BuildCache(isolated_cache).entries()) == 2
+    assert len(BuildCache(isolated_cache).entries()) == 3
     cleared = run_cli("cache", "clear")
-    assert cleared.code == 0 and "removed 2 entries" in cleared.err
+    assert cleared.code == 0 and "removed 3 entries" in cleared.err
     assert BuildCache(isolated_cache).entries() == []
     narrow_build(run_cli, tmp_path / "b")  # rebuilt, as on a fresh machine
 

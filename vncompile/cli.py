@@ -229,9 +229,17 @@ def deploy(checkpoint, output, model_name, weights, force) -> None:
 # ---------------------------------------------------------------- build / targets
 
 
+def _option_declarations() -> dict[str, Any]:
+    """Every option a build takes by name: the common ones (``TargetOptions``) and each target's own."""
+    from .targets import own_option_declarations
+
+    return {**{name: spec for name, (_f, spec) in settings_of(TargetOptions).items()}, **own_option_declarations()}
+
+
 def target_options(f):
-    """The target options, one flag per ``TargetOptions`` setting that declares one (device configs set the same)."""
-    for name, (_field, spec) in reversed(settings_of(TargetOptions).items()):
+    """The target options, one flag per declared setting (device configs set the same): the common ones, then every
+    target's own (``Target.own_options``; a build refuses those of another target)."""
+    for name, spec in reversed(_option_declarations().items()):
         if spec.flag is not None:
             f = click.option(spec.flag, name, type=_click_type(spec.kind), help=spec.help)(f)
     return f
@@ -246,9 +254,11 @@ def _target_options(kwargs: dict[str, Any], base: TargetOptions | None = None) -
     """Pop the target options out of a command's keyword arguments: the ones typed, on top of ``base``."""
     from .data.calibration import with_data_hashes
 
-    typed = {name: kwargs.pop(name) for name in list(settings_of(TargetOptions)) if name in kwargs}
+    common = settings_of(TargetOptions)
+    typed = {name: kwargs.pop(name) for name in list(_option_declarations()) if name in kwargs}
     typed = {name: value for name, value in typed.items() if value is not None}
-    return with_data_hashes(dataclasses.replace(base or TargetOptions(), **typed))
+    options = dataclasses.replace(base or TargetOptions(), **{k: v for k, v in typed.items() if k in common})
+    return with_data_hashes(options.with_own({k: v for k, v in typed.items() if k not in common}))
 
 
 def _device_config(kwargs: dict[str, Any]):
@@ -315,10 +325,6 @@ def build(checkpoint, model_name, width, act_num, weights, features, prefix, tar
     else:
         if target is None:
             raise InputError("give --target, or --device with a device config")
-        if precision is None:
-            from .targets import get_target
-
-            typed["precision"] = get_target(target).default_precision(options)
         shape = input_shape or InputShape.square(224 if size is None else size, batch)
         request = BuildRequest(source, shape=shape, dynamic=dynamic, **typed)
     _run_build(run_build, request, output, force, as_json)

@@ -16,11 +16,23 @@ from typing import Any
 
 import yaml
 
-from .api.options import TargetOptions
+from .api.options import TargetOptions, options_from_document
 from .api.request import BuildRequest, InputShape, ModelSource
 from .api.tolerance import PRECISIONS, Tolerance, ToleranceKind
 from .core.errors import InputError
-from .core.schema import Flag, IntList, Mapping_, MemorySize, OneOf, PositiveInt, Text, TextList, from_document, setting
+from .core.schema import (
+    Flag,
+    IntList,
+    Mapping_,
+    MemorySize,
+    OneOf,
+    PositiveInt,
+    Text,
+    TextList,
+    from_document,
+    setting,
+    settings_of,
+)
 from .targets import get_target
 from .vanillanet.features import parse_features
 
@@ -56,7 +68,8 @@ class DeviceConfig:
     memory_limit: float | None = setting(MemorySize(), None)  # KB
     tolerance: tuple[tuple[str, Tolerance], ...] = setting(ToleranceKind(), ())
     features: str | None = setting(Features(), None)  # the device runs a headless backbone (build --features)
-    options: TargetOptions = setting(Mapping_(), TargetOptions(), nested=TargetOptions)
+    # The common options and the target's own (``api.options.options_from_document``, once the target is known).
+    options: TargetOptions = setting(Mapping_(), TargetOptions())
     name: str = ""  # the file's stem
     path: Path | None = None
 
@@ -70,14 +83,16 @@ class DeviceConfig:
             source = dataclasses.replace(source, features=self.features)
         shape = shape or InputShape.square(sizes[0] if size is None else size, self.batch)
         fields.setdefault("target", self.target)
-        fields.setdefault("precision", self.precision)
+        if fields.get("precision") is None:
+            fields["precision"] = self.precision
         fields.setdefault("tolerance", self.tolerance)
         dynamic = fields.pop("dynamic", self.dynamic)
         options = fields.pop("options", self.options)
-        if dynamic and options.profile_sizes is None and "profile_sizes" in get_target(fields["target"]).own_options:
+        declared = settings_of(get_target(fields["target"]).own_options)
+        if dynamic and "profile_sizes" in declared and options.own_values().get("profile_sizes") is None:
             # an optimization profile (tensorrt's) covers the config's sizes and this one
-            options = dataclasses.replace(options, profile_sizes=(min(*sizes, shape.height), shape.height,
-                                                                  max(*sizes, shape.height)))
+            options = options.with_own({"profile_sizes": (min(*sizes, shape.height), shape.height,
+                                                          max(*sizes, shape.height))})
         return BuildRequest(source, shape=shape, dynamic=dynamic, options=options, **fields)
 
 
@@ -100,7 +115,9 @@ def load_device_config(path: Path) -> DeviceConfig:
     config = from_document(DeviceConfig, read_yaml(path), str(path), name=path.stem, path=path)
     if config.target not in target_names():
         raise InputError(f"{path}: 'target' must be one of {', '.join(target_names())}, got '{config.target}'")
-    return dataclasses.replace(config, options=with_data_hashes(config.options))
+    raw = config.options if isinstance(config.options, dict) else {}
+    options = options_from_document(raw, f"{path}: options", get_target(config.target).own_options)
+    return dataclasses.replace(config, options=with_data_hashes(options))
 
 
 def is_device_config(value: str | None) -> bool:

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import InputError
 from ..core.schema import (
     FloatTriple,
-    IntList,
     Kind,
     MemorySize,
     NonNegativeNumber,
@@ -20,6 +20,7 @@ from ..core.schema import (
     Text,
     TextList,
     UnitFraction,
+    convert,
     setting,
     settings_of,
 )
@@ -30,15 +31,6 @@ DEFAULT_CALIBRATION_SIZE = 256
 # a profile means for it); targets whose memory is fixed at compile time accept only the default.
 RUNTIME_PROFILES = ("latency", "balanced", "memory")
 DEFAULT_RUNTIME_PROFILE = "balanced"
-# The options only some targets read (each ``Target.own_options`` names its own): a build for another target
-# refuses them rather than ignoring them, and a profile passes each target only its own.
-TARGET_OPTIONS = frozenset({
-    "keep_fp32",  # the ONNX that vncompile quantizes (onnxruntime, openvino, tensorrt); the NPUs quantize themselves
-    "platform", "quant_algorithm", "board",  # rknn
-    "soc",  # qnn
-    "accelerator", "system_config", "memory_mode", "allow_cpu_ops",  # ethos-u
-    "workspace_mb", "profile_sizes", "timing_cache",  # tensorrt
-})
 
 
 class CalibrationKind(Kind):
@@ -53,68 +45,41 @@ class CalibrationKind(Kind):
 
 @dataclass(frozen=True)
 class TargetOptions:
-    """Target-specific settings, typed, in one place."""
+    """The options every target reads, typed and declared once, each with what it affects (``setting(affects=)``:
+    the cache keys derive from it); ``own`` carries a target's own options by name (``Target.settings`` declares
+    them; the build plan converts and checks them against the chosen target)."""
 
     device: str | None = setting(Text("a device name such as CPU, GPU or NPU"), None, flag="--device",
                                  help="target device, e.g. CPU, GPU, NPU, CUDA  [default: the target's first]")
     calibration: Path | str | None = setting(
-        CalibrationKind(), None, flag="--calibration",
+        CalibrationKind(), None, flag="--calibration", affects="reference",
         help="int8/int16: images (any layout, searched recursively) or .npy inputs; 'synthetic' for seeded noise "
              "(the default for random weights; a trained checkpoint needs real images)")
     calibration_size: int = setting(PositiveInt(), DEFAULT_CALIBRATION_SIZE, flag="--calibration-size",
+                                    affects="onnx",
                                     help="int8/int16: calibration images used, sampled reproducibly  [default: 256]")
     keep_fp32: tuple[str, ...] | None = setting(
-        TextList("a list of layer (node) names, or 'auto'"), None, flag="--keep-fp32",
-        help="int8: leave these conv layers unquantized (comma-separated node names from layers.csv), or 'auto' "
-             "(the stem and the classifier)")
+        TextList("a list of layer (node) names, or 'auto'"), None, flag="--keep-fp32", affects="onnx",
+        help="int8 of the targets that take vncompile's Q/DQ graph: leave these conv layers unquantized "
+             "(comma-separated node names from layers.csv), or 'auto' (the stem and the classifier)")
     eval_data: Path | None = setting(
-        PathKind("a directory path"), None, flag="--eval-data",
+        PathKind("a directory path"), None, flag="--eval-data", affects="reference",
         help="labelled images (ImageFolder, or a folder with labels.txt/.csv): top-1/top-5 of every stage")
     max_top1_drop: float = setting(NonNegativeNumber("a number of points >= 0"), 1.0, flag="--max-top1-drop",
                                    help="with --eval-data: fail when the target's top-1 is this many points below "
                                         "the reference's  [default: 1]")
     mean: tuple[float, float, float] | None = setting(
-        FloatTriple("three numbers, e.g. 0.485,0.456,0.406"), None, flag="--mean",
+        FloatTriple("three numbers, e.g. 0.485,0.456,0.406"), None, flag="--mean", affects="reference",
         help="preprocessing mean per RGB channel  [default: ImageNet's]")
     std: tuple[float, float, float] | None = setting(
         FloatTriple("three positive numbers, e.g. 0.229,0.224,0.225", positive=True), None, flag="--std",
-        help="preprocessing std per RGB channel  [default: ImageNet's]")
-    crop_pct: float | None = setting(UnitFraction(), None, flag="--crop-pct",
+        affects="reference", help="preprocessing std per RGB channel  [default: ImageNet's]")
+    crop_pct: float | None = setting(UnitFraction(), None, flag="--crop-pct", affects="reference",
                                      help="center-crop fraction: resize to size/crop_pct, crop size  [default: 0.875]")
-    io_dtype: str = setting(OneOf(("fp32", "fp16")), "fp32", flag="--io-dtype",
+    io_dtype: str = setting(OneOf(("fp32", "fp16")), "fp32", flag="--io-dtype", affects="onnx",
                             help="fp16 builds: the dtype of the network's inputs and outputs")
-    platform: str | None = setting(
-        Text("a platform name such as rk3588"), None, flag="--platform",
-        help="rknn: Rockchip SoC (rk3588, rk3576, rk3568, rk3566, rk3562, rv1106, ...)")
-    soc: str | None = setting(Text("a Snapdragon SoC name such as SM8650"), None, flag="--soc",
-                              help="qnn: Snapdragon SoC (SM8450, SM8550, SM8650, SM8750)  [default: SM8650]")
-    accelerator: str | None = setting(
-        Text("an Ethos-U configuration such as ethos-u65-256"), None, flag="--accelerator",
-        help="ethos-u: ethos-u55-32..256, ethos-u65-256|512, ethos-u85-128..2048  [default: ethos-u65-256]")
-    system_config: str | None = setting(
-        Text("a vela system configuration name"), None, flag="--system-config",
-        help="ethos-u: vela system configuration (Arm/vela.ini), e.g. Ethos_U65_High_End  [default: the "
-             "accelerator's own]")
-    memory_mode: str | None = setting(
-        Text("a vela memory mode name"), None, flag="--memory-mode",
-        help="ethos-u: vela memory mode, e.g. Dedicated_Sram_512KB, Shared_Sram  [default: the accelerator's own]")
-    allow_cpu_ops: tuple[str, ...] | None = setting(
-        TextList("a list of TFLite operator names, or 'all'"), None, flag="--allow-cpu-ops",
-        help="ethos-u: operators allowed to fall back to the Cortex-M CPU (e.g. SOFTMAX), or all  [default: "
-             "none: a CPU fallback fails the build]")
-    quant_algorithm: str | None = setting(Text("a quantization algorithm name"), None, flag="--quant-algorithm",
-                                          help="rknn int8: normal | mmse | kl_divergence")
-    board: str | None = setting(Text("a board's device id"), None, flag="--rknn-target",
-                                help="rknn: a connected board's device id, to measure on it")
-    workspace_mb: int | None = setting(PositiveInt("a positive integer (MiB)"), None, flag="--workspace",
-                                       help="tensorrt: workspace pool limit in MiB")
-    profile_sizes: tuple[int, ...] | None = setting(
-        IntList("a list of positive integers"), None, flag="--profile-sizes",
-        help="tensorrt --dynamic: min,opt,max square sizes, e.g. 256,384,512")
-    timing_cache: Path | None = setting(PathKind("a file path"), None, flag="--timing-cache", compare=False,
-                                        help="tensorrt: persistent timing cache file, reused across builds")
     fit_memory: float | None = setting(
-        MemorySize(), None, flag="--fit-memory",
+        MemorySize(), None, flag="--fit-memory", affects="onnx",
         help="tile the stem and first stages into strips so the planned peak memory fits, e.g. 64MB (1 KB = 1024 B)")
     runtime_profile: str = setting(
         OneOf(RUNTIME_PROFILES), DEFAULT_RUNTIME_PROFILE, flag="--runtime-profile",
@@ -122,20 +87,33 @@ class TargetOptions:
              "(fastest), balanced (the memory savings that cost no latency), memory (lowest peak within ~1.3x the "
              "latency)  [default: balanced]")
     graph_passes: tuple[str, ...] | None = setting(
-        TextList("a list of graph pass names, or 'none'"), None, flag="--graph-passes",
+        TextList("a list of graph pass names, or 'none'"), None, flag="--graph-passes", affects="onnx",
         help="exact ONNX rewrites for int8 NPUs: relu-before-maxpool, stem-space-to-depth (comma-separated), or "
              "none  [default: the target's own choice]")
+    # A target's own options as given (name, value), sorted by name: ``Target.settings`` declares them.
+    own: tuple[tuple[str, Any], ...] = ()
     # Not settings: the content hashes of the calibration and evaluation sets, filled in from the paths.
     calibration_sha256: str | None = None
     eval_sha256: str | None = None
 
-    def key_fields(self) -> dict[str, Any]:
-        """What the cache key hashes: every compared field, the image sets by their content hashes."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
-        if fields.pop("calibration") == SYNTHETIC:
-            fields["calibration_sha256"] = SYNTHETIC
-        fields.pop("eval_data")
-        return fields
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "own", tuple(sorted((name, _frozen(v)) for name, v in dict(self.own).items()
+                                                     if v is not None)))
+
+    def own_values(self) -> dict[str, Any]:
+        return dict(self.own)
+
+    def with_own(self, values: dict[str, Any]) -> TargetOptions:
+        """These options with ``values`` over the own options they had (a None value removes one)."""
+        return dataclasses.replace(self, own=tuple({**self.own_values(), **values}.items()))
+
+    def key_value(self, name: str) -> Any:
+        """What the cache keys hash of a setting: the image sets by their content hashes, not their paths."""
+        if name == "calibration":
+            return SYNTHETIC if self.calibration == SYNTHETIC else self.calibration_sha256
+        if name == "eval_data":
+            return self.eval_sha256
+        return getattr(self, name)
 
     def preprocessing(self) -> dict[str, Any]:
         """The preprocessing the options ask for, as ``data.preprocess.Preprocessing`` fields (defaults omitted)."""
@@ -143,41 +121,60 @@ class TargetOptions:
 
     def to_json(self) -> dict[str, Any]:
         declared = settings_of(type(self))
-        document = {}
+        document: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is not None and f.name in declared:
                 value = declared[f.name][1].kind.to_value(value)
-            document[f.name] = _jsonable(value)
+            document[f.name] = plain_value(value)
+        document["own"] = {name: plain_value(value) for name, value in self.own}
         return document
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TargetOptions:
         declared = settings_of(cls)
-        values = {}
+        values: dict[str, Any] = {}
         for name, value in data.items():
             if value is not None and name in declared:
                 value = declared[name][1].kind.from_value(value)
             values[name] = value
+        values["own"] = tuple(values.get("own", {}).items())
         return cls(**values)
 
 
-def foreign_options(options: TargetOptions, own: tuple[str, ...]) -> list[str]:
-    """The flags of the target-specific options that are set and not among ``own`` (a target's own options)."""
-    return [flag_of(name) for name in sorted(TARGET_OPTIONS - set(own)) if getattr(options, name) is not None]
+def options_from_document(document: Any, where: str, own_options: type,
+                          base: TargetOptions | None = None) -> TargetOptions:
+    """A device config's (or a CI override's) ``options`` mapping on top of ``base``: the common settings and those
+    of ``own_options`` (the config's target's own); any other key is one line naming the file and the key."""
+    if not isinstance(document, dict):
+        raise InputError(f"{where}: expected a mapping of options, got {type(document).__name__}")
+    common, own = settings_of(TargetOptions), settings_of(own_options)
+    for key in document:
+        if key not in common and key not in own:
+            raise InputError(f"{where}: unknown key '{key}' (known: {', '.join([*common, *own])})")
+    values = {key: convert(key, common[key][1], value, where) for key, value in document.items() if key in common}
+    own_values = {key: convert(key, own[key][1], value, where) for key, value in document.items() if key in own}
+    return dataclasses.replace(base or TargetOptions(), **values).with_own(own_values)
 
 
-def only_own_options(options: TargetOptions, own: tuple[str, ...]) -> TargetOptions:
-    """``options`` without the target-specific options that are not among ``own``."""
-    return dataclasses.replace(options, **{name: None for name in TARGET_OPTIONS - set(own)})
+def scoped_settings(settings_class: type, scope: str) -> tuple[str, ...]:
+    """The names of ``settings_class``'s settings that affect ``scope`` or more: "reference" (the float64
+    reference's inputs) lies within "onnx" (the target-independent graph), which lies within "build"."""
+    within = {"reference": ("reference",), "onnx": ("reference", "onnx"), "build": ("reference", "onnx", "build")}
+    return tuple(name for name, (_f, spec) in settings_of(settings_class).items() if spec.affects in within[scope])
 
 
-def flag_of(name: str) -> str:
-    flag = settings_of(TargetOptions)[name][1].flag
+def flag_of(settings_class: type, name: str) -> str:
+    flag = settings_of(settings_class)[name][1].flag
     return flag or name
 
 
-def _jsonable(value: Any) -> Any:
+def _frozen(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def plain_value(value: Any) -> Any:
+    """A value as a document holds it (JSON, YAML): paths as strings, tuples as lists."""
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, tuple):

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..core.errors import InputError
-from ..vanillanet.archs import MODEL_NAMES, ModelSpec, has_adaptive_pooling, min_input_size
+from ..vanillanet.archs import MODEL_NAMES, ModelSpec
 from ..vanillanet.features import parse_features
-from .options import SYNTHETIC, TargetOptions
+from .options import TargetOptions
 from .tolerance import PRECISIONS, QUANTIZED, Tolerance, tolerances
 
 SIMPLIFIERS: tuple[str, ...] = ("onnxslim", "onnxsim", "none")
@@ -122,7 +119,7 @@ class InputShape:
 class BuildRequest:
     source: ModelSource
     target: str
-    precision: str = "fp32"
+    precision: str | None = None  # None: the target's default (the build plan fills it in)
     shape: InputShape = InputShape(1, 3, 224, 224)
     dynamic: bool = False
     opset: int = DEFAULT_OPSET
@@ -132,7 +129,7 @@ class BuildRequest:
     tolerance: tuple[tuple[str, Tolerance], ...] = ()  # the user's overrides of the default tolerances
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
+        if self.precision is not None and self.precision not in PRECISIONS:
             raise InputError(f"unknown precision '{self.precision}'; choose from {', '.join(PRECISIONS)}")
         if self.simplifier not in SIMPLIFIERS:
             raise InputError(f"unknown simplifier '{self.simplifier}'; choose from {', '.join(SIMPLIFIERS)}")
@@ -150,59 +147,17 @@ class BuildRequest:
     def tolerances(self) -> dict[str, Tolerance]:
         return tolerances(self.tolerance)
 
-    def verify_shapes(self) -> list[InputShape]:
-        """The request's shape and, with --dynamic, a second one: the far end of the profile when
-        one is given (a dynamic engine only takes sizes inside it), else 32 pixels larger."""
+    def verify_shapes(self, profile: tuple[int, ...] | None = None) -> list[InputShape]:
+        """The request's shape and, with --dynamic, a second one: the far end of ``profile`` (the sizes a
+        target's options fix a dynamic artifact to, ``Target.dynamic_sizes``) when there is one (a dynamic
+        engine only takes sizes inside it), else 32 pixels larger."""
         shape = self.shape
         if not self.dynamic:
             return [shape]
-        profile = self.options.profile_sizes
         if profile:
             other = max(profile) if max(profile) != shape.height else min(profile)
             return [shape] if other == shape.height else [shape, shape.resized(other, other)]
         return [shape, shape.resized(shape.height + 32, shape.width + 32)]
-
-    def _identity(self, checkpoint_sha256: str | None) -> dict[str, Any]:
-        return {
-            "vncompile": __version__,
-            "source": self.source.identity(checkpoint_sha256),
-            "shape": self.shape.as_tuple(),
-            "dynamic": self.dynamic,
-            "opset": self.opset,
-            "simplifier": self.simplifier,
-            "verify": self.verify,
-            "tolerance": [[p, t.as_dict()] for p, t in self.tolerance],
-        }
-
-    def cache_key(self, checkpoint_sha256: str | None, toolchain: dict[str, str | None], onnx_key: str) -> str:
-        """Everything a finished build depends on: the request, the toolchain, and the ONNX it compiled
-        (``onnx_key``: also what the request leaves to the target, such as its default graph passes)."""
-        return _digest({**self._identity(checkpoint_sha256), "target": self.target, "precision": self.precision,
-                        "options": self.options.key_fields(), "toolchain": toolchain, "onnx": onnx_key})
-
-    def onnx_key(self, form: str, checkpoint_sha256: str | None, toolchain: dict[str, str | None],
-                 fit_judge: str | None = None, graph_passes: tuple[str, ...] = ()) -> str:
-        """What the target-independent stages depend on: no target, only the ONNX form it asked for (and,
-        for --fit-memory, the target whose compiler judges the tiling, ``fit_judge``, if any)."""
-        int8, options = form == "int8-qdq", self.options
-        preprocessing = options.preprocessing()
-        calibration = SYNTHETIC if options.calibration == SYNTHETIC else options.calibration_sha256
-        # The real images verification judges with (``prepare.real_images``): the evaluation set's, else an
-        # int8 (int16) build's real calibration set, also for targets that quantize themselves from the fp32 graph.
-        real = options.eval_sha256 or (calibration if self.precision in QUANTIZED and calibration != SYNTHETIC
-                                       else None)
-        keyed = {"io_dtype": options.io_dtype if form == "fp16" else None,
-                 "int8": {"calibration": calibration, "size": options.calibration_size, "keep_fp32": options.keep_fp32,
-                          "scheme": INT8_SCHEME, "preprocessing": preprocessing} if int8 else None,
-                 "eval": {"images": options.eval_sha256, "preprocessing": preprocessing} if options.eval_data else None,
-                 "verify_images": {"images": real, "preprocessing": preprocessing} if real and self.verify else None,
-                 # The tiling is chosen at the build's element size and, with a judge, by its compiler's settings.
-                 "fit_memory": {"budget_kb": options.fit_memory, "precision": self.precision, "judge": fit_judge,
-                                "judge_options": options.key_fields() if fit_judge else None}
-                 if options.fit_memory else None,
-                 "graph_passes": list(graph_passes)}
-        return _digest({**self._identity(checkpoint_sha256), "form": form, "options": keyed, "toolchain": toolchain})
-
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able form, for handing the request to a worker process."""
@@ -219,55 +174,3 @@ class BuildRequest:
         return cls(source=ModelSource(**source), shape=InputShape(*data["shape"].values()),
                    options=TargetOptions.from_json(data["options"]),
                    tolerance=tuple((p, Tolerance(**t)) for p, t in data["tolerance"]), **fields)
-
-
-def _digest(document: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def check_input_shape(spec: ModelSpec, shape: InputShape, dynamic: bool, memory_bytes: int | None,
-                      feature_strides: tuple[int, ...] = ()) -> None:
-    """Refuse sizes the network cannot take, or that would exhaust this machine."""
-    smallest = min_input_size(spec)
-    if feature_strides and not has_adaptive_pooling(spec):
-        # A detector's neck adds each map to the 2x upsampled deeper one: every side must divide by the
-        # deepest stride, or pooling drops border rows and the maps' sizes disagree (mmdetection pads to 32).
-        multiple = math.lcm(*feature_strides)
-        if shape.height % multiple or shape.width % multiple:
-            padded = "x".join(str(-(-side // multiple) * multiple) for side in (shape.height, shape.width))
-            strides = ", ".join(map(str, feature_strides))
-            raise InputError(f"outputs at strides {strides} need input sides that are multiples of {multiple}, got "
-                             f"{shape.height}x{shape.width}: pooling would drop border rows and the maps would not "
-                             f"line up; pad to {padded} as mmdetection does (Pad size_divisor=32)")
-    if min(shape.height, shape.width) < smallest:
-        raise InputError(f"{spec.label} needs inputs of at least {smallest}x{smallest} "
-                         f"(its pooling strides), got {shape.height}x{shape.width}")
-    if shape.channels != 3:
-        raise InputError(f"{spec.label} takes 3 input channels, got {shape.channels}")
-    if dynamic and has_adaptive_pooling(spec):
-        raise InputError(
-            f"{spec.name} cannot export with dynamic H/W: its adaptive max pools (to 38/19/10) have windows that "
-            "depend on the input size and ONNX has no adaptive pooling; export a static size (native: 224, any "
-            "fixed size works)"
-        )
-    if memory_bytes:
-        needed = activation_bytes_estimate(spec, shape)
-        if needed > memory_bytes // 2:
-            raise InputError(
-                f"input {shape.label} is too large for this machine: {spec.label} would need about "
-                f"{needed / 2**30:.1f} GiB for its largest feature maps, over half of the "
-                f"{memory_bytes / 2**30:.0f} GiB here"
-            )
-
-
-def activation_bytes_estimate(spec: ModelSpec, shape: InputShape) -> int:
-    """float64 reference input + output of the widest full-resolution layer, times a margin.
-
-    A VanillaNet's largest map is its first stage's output at 1/4 resolution; a ResNet's
-    the 4*base-width map at 1/4. Verification runs the float64 training form, so 8 bytes.
-    """
-    arch = spec.arch()
-    channels = max(arch.dims[:2]) if spec.is_vanillanet else arch.base_width * 4  # type: ignore[union-attr]
-    stride = arch.stem_stride if spec.is_vanillanet else 4  # type: ignore[union-attr]
-    pixels = (shape.height // stride + 1) * (shape.width // stride + 1)
-    return 3 * 8 * shape.batch * channels * pixels

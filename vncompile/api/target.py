@@ -27,7 +27,6 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from ..core.errors import VncompileError
-from .options import TargetOptions
 from .request import BuildRequest
 
 OnnxForm = Literal["fp32", "fp16", "int8-qdq"]
@@ -127,13 +126,19 @@ class Session(abc.ABC):
         self.close()
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """A target without options of its own."""
+
+
 @dataclass
 class CompileContext:
     onnx_path: Path  # the target-ready ONNX (already in the form ``onnx_form`` asked for)
     build_dir: Path  # write artifacts here; paths in ``Artifact`` are relative to it
-    request: BuildRequest
+    request: BuildRequest  # as resolved: its precision is the one built
     log: logging.Logger
     calibration: np.ndarray | None = None  # int8: preprocessed NCHW samples
+    own: Any = NoOptions()  # the target's own options (an instance of its ``own_options``)
 
 
 class Target(abc.ABC):
@@ -152,8 +157,10 @@ class Target(abc.ABC):
     # measured to help its compiler.
     graph_passes: ClassVar[tuple[str, ...]] = ()
     why_no_runtime_profiles: ClassVar[str] = "it has no session settings to choose"
-    # The target-specific options (``options.TARGET_OPTIONS``) it reads; the others are refused, not ignored.
-    own_options: ClassVar[tuple[str, ...]] = ()
+    # Its own options: a frozen dataclass of ``core.schema.setting`` fields, each declaring its flag, help and
+    # what it affects (the cache keys). The command line's flags, device configs' validation and the refusal of
+    # options another target owns all derive from it; the build hands the values over as an instance.
+    own_options: ClassVar[type] = NoOptions
 
     @abc.abstractmethod
     def availability(self) -> Availability:
@@ -166,7 +173,7 @@ class Target(abc.ABC):
     def default_device(self) -> str:
         return self.devices[0]
 
-    def default_precision(self, options: TargetOptions) -> str:
+    def default_precision(self, own: Any) -> str:
         """The precision built when none is asked for: fp32 where the target computes it."""
         return "fp32" if "fp32" in self.precisions or not self.precisions else self.precisions[0]
 
@@ -175,8 +182,13 @@ class Target(abc.ABC):
         for); they join the build's cache key."""
         return {}
 
-    def check_request(self, request: BuildRequest) -> None:  # noqa: B027 - optional hook
-        """Raise ``InputError`` for options this target cannot honour (before any work)."""
+    def check_request(self, request: BuildRequest, own: Any) -> None:  # noqa: B027 - optional hook
+        """Raise ``InputError`` for a request or options this target cannot honour (before any work)."""
+
+    def dynamic_sizes(self, own: Any) -> tuple[int, ...] | None:
+        """The square sizes a --dynamic artifact is built for, where its options fix them (tensorrt's
+        optimization profile): verification checks the far end too."""
+        return None
 
     @abc.abstractmethod
     def compile(self, ctx: CompileContext) -> CompileResult:
@@ -196,7 +208,7 @@ class Target(abc.ABC):
 
     plans_memory: ClassVar[bool] = False  # True: ``planned_memory`` asks the compiler itself
 
-    def planned_memory(self, onnx_path: Path, request: BuildRequest) -> MemoryFigure:
+    def planned_memory(self, onnx_path: Path, request: BuildRequest, own: Any) -> MemoryFigure:
         """The compiler's memory figure for this graph without keeping an artifact (``plans_memory``
         targets): ``--fit-memory`` asks it of each candidate tiling, since a compiler may schedule and
         allocate the strips otherwise than the analytic plan assumes."""

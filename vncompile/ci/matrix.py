@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..api.options import TargetOptions
+from ..api.options import TargetOptions, options_from_document
 from ..api.request import BuildRequest, ModelSource
 from ..api.tolerance import PRECISIONS
 from ..core.errors import InputError
@@ -31,7 +31,6 @@ from ..core.schema import (
     Text,
     from_document,
     setting,
-    updated,
 )
 from ..devices import DeviceConfig, Features, load_device_config, read_yaml
 from ..vanillanet.archs import MODEL_NAMES
@@ -133,10 +132,11 @@ def _features_suffix(source: ModelSource) -> str:
     return f"-features{source.features.replace(',', '_')}" if source.features else ""
 
 
-def _options(base: TargetOptions, changes: dict[str, Any], where: str) -> TargetOptions:
+def _options(base: TargetOptions, changes: dict[str, Any], where: str, target: str) -> TargetOptions:
     from ..data.calibration import with_data_hashes
+    from ..targets import get_target
 
-    return with_data_hashes(updated(base, changes, f"{where}: options"))
+    return with_data_hashes(options_from_document(changes, f"{where}: options", get_target(target).own_options, base))
 
 
 def load_ci_config(path: Path) -> CiConfig:
@@ -182,7 +182,8 @@ def _cell(model: ModelEntry, device: DeviceConfig, size: int, request: BuildRequ
         if o.verify is not None:
             request = dataclasses.replace(request, verify=o.verify)
         if o.options:
-            request = dataclasses.replace(request, options=_options(request.options, o.options, str(path)))
+            options = _options(request.options, o.options, str(path), request.target)
+            request = dataclasses.replace(request, options=options)
     return Cell(model, device, size, request)
 
 

@@ -219,17 +219,26 @@ class Setting:
     help: str = ""
     flag: str | None = None  # the command-line option, where one sets it
     nested: type | None = None  # a dataclass of settings (a mapping in the document)
+    # What a value changes, so that the cache keys derive from the declarations: "onnx" (the target-independent
+    # graph and its reference: every key), "build" (the target's artifact: the build's key), "nothing" (where
+    # files are kept, say: no key).
+    affects: str = "build"
+
+
+AFFECTS = ("reference", "onnx", "build", "nothing")
 
 
 def setting(kind: Kind, default: Any = REQUIRED, *, help: str = "", flag: str | None = None,
-            nested: type | None = None, compare: bool = True) -> Any:
-    """A dataclass field that documents, the command line and validation all read."""
-    metadata = {SCHEMA_KEY: Setting(kind, help, flag, nested)}
+            nested: type | None = None, affects: str = "build") -> Any:
+    """A dataclass field that documents, the command line, validation and the cache keys all read."""
+    if affects not in AFFECTS:
+        raise ValueError(f"affects must be one of {AFFECTS}, got {affects!r}")
+    metadata = {SCHEMA_KEY: Setting(kind, help, flag, nested, affects)}
     if default is REQUIRED:
-        return dataclasses.field(metadata=metadata, compare=compare)
+        return dataclasses.field(metadata=metadata)
     if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
-        return dataclasses.field(default_factory=lambda: default, metadata=metadata, compare=compare)
-    return dataclasses.field(default=default, metadata=metadata, compare=compare)
+        return dataclasses.field(default_factory=lambda: default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def settings_of(cls: type) -> dict[str, tuple[dataclasses.Field, Setting]]:

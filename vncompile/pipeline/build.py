@@ -1,7 +1,8 @@
 """``vncompile build``: prepare (cached) -> compile -> verify, timed, logged, cached, written atomically.
 
-The cache lookup needs no torch: a repeated build is a hash of the checkpoint, the
-options and the toolchain versions, then a copy. Everything heavy is imported only
+The request is resolved once into a ``BuildPlan`` (``plan.py``: every check, the target, its
+options, the cache keys) before any work. The cache lookup needs no torch: a repeated build is
+a hash of the checkpoint, the options and the toolchain versions, then a copy. Everything heavy is imported only
 when a build actually runs.
 """
 
@@ -18,23 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from ..api.options import DEFAULT_RUNTIME_PROFILE, flag_of, foreign_options
 from ..api.request import BuildRequest
 from ..api.target import Artifact, CompileContext, CompileResult, MemoryFigure, Target
-from ..api.tolerance import QUANTIZED
-from ..core.errors import InputError, OutputExists, VerificationError
-from ..core.hashing import sha256_file
-from ..core.host import toolchain_versions
+from ..core.errors import OutputExists, VerificationError
 from ..core.io import atomic_directory, write_json
 from ..data.evaluation import EvalSet, load_eval_set
 from ..onnxtools.layers import LAYERS_CSV, describe_layers, read_layers, worst_layers
-from ..onnxtools.simplify import SIMPLIFIER_PACKAGES
-from ..targets import get_target, require_available
 from .accuracy import accuracy as accuracy_of
 from .accuracy import top1_drop
 from .cache import BuildCache, copy_tree, reading
 from .manifest import default_output_dir, figures, intact, new_manifest, read_manifest
-from .prepare import PREPARE_STAGES, PreparedOnnx, graph_passes_for, prepare, real_images, verify_inputs
+from .plan import BuildPlan, resolve
+from .prepare import PREPARE_STAGES, PreparedOnnx, prepare, real_images, verify_inputs
 from .timing import SilentReporter, StageReporter, StageTimings
 from .verify import Verification, compare, summarize
 
@@ -62,28 +58,8 @@ def _check_output(out_dir: Path, key: str, force: bool) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class _Keys:
-    build: str
-    onnx: str
-    toolchain: dict[str, str | None]
-    checkpoint_sha256: str | None  # hashed once, for the keys, and handed to the loader
-
-
-def _keys(request: BuildRequest, target: Target) -> _Keys:
-    checkpoint = request.source.checkpoint
-    checkpoint_sha256 = sha256_file(Path(checkpoint)) if checkpoint is not None else None
-    core = toolchain_versions(*SIMPLIFIER_PACKAGES[request.simplifier])
-    toolchain = {**core, **toolchain_versions(*target.packages), **target.cache_identity()}
-    form = target.onnx_form(request.precision)
-    judge = target.name if target.plans_memory else None  # its compiler judges --fit-memory's tiling
-    onnx_key = request.onnx_key(form, checkpoint_sha256, core if judge is None else toolchain, judge,
-                                graph_passes_for(request, target))
-    return _Keys(request.cache_key(checkpoint_sha256, toolchain, onnx_key), onnx_key, toolchain, checkpoint_sha256)
-
-
 def build(
-    request: BuildRequest,
+    request: BuildRequest | BuildPlan,
     out_dir: Path | None = None,
     *,
     force: bool = False,
@@ -92,39 +68,36 @@ def build(
 ) -> BuildOutcome:
     """Build (or fetch from the cache) and write the bundle atomically to ``out_dir``."""
     cache = cache or BuildCache()
-    target = get_target(request.target)
-    keys = _keys(request, target)
-    if out_dir is not None and _check_output(out_dir, keys.build, force):
+    plan = request if isinstance(request, BuildPlan) else resolve(request)  # every input error, before any work
+    if out_dir is not None and _check_output(out_dir, plan.build_key, force):
         return BuildOutcome(read_manifest(out_dir) or {}, out_dir, cached=True, up_to_date=True)
-    with cache.in_use(), cache.lock(keys.build):
-        manifest, cached = _ensure_built(request, keys, cache, reporter)
-        return _publish(cache.entry(keys.build), manifest, out_dir, keys.build, force, cached)
+    with cache.in_use(), cache.lock(plan.build_key):
+        manifest, cached = _ensure_built(plan, cache, reporter)
+        return _publish(cache.entry(plan.build_key), manifest, out_dir, plan.build_key, force, cached)
 
 
-def cached_build(request: BuildRequest, cache: BuildCache | None = None,
+def cached_build(plan: BuildPlan, cache: BuildCache | None = None,
                  reporter: StageReporter | None = None) -> tuple[dict[str, Any], Path, bool]:
     """The build's manifest and its directory in the cache, building it if needed (profile, ci)."""
     cache = cache or BuildCache()
-    keys = _keys(request, get_target(request.target))
-    with cache.in_use(), cache.lock(keys.build):  # the caller reads the entry: it holds ``in_use`` on its own
-        manifest, cached = _ensure_built(request, keys, cache, reporter)
-        return manifest, cache.entry(keys.build), cached
+    with cache.in_use(), cache.lock(plan.build_key):  # the caller reads the entry: it holds ``in_use`` on its own
+        manifest, cached = _ensure_built(plan, cache, reporter)
+        return manifest, cache.entry(plan.build_key), cached
 
 
-def _ensure_built(request: BuildRequest, keys: _Keys, cache: BuildCache,
-                  reporter: StageReporter | None) -> tuple[dict[str, Any], bool]:
+def _ensure_built(plan: BuildPlan, cache: BuildCache, reporter: StageReporter | None) -> tuple[dict[str, Any], bool]:
     """Under the key's lock: the cached manifest, or a fresh build stored in the cache."""
-    _check_options(request, get_target(request.target))  # input errors, before any build work
-    manifest = cache.lookup(keys.build)
+    manifest = cache.lookup(plan.build_key)
     if manifest is not None:
         return manifest, True
-    # The build reads its ONNX entry until it ends (the reference outputs, at verification): read-locked.
-    with tempfile.TemporaryDirectory(prefix="vncompile-build-") as work, reading(cache.entry(keys.onnx, "onnx")):
+    target = plan.available_target()
+    # The build reads its ONNX and reference entries until it ends (at verification): read-locked.
+    with tempfile.TemporaryDirectory(prefix="vncompile-build-") as work, \
+            reading(cache.entry(plan.onnx_key, "onnx")), reading(cache.entry(plan.reference_key, "reference")):
         bundle = Path(work) / "bundle"
         bundle.mkdir()
-        manifest = _run(request, require_available(request.target), keys, cache, Path(work), bundle,
-                        reporter or SilentReporter())
-        cache.store(keys.build, bundle)
+        manifest = _run(plan, target, cache, Path(work), bundle, reporter or SilentReporter())
+        cache.store(plan.build_key, bundle)
     return manifest, False
 
 
@@ -154,22 +127,20 @@ def _build_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def _run(request: BuildRequest, target: Target, keys: _Keys, cache: BuildCache, work: Path, bundle: Path,
+def _run(plan: BuildPlan, target: Target, cache: BuildCache, work: Path, bundle: Path,
          reporter: StageReporter) -> dict[str, Any]:
-    target.check_request(request)
-    form = target.onnx_form(request.precision)
+    request = plan.request
     timings = StageTimings(reporter)
     evaluates = request.options.eval_data is not None
-    names = [s for s in STAGE_NAMES if (s != "quantize" or form == "int8-qdq") and (s != "evaluate" or evaluates)
+    names = [s for s in STAGE_NAMES if (s != "quantize" or plan.quantizes_graph) and (s != "evaluate" or evaluates)
              and (s not in ("reference", "verify") or request.verify or (s == "verify" and evaluates))]
-    reporter.start(f"{request.target} {request.precision} {request.shape.label}", names)
+    reporter.start(f"{target.name} {plan.precision} {request.shape.label}", names)
     try:
         with _build_log(bundle / "build.log"):
             log.info("request: %s", request)
             eval_set = load_eval_set(request.options, request.shape)
-            real = real_images(request, eval_set) if request.verify else None
-            prepared = prepare(request, form, keys.onnx, cache, work, timings, keys.checkpoint_sha256, eval_set,
-                               real)
+            real = real_images(plan, eval_set) if request.verify else None
+            prepared = prepare(plan, cache, work, timings, eval_set, real)
             after_prepare = len(timings.records)
             shutil.copyfile(prepared.onnx_path, bundle / "model.onnx")
             extra = []
@@ -178,23 +149,22 @@ def _run(request: BuildRequest, target: Target, keys: _Keys, cache: BuildCache, 
                 extra.append(Artifact(LAYERS_CSV, "int8-layers"))
             with timings.stage("compile"):
                 result = target.compile(CompileContext(bundle / "model.onnx", bundle, request, log,
-                                                       _calibration(request, target, form)))
-            manifest = new_manifest(request, target, prepared.model, result, bundle, outputs=prepared.outputs,
-                                    toolchain=keys.toolchain, cache_key=keys.build, extra_artifacts=extra)
-            manifest.update(figures(target.compiler_memory(bundle, manifest) or _estimated_memory(request, bundle),
+                                                       _calibration(plan), plan.own))
+            manifest = new_manifest(plan, prepared.model, result, bundle, outputs=prepared.outputs,
+                                    extra_artifacts=extra)
+            manifest.update(figures(target.compiler_memory(bundle, manifest) or _estimated_memory(plan, bundle),
                                     target.estimated_latency(bundle, manifest)))
-            _check_fit(request, prepared.model.get("fit_memory"), manifest["memory"], target.name)
+            _check_fit(prepared.model.get("fit_memory"), manifest["memory"], target.name)
             if request.verify or evaluates:
                 with timings.stage("verify"):
-                    verification, accuracy = _verify(request, target, prepared, bundle, manifest, result, eval_set,
-                                                     real)
+                    verification, accuracy = _verify(plan, target, prepared, bundle, manifest, result, eval_set, real)
                 if request.verify:
                     manifest["verification"] = verification.as_dict()
                     _log_verification(verification)
                 manifest["accuracy"] = accuracy
                 if request.verify and not verification.passed:
                     raise VerificationError(_with_layers(verification.failure_line(), prepared, verification))
-                _check_accuracy(request, accuracy, prepared, target.name)
+                _check_accuracy(plan, accuracy, prepared)
             manifest["stages"] = prepared.timings + timings.records[after_prepare:]
             log.info("build finished: %s", manifest["status"])
     finally:
@@ -203,34 +173,16 @@ def _run(request: BuildRequest, target: Target, keys: _Keys, cache: BuildCache, 
     return manifest
 
 
-def _check_options(request: BuildRequest, target: Target) -> None:
-    """Another target's options are refused, not ignored: the user meant a build they would not get. A target that
-    quantizes a trained checkpoint needs real images. Every target takes the default runtime profile; another only
-    where the target has session settings for it."""
-    foreign = foreign_options(request.options, target.own_options)
-    if foreign:
-        own = f" (its own: {', '.join(flag_of(name) for name in target.own_options)})" if target.own_options else ""
-        raise InputError(f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to --target "
-                         f"{target.name}{own}")
-    if target.quantizes:
-        request.check_calibration()
-    profile = request.options.runtime_profile
-    if profile != DEFAULT_RUNTIME_PROFILE and profile not in target.runtime_profiles:
-        raise InputError(f"{target.name} has no runtime profiles: {target.why_no_runtime_profiles}; "
-                         f"drop --runtime-profile {profile}")
-
-
-def _calibration(request: BuildRequest, target: Target, form: str):
+def _calibration(plan: BuildPlan):
     """Targets that quantize themselves (rknn, qnn, ethos-u) get the preprocessed calibration inputs."""
-    if request.precision not in QUANTIZED or form == "int8-qdq" or not target.quantizes:
+    if not plan.needs_calibration_inputs:
         return None
     from ..data.calibration import calibration_set
 
-    return calibration_set(request.options, request.shape)
+    return calibration_set(plan.options, plan.request.shape)
 
 
-def _check_fit(request: BuildRequest, fit: dict[str, Any] | None, memory: dict[str, Any] | None,
-               target: str) -> None:
+def _check_fit(fit: dict[str, Any] | None, memory: dict[str, Any] | None, target: str) -> None:
     """The target's own figure must honour --fit-memory too (a compiler that fuses the strips back is refused)."""
     if not fit or not memory or memory["max_kb"] <= fit["budget_kb"]:
         return
@@ -254,11 +206,11 @@ def _with_layers(line: str, prepared: PreparedOnnx, verification: Verification) 
     return line + (_worst_layers(prepared) if failed_int8 else "")
 
 
-def _check_accuracy(request: BuildRequest, accuracy: dict[str, Any] | None, prepared: PreparedOnnx,
-                    target: str) -> None:
+def _check_accuracy(plan: BuildPlan, accuracy: dict[str, Any] | None, prepared: PreparedOnnx) -> None:
     """A target more than --max-top1-drop points of top-1 below the reference fails, like a verification."""
     if accuracy is None or "target" not in accuracy:
         return
+    request, target = plan.request, plan.target.name
     drop = top1_drop(accuracy, "target")
     log.info("accuracy on %d images: reference top-1 %.2f%%, %s top-1 %.2f%% (drop %.2f points)", accuracy["images"],
              accuracy["reference"]["top1"], target, accuracy["target"]["top1"], drop)
@@ -271,20 +223,21 @@ def _check_accuracy(request: BuildRequest, accuracy: dict[str, Any] | None, prep
             f"{hint}")
 
 
-def _estimated_memory(request: BuildRequest, bundle: Path) -> MemoryFigure | None:
+def _estimated_memory(plan: BuildPlan, bundle: Path) -> MemoryFigure | None:
     """For targets with no plan of their own: the analytic plan of the ONNX they compiled (static shapes)."""
-    if request.dynamic:
+    if plan.request.dynamic:
         return None
     from ..onnxtools.memory_plan import plan_memory
 
-    return plan_memory(bundle / "model.onnx", request.precision).figure()
+    return plan_memory(bundle / "model.onnx", plan.precision).figure()
 
 
-def _verify(request: BuildRequest, target: Target, prepared: PreparedOnnx, bundle: Path, manifest: dict[str, Any],
+def _verify(plan: BuildPlan, target: Target, prepared: PreparedOnnx, bundle: Path, manifest: dict[str, Any],
             result: CompileResult, eval_set: EvalSet | None,
             real: np.ndarray | None) -> tuple[Verification, dict[str, Any] | None]:
     """The target's outputs against the reference on the verification inputs, and its accuracy on the
     labelled images; with nothing to run (deferred, analytic), the ONNX stages' figures alone."""
+    request = plan.request
     errors = prepared.stage_errors
     tolerances = request.tolerances()
     section = None if prepared.accuracy is None else dict(prepared.accuracy)
@@ -292,7 +245,7 @@ def _verify(request: BuildRequest, target: Target, prepared: PreparedOnnx, bundl
         device = manifest["target"]["device"]
         with target.load(bundle, manifest) as session:
             if request.verify:
-                for shape in request.verify_shapes():
+                for shape in plan.verify_shapes:
                     at = f" @{shape.size_label}" if request.dynamic else ""
                     inputs = verify_inputs(shape, real)
                     outputs = [session.run(batch) for batch in inputs.batches]

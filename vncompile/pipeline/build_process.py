@@ -65,10 +65,11 @@ class BuildWorker:
 def _handlers() -> tuple[dict[str, Any], dict[str, Any]]:
     """The child's requests: one ``build`` per cell, answered with the manifest and the cache directory."""
     from .build import cached_build
+    from .plan import resolve
 
     def build(args: dict[str, Any]) -> dict[str, Any]:
         try:
-            manifest, directory, _ = cached_build(BuildRequest.from_json(args))
+            manifest, directory, _ = cached_build(resolve(BuildRequest.from_json(args)))
         except VncompileError:
             raise
         except Exception as exc:  # a bug in one cell is that cell's failure, named as a bug

@@ -1,8 +1,10 @@
 """The build cache: directories keyed by the hash of everything that made them.
 
-Two kinds of entry: ``onnx`` holds the target-independent stages (exported,
-simplified and target-ready ONNX, the float64 reference outputs), shared by every
-target built from the same network and shape; ``builds`` holds finished bundles.
+Three kinds of entry: ``reference`` holds the float64 reference outputs, shared by every
+build of the same weights, shape and verification inputs (any target, precision or graph);
+``onnx`` holds the target-independent stages (exported, simplified and target-ready ONNX,
+the ONNX stages' errors), shared by every target that asks for the same graph; ``builds``
+holds finished bundles.
 An entry is trusted only if every artifact its manifest lists still has the recorded
 size and sha256; an altered entry is dropped and rebuilt. A per-key file lock makes
 two concurrent identical builds do the work once: the second waits, then hits.
@@ -46,7 +48,7 @@ def default_cache_root() -> Path:
     return Path(base) / "vncompile"
 
 
-KINDS = ("onnx", "builds")
+KINDS = ("reference", "onnx", "builds")
 MAX_SIZE_ENV = "VNCOMPILE_CACHE_MAX_SIZE"
 DEFAULT_MAX_SIZE = "20GB"
 UNLIMITED = ("none", "unlimited")

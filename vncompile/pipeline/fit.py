@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..api.request import BuildRequest
-from ..api.target import Target
 from ..core.errors import InputError
 from ..core.units import kb
 from ..onnxtools.memory_plan import plan_memory
-from ..onnxtools.order import depth_first_order
-from ..onnxtools.passes import apply_passes_to_file
-from ..onnxtools.simplify import simplify_onnx
-from ..vanillanet.model import VanillaNet
 from ..vanillanet.tiling import TiledVanillaNet, Tiling, extra_macs
-from .stages import LoadedModel, export_onnx
+from .plan import BuildPlan
+from .prepare import onnx_graph
+from .stages import LoadedModel
 
 log = logging.getLogger("vncompile")
 STRIPS = (2, 3, 4, 6, 8, 12, 16, 24, 32)
@@ -59,30 +54,24 @@ class _Candidate:
                 "target_peak_kb": self.target_kb, "extra_macs": self.extra_macs}
 
 
-def _candidate(loaded: LoadedModel, request: BuildRequest, work: Path, tiling: Tiling | None,
-               passes: tuple[str, ...]) -> _Candidate:
-    """The graph the build will compile for ``tiling``: exported, simplified, in depth-first order; planned."""
+def _candidate(loaded: LoadedModel, plan: BuildPlan, work: Path, tiling: Tiling | None) -> _Candidate:
+    """The graph the build will compile for ``tiling`` (made by the build's own ``onnx_graph``); planned."""
     network = loaded.network if tiling is None else TiledVanillaNet(loaded.network, tiling)
     name = "untiled" if tiling is None else f"s{tiling.stages}x{tiling.strips}"
-    exported = export_onnx(dataclasses.replace(loaded, network=network), request.shape, work / f"{name}.onnx",
-                           opset=request.opset, dynamic=False)
     path = work / f"{name}.simplified.onnx"
-    simplify_onnx(exported, path, request.simplifier) if request.simplifier != "none" else shutil.copyfile(
-        exported, path)
-    if passes:  # the graph passes the build applies, so that a judging compiler sees the graph it will build
-        apply_passes_to_file(path, passes)
-    depth_first_order(path)
-    cost = 0 if tiling is None else extra_macs(loaded.network, tiling, request.shape.height, request.shape.width)
-    candidate = _Candidate(tiling, path, kb(plan_memory(path, request.precision).total_bytes), cost)
+    onnx_graph(plan, dataclasses.replace(loaded, network=network), work / f"{name}.onnx", path, check=False)
+    shape = plan.request.shape
+    cost = 0 if tiling is None else extra_macs(loaded.network, tiling, shape.height, shape.width)
+    candidate = _Candidate(tiling, path, kb(plan_memory(path, plan.precision).total_bytes), cost)
     log.info("fit-memory: %s: planned peak %.0f KB", candidate.describe(), candidate.planned_kb)
     return candidate
 
 
-def _fitting_tilings(loaded: LoadedModel, request: BuildRequest, work: Path, tried: list[_Candidate],
-                     more_strips: int, passes: tuple[str, ...]) -> list[_Candidate]:
+def _fitting_tilings(loaded: LoadedModel, plan: BuildPlan, work: Path, tried: list[_Candidate],
+                     more_strips: int) -> list[_Candidate]:
     """Tilings whose analytic plan fits the budget, cheapest first; every one planned goes to ``tried``.
     Per number of stages, ``more_strips`` strip counts past the first that fits (for a judging compiler)."""
-    budget, network = request.options.fit_memory, loaded.network
+    budget, network = plan.options.fit_memory, loaded.network
     fitting = []
     for stages in range(1, min(MAX_STAGES, len(network.stages) - 1) + 1):  # the stem alone saves nothing:
         previous, past_fit = None, None  # the first stage's 1x1 conv output is the peak
@@ -91,7 +80,7 @@ def _fitting_tilings(loaded: LoadedModel, request: BuildRequest, work: Path, tri
         except InputError:
             break  # e.g. a backbone output inside the tiled stages: no more stages either
         for strips in STRIPS:
-            candidate = _candidate(loaded, request, work, Tiling(stages, strips), passes)
+            candidate = _candidate(loaded, plan, work, Tiling(stages, strips))
             tried.append(candidate)
             if candidate.planned_kb <= budget:
                 fitting.append(candidate)
@@ -104,31 +93,30 @@ def _fitting_tilings(loaded: LoadedModel, request: BuildRequest, work: Path, tri
     return sorted(fitting, key=lambda c: (c.extra_macs, c.tiling.strips if c.tiling else 0))
 
 
-def fit_memory(loaded: LoadedModel, request: BuildRequest, judge: Target | None = None,
-               passes: tuple[str, ...] = ()) -> tuple[LoadedModel, dict[str, Any]]:
-    """``loaded`` (the deploy form) as it must run to fit ``request.options.fit_memory`` KB, and the record.
-    ``judge``: a target whose compiler's own figure must fit too (``Target.plans_memory``); ``passes``: the
-    graph passes the build applies."""
+def fit_memory(loaded: LoadedModel, plan: BuildPlan) -> tuple[LoadedModel, dict[str, Any]]:
+    """``loaded`` (the deploy form) as it must run to fit ``--fit-memory`` KB, and the record. The plan's
+    ``fit_judge``, where it has one, is a target whose compiler's own figure must fit too (``Target.plans_memory``)."""
+    request, judge = plan.request, plan.fit_judge
     budget = request.options.fit_memory
     assert budget is not None
     if request.dynamic:
         raise InputError("--fit-memory plans a static input shape; drop --dynamic")
     network = loaded.network
-    if not isinstance(network, VanillaNet):
+    if not loaded.family.tiles:
         raise InputError(f"--fit-memory tiles VanillaNet's high-resolution stages; {loaded.spec.label} is not one")
     with tempfile.TemporaryDirectory(prefix="vncompile-fit-") as tmp:
         work = Path(tmp)
-        untiled = _candidate(loaded, request, work, None, passes)
+        untiled = _candidate(loaded, plan, work, None)
         tried = [untiled]
         candidates = [untiled] if untiled.planned_kb <= budget else []
         if not candidates or judge:
-            candidates += _fitting_tilings(loaded, request, work, tried, MORE_STRIPS if judge else 0, passes)
+            candidates += _fitting_tilings(loaded, plan, work, tried, MORE_STRIPS if judge else 0)
         chosen = None
         for index, candidate in enumerate(candidates):
             if judge is not None:
                 if index == MAX_JUDGED:
                     break
-                figure = judge.planned_memory(candidate.path, request)
+                figure = judge.planned_memory(candidate.path, request, plan.own)
                 candidate = dataclasses.replace(candidate, target_kb=figure.max_kb)
                 tried[next(i for i, c in enumerate(tried) if c.path == candidate.path)] = candidate
                 log.info("fit-memory: %s: %s's %s figure %.0f KB", candidate.describe(), judge.name, figure.source,

@@ -17,11 +17,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..api.request import BuildRequest
-from ..api.target import Artifact, CompileResult, LatencyFigure, MemoryFigure, Target
+from ..api.target import Artifact, CompileResult, LatencyFigure, MemoryFigure
 from ..core.hashing import sha256_file
+
+if TYPE_CHECKING:
+    from .plan import BuildPlan
 
 MANIFEST_SCHEMA = 2
 
@@ -78,9 +80,9 @@ def figures(memory: MemoryFigure | None, latency: LatencyFigure | None) -> dict[
             "latency": None if latency is None else latency.as_dict()}
 
 
-def new_manifest(request: BuildRequest, target: Target, model: dict[str, Any], result: CompileResult,
-                 bundle: Path, *, outputs: list[dict[str, Any]], toolchain: dict[str, str | None],
-                 cache_key: str, extra_artifacts: list[Artifact] = ()) -> dict[str, Any]:
+def new_manifest(plan: BuildPlan, model: dict[str, Any], result: CompileResult, bundle: Path, *,
+                 outputs: list[dict[str, Any]], extra_artifacts: list[Artifact] = ()) -> dict[str, Any]:
+    request, target = plan.request, plan.target
     return {
         "schema": MANIFEST_SCHEMA,
         "status": result.status,
@@ -103,8 +105,8 @@ def new_manifest(request: BuildRequest, target: Target, model: dict[str, Any], r
         "verification": {"passed": None, "skipped": True, "tolerance": {}, "stages": []},
         "accuracy": None,  # with --eval-data: top-1/top-5 per stage on the labelled images
         "stages": [],
-        "toolchain": toolchain,
+        "toolchain": plan.toolchain,
         "notice": result.notice or None,
-        "cache_key": cache_key,
+        "cache_key": plan.build_key,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

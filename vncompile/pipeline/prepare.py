@@ -8,6 +8,7 @@ reference computed once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..api.request import BuildRequest, InputShape
-from ..api.target import Target
+from ..api.request import InputShape
 from ..api.tolerance import QUANTIZED, Tolerance
 from ..core.errors import InputError, VerificationError
 from ..core.hashing import sha256_file
@@ -25,10 +25,10 @@ from ..data.evaluation import EvalSet
 from ..onnxtools.layers import LAYERS_CSV, layer_errors, write_layers
 from ..onnxtools.order import depth_first_order
 from ..onnxtools.run import run_onnx, seeded_inputs
-from ..targets import get_target
 from ..vanillanet.features import features_text
 from .accuracy import accuracy
 from .cache import BuildCache
+from .plan import BuildPlan
 from .timing import StageTimings
 from .verify import StageError, compare
 
@@ -37,6 +37,7 @@ VERIFY_IMAGES = 4  # seeded inputs per verified size (top-1 agreement is over th
 INPUT_SEED = 1234
 PREPARE_STAGES = ["load", "fuse", "export", "simplify", "quantize"]  # then "reference", "evaluate"
 FILES = {"exported.onnx": "onnx-exported", "simplified.onnx": "onnx-simplified", "model.onnx": "onnx"}
+REFERENCE = "reference.npz"  # in the reference's own cache entry: "{shape}/{batch}/{output}" -> float64 outputs
 EVAL_REFERENCE = "eval_reference.npz"  # the reference's top-1 per evaluation image: the targets' agreement
 LAYER_INPUTS = 16  # images the per-layer int8 analysis runs (each a full pass through two graphs)
 
@@ -65,16 +66,15 @@ def verify_inputs(shape: InputShape, real: np.ndarray | None = None) -> VerifyIn
     return VerifyInputs(np.concatenate([noise, images]), count)
 
 
-def real_images(request: BuildRequest, eval_set: EvalSet | None) -> np.ndarray | None:
-    """A few real images for verification: the evaluation set's, else a real calibration set's."""
-    from ..api.options import SYNTHETIC
+def real_images(plan: BuildPlan, eval_set: EvalSet | None) -> np.ndarray | None:
+    """A few real images for verification: the evaluation set's, else a quantized build's real calibration set's."""
     from ..data.calibration import calibration_samples, preprocessing_of
 
     if eval_set is not None:
         return eval_set.inputs[:VERIFY_IMAGES]
-    options = request.options
-    if request.precision in QUANTIZED and options.calibration is not None and options.calibration != SYNTHETIC:
-        return calibration_samples(options.calibration, request.shape, VERIFY_IMAGES,
+    if plan.verifies_on_calibration_images:
+        options = plan.options
+        return calibration_samples(options.calibration, plan.request.shape, VERIFY_IMAGES,
                                    preprocessing=preprocessing_of(options))
     return None
 
@@ -84,6 +84,7 @@ class PreparedOnnx:
     directory: Path
     record: dict[str, Any]
     cached: bool
+    reference_dir: Path  # the float64 reference outputs' cache entry (shared beyond this graph)
 
     @property
     def onnx_path(self) -> Path:
@@ -128,64 +129,102 @@ class PreparedOnnx:
         return [{**t, "cached": self.cached} for t in self.record["stages"]]
 
     def reference(self, shape: InputShape) -> list[list[np.ndarray]]:
-        with np.load(self.directory / "reference.npz") as npz:
+        with np.load(self.reference_dir / REFERENCE) as npz:
             prefix = f"{shape.label}/"
             batches = sorted({int(k.split("/")[1]) for k in npz.files if k.startswith(prefix)})
             return [[npz[f"{shape.label}/{b}/{o}"] for o in range(len(self.output_names))] for b in batches]
 
 
-def prepare(request: BuildRequest, form: str, key: str, cache: BuildCache, work: Path,
-            timings: StageTimings, checkpoint_sha256: str | None = None,
-            eval_set: EvalSet | None = None, real: np.ndarray | None = None) -> PreparedOnnx:
-    with cache.lock(key):
-        record = cache.lookup(key, kind="onnx")
-        if record is not None:
-            log.info("onnx stages served from the cache (%s)", key[:12])
-            return PreparedOnnx(cache.entry(key, "onnx"), record, cached=True)
+def prepare(plan: BuildPlan, cache: BuildCache, work: Path, timings: StageTimings, eval_set: EvalSet | None = None,
+            real: np.ndarray | None = None) -> PreparedOnnx:
+    """The target-independent stages of ``plan``, from the cache or run (then stored). The caller holds the ONNX
+    entry's and the reference's readers' locks for as long as it reads them."""
+    reference_dir = cache.entry(plan.reference_key, "reference")
+    with cache.lock(plan.onnx_key):
+        record = cache.lookup(plan.onnx_key, kind="onnx")
+        if record is not None and (not plan.request.verify or _reference_cached(plan, cache)):
+            log.info("onnx stages served from the cache (%s)", plan.onnx_key[:12])
+            return PreparedOnnx(cache.entry(plan.onnx_key, "onnx"), record, True, reference_dir)
         directory = work / "prepared"
         directory.mkdir()
-        record = _run(request, form, key, directory, timings, checkpoint_sha256, eval_set, real)
-        return PreparedOnnx(cache.store(key, directory, kind="onnx"), record, cached=False)
+        record = _run(plan, directory, cache, work, timings, eval_set, real)
+        return PreparedOnnx(cache.store(plan.onnx_key, directory, kind="onnx"), record, False, reference_dir)
 
 
-def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: StageTimings,
-         checkpoint_sha256: str | None, eval_set: EvalSet | None, real: np.ndarray | None) -> dict[str, Any]:
-    from ..api.request import check_input_shape
+def _reference_cached(plan: BuildPlan, cache: BuildCache) -> bool:
+    with cache.lock(plan.reference_key):
+        return cache.lookup(plan.reference_key, kind="reference") is not None
+
+
+def load_for(plan: BuildPlan):
+    """The plan's network, loaded, its input sizes checked by its family (a checkpoint's architecture is known only
+    once it is read)."""
     from ..core.host import total_memory_bytes
-    from ..data.calibration import calibration_set
-    from ..onnxtools.quantize import layers_to_keep, quantize_qdq
-    from ..onnxtools.simplify import simplify_onnx
     from . import stages
 
+    request = plan.request
+    loaded = stages.load_model(request.source, plan.checkpoint_sha256)
+    loaded.family.check_input(loaded.spec, request.shape, request.dynamic, total_memory_bytes(), loaded.features)
+    return loaded
+
+
+def onnx_graph(plan: BuildPlan, loaded, exported_onnx: Path, simplified_onnx: Path, *,
+               timings: StageTimings | None = None, check: bool = True) -> dict[str, int]:
+    """The graph a build compiles for ``loaded``: exported, simplified (checked against the export), rewritten by the
+    plan's graph passes (checked too) and put in depth-first order; returns the passes' counts. ``--fit-memory``
+    plans each candidate tiling on exactly this graph (``check=False``: the chosen one is checked when the build
+    makes it)."""
+    from . import stages
+
+    request = plan.request
+    stage = timings.stage if timings is not None else (lambda name: contextlib.nullcontext())
+    with stage("export"):
+        stages.export_onnx(loaded, request.shape, exported_onnx, opset=request.opset, dynamic=request.dynamic,
+                           compute="fp16" if plan.form == "fp16" else "fp32", io_dtype=request.options.io_dtype)
+    with stage("simplify"):
+        return _simplified(plan, exported_onnx, simplified_onnx, check)
+
+
+def _simplified(plan: BuildPlan, exported_onnx: Path, simplified_onnx: Path, check: bool) -> dict[str, int]:
+    from ..onnxtools.passes import apply_passes_to_file
+    from ..onnxtools.simplify import simplify_onnx
+
+    request = plan.request
+    if request.simplifier == "none":
+        link_or_copy(exported_onnx, simplified_onnx)
+    else:
+        simplify_onnx(exported_onnx, simplified_onnx, request.simplifier)
+        if check:
+            _check_simplified(exported_onnx, simplified_onnx, plan)
+    rewritten: dict[str, int] = {}
+    if plan.graph_passes:
+        rewritten = apply_passes_to_file(simplified_onnx, plan.graph_passes)
+        if check:
+            _check_rewritten(exported_onnx, simplified_onnx, plan, rewritten)
+    # Every graph in the order that frees memory soonest (a tiled one: strip after strip), the order
+    # the analytic plan assumes and the one rknn's compiler itself chooses.
+    depth_first_order(simplified_onnx)
+    return rewritten
+
+
+def _run(plan: BuildPlan, directory: Path, cache: BuildCache, work: Path, timings: StageTimings,
+         eval_set: EvalSet | None, real: np.ndarray | None) -> dict[str, Any]:
+    from ..data.calibration import calibration_set
+    from ..onnxtools.quantize import layers_to_keep, quantize_qdq
+    from . import stages
+
+    request, form = plan.request, plan.form
     with timings.stage("load"):
-        loaded = stages.load_model(request.source, checkpoint_sha256)
-        check_input_shape(loaded.spec, request.shape, request.dynamic, total_memory_bytes(),
-                          feature_strides=tuple(m.stride for m in loaded.features))
-    fitted, rewritten = None, {}
+        loaded = load_for(plan)
+    fitted = None
     with timings.stage("fuse"):
         exported = stages.network_for_export(loaded)
-        if request.options.fit_memory is not None:  # tiled, so that the planned peak fits (exactly the same function)
+        if request.options.fit_memory is not None:  # tiled, so that the planned peak fits (on the same graph)
             from .fit import fit_memory
 
-            target = get_target(request.target)
-            exported, fitted = fit_memory(exported, request, judge=target if target.plans_memory else None,
-                                          passes=graph_passes_for(request, target))
+            exported, fitted = fit_memory(exported, plan)
     exported_onnx, simplified_onnx, model_onnx = (directory / name for name in FILES)
-    with timings.stage("export"):
-        stages.export_onnx(exported, request.shape, exported_onnx, opset=request.opset, dynamic=request.dynamic,
-                           compute="fp16" if form == "fp16" else "fp32", io_dtype=request.options.io_dtype)
-    with timings.stage("simplify"):
-        if request.simplifier == "none":
-            link_or_copy(exported_onnx, simplified_onnx)
-        else:
-            simplify_onnx(exported_onnx, simplified_onnx, request.simplifier)
-            _check_simplified(exported_onnx, simplified_onnx, request, form)
-        passes = graph_passes_for(request, get_target(request.target))
-        if passes:
-            rewritten = _apply_graph_passes(exported_onnx, simplified_onnx, request, form, passes)
-        # Every graph in the order that frees memory soonest (a tiled one: strip after strip), the order
-        # the analytic plan assumes and the one rknn's compiler itself chooses.
-        depth_first_order(simplified_onnx)
+    rewritten = onnx_graph(plan, exported, exported_onnx, simplified_onnx, timings=timings)
     if form == "int8-qdq":
         with timings.stage("quantize"):
             calibration = calibration_set(request.options, request.shape)
@@ -197,20 +236,22 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
     else:  # the same graph: one file under both names (a full-size ONNX is ~100 MB)
         link_or_copy(simplified_onnx, model_onnx)
     names = stages.output_names(loaded)
-    classifier = names == ["logits"]
+    classifier = loaded.family.classifier
     errors: list[StageError] = []
     if request.verify:
         with timings.stage("reference"):
-            errors = _reference_and_onnx_errors(request, form, loaded, exported, directory, names, classifier, real)
+            reference_dir = _reference(plan, loaded, cache, work, real)
+            errors = _onnx_errors(plan, loaded, exported, directory, reference_dir, names, classifier, real)
     accuracy_section = None
     if eval_set is not None:
         with timings.stage("evaluate"):
-            accuracy_section = _stage_accuracy(request, form, loaded, exported, directory, classifier, eval_set)
+            accuracy_section = _stage_accuracy(plan, loaded, exported, directory, classifier, eval_set)
     spec = exported.spec
     record = {
-        "cache_key": key,
+        "cache_key": plan.onnx_key,
         "model": {
             "name": spec.name, "label": spec.label, "width": spec.width, "form": spec.form,
+            "family": loaded.family.name,
             "act_num": spec.act_num, "num_classes": spec.num_classes, "act_learn": loaded.act_learn.as_dict(),
             "checkpoint_sha256": loaded.checkpoint_sha256, "trained": loaded.trained,
             "features": features_text(loaded.features),
@@ -225,29 +266,56 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
         "outputs": _outputs(loaded, model_onnx),
         "verification": [e.as_dict() for e in errors],
         "stages": list(timings.records),
-        "artifacts": [{"path": name, "role": role, "sha256": sha256_file(directory / name),
-                       "bytes": (directory / name).stat().st_size} for name, role in FILES.items()],
+        "artifacts": [_artifact(directory, name, role) for name, role in FILES.items()],
     }
-    extra = {"reference.npz": "reference", EVAL_REFERENCE: "eval-reference", LAYERS_CSV: "int8-layers"}
-    for name, role in extra.items():
-        if (directory / name).is_file():
-            record["artifacts"].append({"path": name, "role": role, "sha256": sha256_file(directory / name),
-                                        "bytes": (directory / name).stat().st_size})
+    extra = {EVAL_REFERENCE: "eval-reference", LAYERS_CSV: "int8-layers"}
+    record["artifacts"] += [_artifact(directory, name, role) for name, role in extra.items()
+                            if (directory / name).is_file()]
     write_json(directory / "manifest.json", record)
     return record
 
 
-def _stage_accuracy(request, form, loaded, exported, directory: Path, classifier: bool,
+def _artifact(directory: Path, name: str, role: str) -> dict[str, Any]:
+    path = directory / name
+    return {"path": name, "role": role, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def _reference(plan: BuildPlan, loaded, cache: BuildCache, work: Path, real: np.ndarray | None) -> Path:
+    """The float64 reference outputs of the plan's network on the verification inputs, at every verified shape:
+    from the cache, or computed once and stored for every build of the same weights, shape and inputs."""
+    import torch
+
+    from . import stages
+
+    key = plan.reference_key
+    with cache.lock(key):
+        if cache.lookup(key, kind="reference") is not None:
+            log.info("float64 reference served from the cache (%s)", key[:12])
+            return cache.entry(key, "reference")
+        directory = work / "reference"
+        directory.mkdir()
+        arrays = {}
+        for shape in plan.verify_shapes:
+            outputs = stages.run_torch(loaded.network, verify_inputs(shape, real).batches, dtype=torch.float64)
+            for b, batch in enumerate(outputs):
+                for o, output in enumerate(batch):
+                    arrays[f"{shape.label}/{b}/{o}"] = output
+        np.savez(directory / REFERENCE, **arrays)
+        write_json(directory / "manifest.json", {"cache_key": key, "artifacts": [
+            _artifact(directory, REFERENCE, "reference")]})
+        return cache.store(key, directory, kind="reference")
+
+
+def _stage_accuracy(plan: BuildPlan, loaded, exported, directory: Path, classifier: bool,
                     eval_set: EvalSet) -> dict[str, Any]:
     """Top-1/top-5 of the reference and every torch and ONNX stage on the labelled images."""
     import torch
 
-    from ..core.errors import InputError
     from . import stages
 
     if not classifier:
         raise InputError("--eval-data measures a classifier's accuracy; this network has no classifier head")
-    batches = np.stack(eval_set.batches(request.shape.batch))
+    batches = np.stack(eval_set.batches(plan.request.shape.batch))
     reference = eval_set.logits(stages.run_torch(loaded.network, batches, dtype=torch.float64))
     if reference.shape[1] <= int(eval_set.labels.max()):
         raise InputError(f"{eval_set.images.root}: labels go up to {int(eval_set.labels.max())} but the network has "
@@ -256,14 +324,14 @@ def _stage_accuracy(request, form, loaded, exported, directory: Path, classifier
     np.savez(directory / EVAL_REFERENCE, top1=top1)
     section: dict[str, Any] = {"images": len(eval_set.labels), "classes": len(eval_set.images.classes),
                                "layout": eval_set.images.layout,
-                               "preprocessing": request.options.preprocessing() or "imagenet defaults",
+                               "preprocessing": plan.options.preprocessing() or "imagenet defaults",
                                "reference": accuracy(reference, eval_set.labels)}
     runs = {}
     if exported is not loaded:
         runs["torch fused"] = stages.run_torch(exported.network, batches)
     runs["onnx exported"] = run_onnx(directory / "exported.onnx", batches)
     runs["onnx simplified"] = run_onnx(directory / "simplified.onnx", batches)
-    if form == "int8-qdq":
+    if plan.quantizes_graph:
         runs["onnx int8 qdq"] = run_onnx(directory / "model.onnx", batches)
     for stage, outputs in runs.items():
         section[stage] = accuracy(eval_set.logits(outputs), eval_set.labels, top1)
@@ -287,43 +355,38 @@ def _outputs(loaded, onnx_path: Path) -> list[dict[str, Any]]:
     return outputs
 
 
-def _reference_and_onnx_errors(request, form, loaded, exported, directory: Path, names: list[str],
-                               classifier: bool, real: np.ndarray | None) -> list[StageError]:
-    """The float64 reference (saved for the targets) and the errors of the torch and ONNX stages."""
-    import torch
-
+def _onnx_errors(plan: BuildPlan, loaded, exported, directory: Path, reference_dir: Path, names: list[str],
+                 classifier: bool, real: np.ndarray | None) -> list[StageError]:
+    """The errors of the torch and ONNX stages against the float64 reference."""
     from . import stages
 
-    onnx_precision = "fp16" if form == "fp16" else "fp32"
-    tolerances = request.tolerances()
-    errors, arrays = [], {}
+    onnx_precision = "fp16" if plan.form == "fp16" else "fp32"
+    tolerances = plan.request.tolerances()
+    errors = []
+    with np.load(reference_dir / REFERENCE) as npz:
+        for shape in plan.verify_shapes:
+            at = f" @{shape.size_label}" if plan.request.dynamic else ""
+            inputs = verify_inputs(shape, real)
+            reference = [[npz[f"{shape.label}/{b}/{o}"] for o in range(len(names))] for b in range(len(inputs.batches))]
 
-    def check(stage: str, precision: str, reference, outputs) -> None:
-        errors.append(compare(stage, precision, inputs.judged(precision, reference), inputs.judged(precision, outputs),
-                              names, tolerances[precision], classifier))
+            def check(stage: str, precision: str, outputs, inputs=inputs, reference=reference) -> None:
+                errors.append(compare(stage, precision, inputs.judged(precision, reference),
+                                      inputs.judged(precision, outputs), names, tolerances[precision], classifier))
 
-    for shape in request.verify_shapes():
-        at = f" @{shape.size_label}" if request.dynamic else ""
-        inputs = verify_inputs(shape, real)
-        reference = stages.run_torch(loaded.network, inputs.batches, dtype=torch.float64)
-        for b, batch in enumerate(reference):
-            for o, output in enumerate(batch):
-                arrays[f"{shape.label}/{b}/{o}"] = output
-        if exported is not loaded:
-            check(f"torch fused{at}", "fp32", reference, stages.run_torch(exported.network, inputs.batches))
-        for name, stage in (("exported.onnx", "onnx exported"), ("simplified.onnx", "onnx simplified")):
-            check(f"{stage}{at}", onnx_precision, reference, run_onnx(directory / name, inputs.batches))
-        if form == "int8-qdq":
-            check(f"onnx int8 qdq{at}", "int8", reference, run_onnx(directory / "model.onnx", inputs.batches))
-    np.savez(directory / "reference.npz", **arrays)
+            if exported is not loaded:
+                check(f"torch fused{at}", "fp32", stages.run_torch(exported.network, inputs.batches))
+            for name, stage in (("exported.onnx", "onnx exported"), ("simplified.onnx", "onnx simplified")):
+                check(f"{stage}{at}", onnx_precision, run_onnx(directory / name, inputs.batches))
+            if plan.quantizes_graph:
+                check(f"onnx int8 qdq{at}", "int8", run_onnx(directory / "model.onnx", inputs.batches))
     return errors
 
 
-def _rel_error(exported: Path, rewritten: Path, request: BuildRequest, form: str, what: str) -> float | None:
+def _rel_error(exported: Path, rewritten: Path, plan: BuildPlan, what: str) -> float | None:
     """The relative error of ``rewritten`` against the exported graph (one seeded input, output by output),
     or None where it is within the form's tolerance."""
-    inputs = seeded_inputs(request.shape, 1, seed=99)
-    tolerance = Tolerance(rel=1e-3 if form == "fp16" else 1e-5)
+    inputs = seeded_inputs(plan.request.shape, 1, seed=99)
+    tolerance = Tolerance(rel=1e-3 if plan.form == "fp16" else 1e-5)
     reference = run_onnx(exported, inputs)
     names = [f"output {i}" for i in range(len(reference[0]))]
     error = compare(f"{what} vs exported", "fp32", reference, run_onnx(rewritten, inputs), names, tolerance,
@@ -332,38 +395,18 @@ def _rel_error(exported: Path, rewritten: Path, request: BuildRequest, form: str
     return None if error.passed else error.worst.rel
 
 
-def _check_simplified(exported: Path, simplified: Path, request: BuildRequest, form: str) -> None:
+def _check_simplified(exported: Path, simplified: Path, plan: BuildPlan) -> None:
     """The simplified graph must compute what the exported one does."""
-    rel = _rel_error(exported, simplified, request, form, "simplified")
+    rel = _rel_error(exported, simplified, plan, "simplified")
     if rel is not None:
-        raise VerificationError(f"{request.simplifier} changed the graph's outputs (rel error {rel:.3g}); "
+        raise VerificationError(f"{plan.request.simplifier} changed the graph's outputs (rel error {rel:.3g}); "
                                 f"try --simplifier none")
 
 
-def graph_passes_for(request: BuildRequest, target: Target) -> tuple[str, ...]:
-    """The graph passes a build applies: --graph-passes (``none``: none), else the target's own."""
-    from ..onnxtools.passes import check_pass_names
-
-    chosen = request.options.graph_passes
-    if chosen is None:
-        return target.graph_passes
-    if chosen == ("none",):
-        return ()
-    if "none" in chosen:
-        raise InputError(f"--graph-passes none stands alone, not with {', '.join(n for n in chosen if n != 'none')}")
-    check_pass_names(chosen)
-    return chosen
-
-
-def _apply_graph_passes(exported: Path, simplified: Path, request: BuildRequest, form: str,
-                        passes: tuple[str, ...]) -> dict[str, int]:
-    """Rewrite the simplified graph with ``passes``; each must leave its outputs as they were."""
-    from ..onnxtools.passes import apply_passes_to_file
-
-    counts = apply_passes_to_file(simplified, passes)
-    rel = _rel_error(exported, simplified, request, form, "graph passes")
+def _check_rewritten(exported: Path, simplified: Path, plan: BuildPlan, counts: dict[str, int]) -> None:
+    """The graph passes must leave the outputs as they were."""
+    rel = _rel_error(exported, simplified, plan, "graph passes")
     if rel is not None:
-        raise VerificationError(f"graph passes {', '.join(passes)} changed the graph's outputs (rel error {rel:.3g}); "
-                                f"try --graph-passes none")
+        raise VerificationError(f"graph passes {', '.join(plan.graph_passes)} changed the graph's outputs (rel error "
+                                f"{rel:.3g}); try --graph-passes none")
     log.info("graph passes: %s", ", ".join(f"{name} x{n}" for name, n in counts.items()))
-    return counts

@@ -25,6 +25,7 @@ from ..vanillanet.checkpoint import ActLearn, Checkpoint, instantiate, load_chec
 from ..vanillanet.features import FeatureMap, feature_layout, selection
 from ..vanillanet.fusion import switch_to_deploy
 from ..vanillanet.zoo import create_model, init_random_weights
+from .families import ModelFamily, family_of
 
 log = logging.getLogger("vncompile")
 
@@ -35,6 +36,7 @@ class LoadedModel:
     network: nn.Module  # eval mode, float32, in ``spec.form``
     act_learn: ActLearn
     checkpoint: Checkpoint | None
+    family: ModelFamily
     features: tuple[FeatureMap, ...] = ()  # a headless backbone's outputs, in order; () for a classifier
 
     @property
@@ -73,7 +75,8 @@ def load_model(source: ModelSource, checkpoint_sha256: str | None = None) -> Loa
         network = init_random_weights(network, seed=RANDOM_SEED)
         act_learn = ActLearn(1.0, "untrained", "random weights at the end of the act_learn schedule")
         checkpoint = None
-    if source.act_learn is not None and spec.is_vanillanet:
+    family = family_of(spec, features)
+    if source.act_learn is not None and family.learns_activation:
         if spec.form == "deploy":
             raise InputError("--act-learn applies to training checkpoints; this one is already fused")
         if act_learn.source == "detection backbone":
@@ -81,7 +84,7 @@ def load_model(source: ModelSource, checkpoint_sha256: str | None = None) -> Loa
         detail = f"--act-learn {source.act_learn:g} (was {act_learn.value:g})"
         act_learn = ActLearn(source.act_learn, "override", detail)
         network.set_act_learn(source.act_learn)  # type: ignore[operator]
-    return LoadedModel(spec, network.float().eval(), act_learn, checkpoint, tuple(features))
+    return LoadedModel(spec, network.float().eval(), act_learn, checkpoint, family, tuple(features))
 
 
 def _features(spec: ModelSpec, features: str | None, ckpt: Checkpoint | None) -> list[FeatureMap]:
@@ -123,8 +126,7 @@ def network_for_export(loaded: LoadedModel) -> LoadedModel:
 
 
 def output_names(loaded: LoadedModel) -> list[str]:
-    """A backbone's outputs say what they are (``stage8_s16``: stage 8's map, 1/16 of the input); else logits."""
-    return [m.name for m in loaded.features] or ["logits"]
+    return loaded.family.output_names(loaded.features)
 
 
 def export_onnx(loaded: LoadedModel, shape: InputShape, path: Path, *, opset: int, dynamic: bool,

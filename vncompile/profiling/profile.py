@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..api.options import DEFAULT_RUNTIME_PROFILE, TargetOptions, foreign_options, only_own_options
+from ..api.options import DEFAULT_RUNTIME_PROFILE, TargetOptions
 from ..api.request import BuildRequest, InputShape, ModelSource
+from ..api.target import Target
 from ..api.tolerance import Tolerance
 from ..core.errors import InputError, VncompileError
 from ..core.host import machine_info, toolchain_versions
+from ..core.schema import settings_of
 from ..devices import DeviceConfig
 from ..pipeline.build_process import BuildWorker
 from ..pipeline.cache import BuildCache, reading
@@ -54,28 +56,29 @@ class ProfileRequest:
     def cells(self) -> list[tuple[ModelSource, str, int]]:
         return [(m, t, s) for m in self.models for t in self.targets for s in self.sizes]
 
-    def build_request(self, source: ModelSource, target: str, size: int, precision: str) -> BuildRequest:
-        from ..targets import get_target
-
+    def build_request(self, source: ModelSource, target: Target, size: int, precision: str | None) -> BuildRequest:
         # Each target gets its own options (--soc is qnn's, --platform rknn's); --runtime-profile is for the
         # targets that have them, the others' memory is no session setting: their rows are built as always.
-        spec = get_target(target)
-        options = only_own_options(self.options, spec.own_options)
-        if not spec.runtime_profiles:
+        declared = settings_of(target.own_options)
+        options = dataclasses.replace(self.options, own=tuple((name, value) for name, value in self.options.own
+                                                              if name in declared))
+        if not target.runtime_profiles:
             options = dataclasses.replace(options, runtime_profile=DEFAULT_RUNTIME_PROFILE)
-        fields = {"target": target, "precision": precision, "options": options, "tolerance": self.tolerance,
+        fields = {"target": target.name, "precision": precision, "options": options, "tolerance": self.tolerance,
                   "verify": self.verify}
         if self.device is not None:
             return self.device.build_request(source, size, sizes=self.sizes, **fields)
         return BuildRequest(source, shape=InputShape.square(size, self.batch), **fields)
 
-    def check_options(self) -> None:
+    def check_options(self, targets: list[Target]) -> None:
         """An option that none of the profiled targets reads is a mistake (a typo'd target list, a flag for a
         target left out), refused before anything is built."""
-        from ..targets import get_target
+        from ..targets import own_option_declarations
 
-        read = {name for target in self.targets for name in get_target(target).own_options}
-        unread = foreign_options(self.options, tuple(read))
+        read = {name for target in targets for name in settings_of(target.own_options)}
+        declared = own_option_declarations()
+        unread = [declared[name].flag or name if name in declared else name
+                  for name, _ in self.options.own if name not in read]
         if unread:
             raise InputError(f"{', '.join(unread)} {'applies' if len(unread) == 1 else 'apply'} to none of the "
                              f"profiled targets ({', '.join(self.targets)})")
@@ -120,16 +123,16 @@ def backbone_features(model_name: str | None, features: str) -> str:
     return "stem,0,1,2,3" if "stem" in features.split(",") else "0,1,2,3"
 
 
-def profile_cell(source: ModelSource, target: str, size: int, request: ProfileRequest,
+def profile_cell(source: ModelSource, target: Target, size: int, request: ProfileRequest,
                  builder: BuildWorker) -> dict[str, Any]:
     """Build one cell (or take it from the cache) and measure it, each in a child process: one row."""
-    from ..targets import get_target
+    from ..pipeline.plan import resolve
 
-    row = _row(source, target, size, request)
-    precision = request.precision or get_target(target).default_precision(request.options)
-    row["precision"] = precision
+    row = _row(source, target.name, size, request)
     try:
-        manifest, directory = builder.build(request.build_request(source, target, size, precision))
+        plan = resolve(request.build_request(source, target, size, request.precision))
+        row["precision"] = precision = plan.precision
+        manifest, directory = builder.build(plan.request)
     except VncompileError as exc:
         row["reason"] = str(exc)
         return row
@@ -142,7 +145,7 @@ def profile_cell(source: ModelSource, target: str, size: int, request: ProfileRe
         row["reason"] = f"{manifest['status']}: {manifest.get('notice') or 'nothing to run here'}"
         return row
     try:
-        result = _measure(target, directory, manifest, request)
+        result = _measure(target.name, directory, manifest, request)
     except VncompileError as exc:
         row["reason"] = str(exc)
         return row
@@ -166,14 +169,14 @@ def _measure(target: str, directory: Path, manifest: dict[str, Any], request: Pr
                        timeout_s=request.timeout_s)
 
 
-def _tiled_to_fit(source: ModelSource, target: str, size: int, precision: str, request: ProfileRequest,
+def _tiled_to_fit(source: ModelSource, target: Target, size: int, precision: str, request: ProfileRequest,
                   builder: BuildWorker) -> dict[str, Any]:
     """An OOM VanillaNet cell built again with ``--fit-memory LIMIT`` and measured: what the tiling reaches."""
     options = dataclasses.replace(request.options, fit_memory=request.memory_limit_kb)
     fitted = dataclasses.replace(request, options=options)
     try:
         manifest, directory = builder.build(fitted.build_request(source, target, size, precision))
-        result = _measure(target, directory, manifest, request)
+        result = _measure(target.name, directory, manifest, request)
     except VncompileError as exc:
         return {"fits": False, "reason": str(exc)}
     if manifest["status"] != "ok" or result["memory"] is None:
@@ -201,16 +204,17 @@ def run_profile(request: ProfileRequest,
     """Every cell of the matrix, in order; the profile document (``profile.json``)."""
     from ..targets import get_target
 
-    request.check_options()
+    targets = {name: get_target(name) for name in request.targets}  # looked up once: the cells take the objects
+    request.check_options(list(targets.values()))
     rows = []
     # The builds are measured where the cache keeps them: in use for the whole run.
     with BuildCache().in_use(), BuildWorker(timeout_s=request.timeout_s) as builder:
         for source, target, size in request.cells():
-            row = profile_cell(source, target, size, request, builder)
+            row = profile_cell(source, targets[target], size, request, builder)
             rows.append(row)
             if on_row is not None:
                 on_row(row)
-    packages = sorted({p for t in request.targets for p in get_target(t).packages})
+    packages = sorted({p for t in targets.values() for p in t.packages})
     return {
         "schema": PROFILE_SCHEMA,
         "vncompile": __version__,

@@ -1,8 +1,9 @@
 """Target plugins, found through the ``vncompile.targets`` entry-point group.
 
-The built-in targets are listed here too, so a source checkout that was never
-installed still finds them; an installed distribution's entry points add to (or
-replace) them. A plugin that fails to import is listed as unavailable, with why.
+The built-in targets are listed here, and only here (a source checkout that was
+never installed finds them too); installed distributions' entry points add third-party
+targets beside them, never in place of one. A plugin that fails to import is listed
+as unavailable, with why.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from importlib.metadata import entry_points
 
 from ..api.target import Availability, Target
 from ..core.errors import InputError
+from ..core.schema import Setting, settings_of
 
 ENTRY_POINT_GROUP = "vncompile.targets"
 BUILTIN_TARGETS: dict[str, str] = {
@@ -20,6 +22,7 @@ BUILTIN_TARGETS: dict[str, str] = {
     "openvino": "vncompile.targets.openvino:OpenVinoTarget",
     "tensorrt": "vncompile.targets.tensorrt:TensorRTTarget",
     "rknn": "vncompile.targets.rknn:RknnTarget",
+    "qnn": "vncompile.targets.qnn:QnnTarget",
     "ethos-u": "vncompile.targets.ethos_u:EthosUTarget",
     "analytic": "vncompile.targets.analytic:AnalyticTarget",
 }
@@ -28,7 +31,7 @@ BUILTIN_TARGETS: dict[str, str] = {
 def _target_paths() -> dict[str, str]:
     paths = dict(BUILTIN_TARGETS)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        paths[ep.name] = ep.value
+        paths.setdefault(ep.name, ep.value)
     return paths
 
 
@@ -75,3 +78,13 @@ def require_available(name: str) -> Target:
     if not availability.available:
         raise InputError(f"target '{name}' is not available: {availability.reason}")
     return target
+
+
+def own_option_declarations() -> dict[str, Setting]:
+    """Every target's own options by name (``Target.own_options``): the command line's flags and the words of a
+    refusal come from here. Two targets may share an option (the same name, flag and kind)."""
+    declarations: dict[str, Setting] = {}
+    for name in target_names():
+        for option, (_field, declared) in settings_of(get_target(name).own_options).items():
+            declarations.setdefault(option, declared)
+    return declarations

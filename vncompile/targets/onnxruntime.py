@@ -74,7 +74,6 @@ class OnnxRuntimeTarget(Target):
     devices = ("CPU", "CUDA")
     packages = ("onnxruntime",)
     runtime_profiles = RUNTIME_PROFILES
-    own_options = ("keep_fp32",)
 
     def availability(self) -> Availability:
         version = package_version("onnxruntime") or package_version("onnxruntime-gpu")
@@ -89,7 +88,7 @@ class OnnxRuntimeTarget(Target):
     def onnx_form(self, precision: str):
         return {"fp16": "fp16", "int8": "int8-qdq"}.get(precision, "fp32")
 
-    def check_request(self, request: BuildRequest) -> None:
+    def check_request(self, request: BuildRequest, own: Any) -> None:
         if request.precision not in self.precisions:
             raise InputError(f"onnxruntime builds {', '.join(self.precisions)}, not {request.precision}")
         device = request.options.device or self.default_device()

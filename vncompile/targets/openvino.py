@@ -75,7 +75,6 @@ class OpenVinoTarget(Target):
     devices = ("CPU", "GPU", "NPU")
     packages = ("openvino",)
     runtime_profiles = RUNTIME_PROFILES
-    own_options = ("keep_fp32",)
 
     def availability(self) -> Availability:
         version = package_version("openvino")
@@ -85,7 +84,7 @@ class OpenVinoTarget(Target):
 
         return Availability(True, version, "", tuple(ov.Core().available_devices))
 
-    def check_request(self, request: BuildRequest) -> None:
+    def check_request(self, request: BuildRequest, own: Any) -> None:
         if request.precision not in self.precisions:
             raise InputError(f"openvino builds {', '.join(self.precisions)}, not {request.precision}")
         import openvino as ov

@@ -17,6 +17,7 @@ phone's.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from ..api.request import BuildRequest
 from ..api.target import Artifact, Availability, CompileContext, CompileResult, MemoryFigure, OnnxForm, Session, Target
 from ..core.errors import InputError, VncompileError
 from ..core.host import package_version
+from ..core.schema import Text, setting
 from ..core.units import kb
 from ..onnxtools.memory_plan import plan_memory
 from ..onnxtools.passes import PASSES
@@ -36,6 +38,14 @@ EP = "QNNExecutionProvider"
 # Snapdragon SoCs and their Hexagon architecture (the HTP generation the context binary is compiled for).
 SOCS = {"SM8450": "69", "SM8550": "73", "SM8650": "75", "SM8750": "79"}
 DEFAULT_SOC = "SM8650"  # Snapdragon 8 Gen 3
+
+
+@dataclass(frozen=True)
+class QnnOptions:
+    """The qnn target's own options (``Target.own_options``)."""
+
+    soc: str | None = setting(Text("a Snapdragon SoC name such as SM8650"), None, flag="--soc",
+                              help="qnn: Snapdragon SoC (SM8450, SM8550, SM8650, SM8750)  [default: SM8650]")
 QDQ_MODEL, CONTEXT_MODEL, CONTEXT_BINARY = "model.qdq.onnx", "model_ctx.onnx", "model_ctx_qnn.bin"
 # Each precision's quantized types (onnxruntime.quantization.QuantType names): activations, weights.
 QUANT_TYPES = {"int8": ("QUInt8", "QUInt8"), "int16": ("QUInt16", "QUInt8")}
@@ -77,7 +87,7 @@ class QnnTarget(Target):
     packages = ("onnxruntime-qnn",)
     latency_here = False
     why_no_runtime_profiles = "its memory is the HTP's, planned offline"
-    own_options = ("soc",)
+    own_options = QnnOptions
     # VanillaNet's MaxPool -> ReLU leaves each pool between two scales, so QNN runs it in float between a
     # Dequantize and a Quantize; ReLU first quantizes the whole graph (``quantized_nodes``/``float_nodes``).
     graph_passes = ("relu-before-maxpool",)
@@ -96,11 +106,11 @@ class QnnTarget(Target):
     def onnx_form(self, precision: str) -> OnnxForm:
         return "fp32"  # quantized here, with QNN's own QDQ configuration
 
-    def check_request(self, request: BuildRequest) -> None:
+    def check_request(self, request: BuildRequest, own: QnnOptions) -> None:
         if request.precision not in self.precisions:
             raise InputError(f"qnn builds int8 (uint8 activations and weights on the HTP) or int16 (uint16 "
                              f"activations, uint8 weights), not {request.precision}; pass --precision int8 or int16")
-        soc = request.options.soc or DEFAULT_SOC
+        soc = own.soc or DEFAULT_SOC
         if soc not in SOCS:
             raise InputError(f"unknown --soc '{soc}'; qnn builds for {', '.join(SOCS)}")
         if request.dynamic:
@@ -112,7 +122,7 @@ class QnnTarget(Target):
         from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
         assert ctx.calibration is not None, "the pipeline passes calibration inputs for int8 and int16"
-        soc = ctx.request.options.soc or DEFAULT_SOC
+        soc = ctx.own.soc or DEFAULT_SOC
         samples = iter(ctx.calibration)
         input_name = ort.InferenceSession(str(ctx.onnx_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 

@@ -35,7 +35,7 @@ from ...api.target import (
 from ...core.errors import InputError, VncompileError
 from ...toolchains import Worker, WorkerRequestFailed, get_spec, locate, missing_message, start_worker
 from .interpreter import LiteRtInterpreterSession
-from .vela import VelaSettings, VelaSummary, cpu_operations
+from .vela import EthosUOptions, VelaSettings, VelaSummary, cpu_operations
 
 __all__ = ["EthosUTarget"]
 
@@ -52,7 +52,7 @@ class EthosUTarget(Target):
     devices = ("interpreter",)
     why_no_runtime_profiles = "its memory is vela's static plan"
     latency_here = False  # what runs here is the LiteRT interpreter on x86, not the NPU: vela's estimate stands
-    own_options = ("accelerator", "system_config", "memory_mode", "allow_cpu_ops")
+    own_options = EthosUOptions
     # Measured with vela (``benchmarks/npu_passes.py``, VanillaNet-5 at 224 on ethos-u65-256): the 4x4/s4
     # stem as one 1x1 conv instead of a convolution per output pixel, 0.58x the cycles and half the DRAM
     # traffic. ReLU before MaxPool changes nothing here (litert-torch requantizes after the pool on the NPU).
@@ -70,7 +70,7 @@ class EthosUTarget(Target):
     def onnx_form(self, precision: str) -> OnnxForm:
         return "fp32"  # quantized in the toolchain by litert-torch's PT2E quantizer
 
-    def check_request(self, request: BuildRequest) -> None:
+    def check_request(self, request: BuildRequest, own: EthosUOptions) -> None:
         if request.precision not in self.precisions:
             raise InputError(f"ethos-u builds int8 (the NPU computes int8 only), not {request.precision}; "
                              "pass --precision int8")
@@ -85,11 +85,11 @@ class EthosUTarget(Target):
         device = request.options.device
         if device not in (None, *self.devices):
             raise InputError(f"ethos-u verifies the int8 TFLite on the LiteRT interpreter, not --device {device}")
-        VelaSettings.of_request(request)
+        VelaSettings.of_options(own)
 
     def compile(self, ctx: CompileContext) -> CompileResult:
         assert ctx.calibration is not None, "the pipeline passes calibration inputs for int8"
-        settings = VelaSettings.of_request(ctx.request)
+        settings = VelaSettings.of_options(ctx.own)
         with start_worker("ethos-u", ctx.log) as worker:
             assert worker.scratch is not None
             onnx, calibration = worker.scratch / "model.onnx", worker.scratch / "calibration.npy"

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ...api.request import BuildRequest
 from ...api.target import facts
 from ...core.errors import InputError, VncompileError
+from ...core.schema import Text, TextList, setting
 from ...core.units import kb
 
 # accelerator -> (system config, memory mode): U55 shares the SoC's SRAM and reads weights from flash;
@@ -44,6 +44,26 @@ CPU_COUNT = re.compile(r"^CPU operators = (\d+) ")
 
 
 @dataclass(frozen=True)
+class EthosUOptions:
+    """The ethos-u target's own options (``Target.own_options``)."""
+
+    accelerator: str | None = setting(
+        Text("an Ethos-U configuration such as ethos-u65-256"), None, flag="--accelerator",
+        help="ethos-u: ethos-u55-32..256, ethos-u65-256|512, ethos-u85-128..2048  [default: ethos-u65-256]")
+    system_config: str | None = setting(
+        Text("a vela system configuration name"), None, flag="--system-config",
+        help="ethos-u: vela system configuration (Arm/vela.ini), e.g. Ethos_U65_High_End  [default: the "
+             "accelerator's own]")
+    memory_mode: str | None = setting(
+        Text("a vela memory mode name"), None, flag="--memory-mode",
+        help="ethos-u: vela memory mode, e.g. Dedicated_Sram_512KB, Shared_Sram  [default: the accelerator's own]")
+    allow_cpu_ops: tuple[str, ...] | None = setting(
+        TextList("a list of TFLite operator names, or 'all'"), None, flag="--allow-cpu-ops",
+        help="ethos-u: operators allowed to fall back to the Cortex-M CPU (e.g. SOFTMAX), or all  [default: "
+             "none: a CPU fallback fails the build]")
+
+
+@dataclass(frozen=True)
 class VelaSettings:
     """What a build asks vela for; recorded in the manifest."""
 
@@ -53,8 +73,7 @@ class VelaSettings:
     allow_cpu_ops: tuple[str, ...]  # operator names, or ("all",)
 
     @classmethod
-    def of_request(cls, request: BuildRequest) -> VelaSettings:
-        options = request.options
+    def of_options(cls, options: EthosUOptions) -> VelaSettings:
         accelerator = options.accelerator or DEFAULT_ACCELERATOR
         if accelerator not in ACCELERATORS:
             raise InputError(f"unknown --accelerator '{accelerator}'; ethos-u builds for {', '.join(ACCELERATORS)}")

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from ...api.options import TargetOptions
 from ...api.request import BuildRequest
 from ...api.target import (
     Artifact,
@@ -41,7 +40,7 @@ from .board import board_latency, board_memory
 from .compiler_output import LAYER_TABLE, read_layer_cycles, write_layer_table
 from .platforms import DEFAULT_PLATFORM, INT8_ONLY, MAX_OPSET, NPU_CLOCKS, PLATFORMS, QUANT_ALGORITHMS
 from .simulator import RknnSimulatorSession
-from .toolkit import RKNN_MODEL, RknnSettings, calibration_identity, compile_onnx, write_dataset
+from .toolkit import RKNN_MODEL, RknnOptions, RknnSettings, calibration_identity, compile_onnx, write_dataset
 
 __all__ = ["RknnTarget"]
 
@@ -50,7 +49,7 @@ class RknnTarget(Target):
     name = "rknn"
     description = "Rockchip NPU via rknn-toolkit2 (verified on its x86 simulator)"
     why_no_runtime_profiles = "its memory is the compiler's static plan"
-    own_options = ("platform", "quant_algorithm", "board")
+    own_options = RknnOptions
     precisions = ("fp16", "int8")
     devices = ("simulator",)
 
@@ -60,9 +59,9 @@ class RknnTarget(Target):
             return Availability(False, installed.version, missing_message(installed))
         return Availability(True, installed.version, "", self.devices)
 
-    def default_precision(self, options: TargetOptions) -> str:
+    def default_precision(self, own: RknnOptions) -> str:
         """The precision to build when none is asked for: fp16 where the NPU has it, int8 on the int8-only SoCs."""
-        return "int8" if (options.platform or DEFAULT_PLATFORM) in INT8_ONLY else "fp16"
+        return "int8" if (own.platform or DEFAULT_PLATFORM) in INT8_ONLY else "fp16"
 
     def cache_identity(self) -> dict[str, str | None]:
         """The toolkit in its own environment, and that environment's spec (``packages`` can only name
@@ -73,8 +72,8 @@ class RknnTarget(Target):
     def onnx_form(self, precision: str) -> OnnxForm:
         return "fp32"  # the toolkit makes its own fp16 and int8 from the float graph
 
-    def check_request(self, request: BuildRequest) -> None:
-        options = request.options
+    def check_request(self, request: BuildRequest, own: RknnOptions) -> None:
+        options = own
         platform = options.platform or DEFAULT_PLATFORM
         if platform not in PLATFORMS:
             raise InputError(f"unknown --platform '{platform}'; rknn builds for {', '.join(PLATFORMS)}")
@@ -104,7 +103,7 @@ class RknnTarget(Target):
             raise InputError("--io-dtype applies to fp16 ONNX graphs; rknn takes float32 inputs and converts itself")
 
     def compile(self, ctx: CompileContext) -> CompileResult:
-        settings = RknnSettings.of_request(ctx.request)
+        settings = RknnSettings.of_request(ctx.request, ctx.own)
         with start_worker("rknn", ctx.log) as worker:
             assert worker.scratch is not None
             dataset = None
@@ -130,7 +129,7 @@ class RknnTarget(Target):
             "npu_clock_mhz": clock.mhz,
             "npu_clock_source": clock.source,
             "estimated_latency_ms": clock.milliseconds(report.cycles),
-            "board": ctx.request.options.board,
+            "board": ctx.own.board,
             "verified_on": "rknn-toolkit2 simulator (rebuilt from model.onnx)",
         }
         return CompileResult([Artifact(RKNN_MODEL, "rknn", primary=True), Artifact(LAYER_TABLE, "rknn-layers")],
@@ -138,10 +137,10 @@ class RknnTarget(Target):
 
     plans_memory = True
 
-    def planned_memory(self, onnx_path: Path, request: BuildRequest) -> MemoryFigure:
+    def planned_memory(self, onnx_path: Path, request: BuildRequest, own: RknnOptions) -> MemoryFigure:
         """The compiler's plan for ``onnx_path``, compiled and not exported. An int8 plan does not depend
         on the quantization scales, so one seeded noise input serves as its calibration."""
-        settings = RknnSettings.of_request(request)
+        settings = RknnSettings.of_request(request, own)
         with start_worker("rknn", logging.getLogger("vncompile")) as worker:
             assert worker.scratch is not None
             dataset = None

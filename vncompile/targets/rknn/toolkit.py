@@ -24,6 +24,7 @@ from ...api.options import SYNTHETIC, TargetOptions
 from ...api.request import BuildRequest, InputShape
 from ...api.target import facts
 from ...core.errors import VerificationError, VncompileError
+from ...core.schema import Text, setting
 from ...data.calibration import calibration_samples
 from ...data.preprocess import Preprocessing
 from ...toolchains import Worker, WorkerReply, WorkerRequestFailed
@@ -36,6 +37,19 @@ TOOLKIT_ERROR = re.compile(r"^E (\w+): (.+)$")
 
 
 @dataclass(frozen=True)
+class RknnOptions:
+    """The rknn target's own options (``Target.own_options``)."""
+
+    platform: str | None = setting(Text("a platform name such as rk3588"), None, flag="--platform",
+                                   help="rknn: Rockchip SoC (rk3588, rk3576, rk3568, rk3566, rk3562, rv1106, ...)  "
+                                        "[default: rk3588]")
+    quant_algorithm: str | None = setting(Text("a quantization algorithm name"), None, flag="--quant-algorithm",
+                                          help="rknn int8: normal | mmse | kl_divergence")
+    board: str | None = setting(Text("a board's device id"), None, flag="--rknn-target",
+                                help="rknn: a connected board's device id, to measure on it")
+
+
+@dataclass(frozen=True)
 class RknnSettings:
     """What a build asks the toolkit for; recorded in the manifest so ``load`` can ask again."""
 
@@ -44,10 +58,10 @@ class RknnSettings:
     quant_algorithm: str | None  # int8 only
 
     @classmethod
-    def of_request(cls, request: BuildRequest) -> RknnSettings:
+    def of_request(cls, request: BuildRequest, own: RknnOptions) -> RknnSettings:
         int8 = request.precision == "int8"
-        return cls(request.options.platform or DEFAULT_PLATFORM, request.precision,
-                   (request.options.quant_algorithm or "normal") if int8 else None)
+        return cls(own.platform or DEFAULT_PLATFORM, request.precision,
+                   (own.quant_algorithm or "normal") if int8 else None)
 
     @classmethod
     def of_manifest(cls, manifest: dict[str, Any]) -> RknnSettings:

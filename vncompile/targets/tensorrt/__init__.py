@@ -39,7 +39,7 @@ from ...api.target import Artifact, Availability, CompileContext, CompileResult,
 from ...core.errors import InputError, TargetUnavailable
 from ...onnxtools.run import output_names as onnx_output_names
 from .builder import build_engine
-from .profile import shape_profile
+from .profile import TensorRTOptions, shape_profile
 from .runner import TensorRTSession, engine_mismatch
 from .script import ENGINE, ONNX, SCRIPT, build_script, trtexec_arguments
 from .toolchain import import_tensorrt, missing_pieces, probe_toolchain
@@ -53,7 +53,7 @@ class TensorRTTarget(Target):
     name = "tensorrt"
     description = "NVIDIA TensorRT engine (10.x, 11.x) for the GPU that builds it; a trtexec bundle elsewhere"
     why_no_runtime_profiles = "its memory is the engine's, planned when it is built"
-    own_options = ("keep_fp32", "workspace_mb", "profile_sizes", "timing_cache")
+    own_options = TensorRTOptions
     precisions = ("fp32", "fp16", "int8")
     devices = ("GPU",)
     packages = ("tensorrt",)
@@ -78,24 +78,27 @@ class TensorRTTarget(Target):
         gpu = toolchain.gpu
         return {"tensorrt_engine": f"{toolchain.version} on {gpu.name} ({gpu.compute_capability})"}
 
-    def check_request(self, request: BuildRequest) -> None:
+    def check_request(self, request: BuildRequest, own: TensorRTOptions) -> None:
         if request.precision not in self.precisions:
             raise InputError(f"tensorrt builds {', '.join(self.precisions)}, not {request.precision}")
         if request.options.device not in (None, "GPU"):
             raise InputError(f"tensorrt runs on the GPU (--device GPU), not {request.options.device}")
-        _check_profile_sizes(request)
+        _check_profile_sizes(request, own)
+
+    def dynamic_sizes(self, own: TensorRTOptions) -> tuple[int, ...] | None:
+        return own.profile_sizes
 
     def compile(self, ctx: CompileContext) -> CompileResult:
-        request = ctx.request
-        profile = shape_profile(request)
+        request, own = ctx.request, ctx.own
+        profile = shape_profile(request, own)
         script = ctx.build_dir / SCRIPT
         outputs = onnx_output_names(ctx.onnx_path)
-        script.write_text(build_script(request, profile, outputs))
+        script.write_text(build_script(request, own, profile, outputs))
         script.chmod(0o755)
         info: dict[str, Any] = {
-            "strongly_typed": True, "workspace_mb": request.options.workspace_mb,
+            "strongly_typed": True, "workspace_mb": own.workspace_mb,
             "profile": profile.as_dict() if profile else None,
-            "trtexec": shlex.join(["trtexec", *trtexec_arguments(request, profile)]), "outputs": outputs,
+            "trtexec": shlex.join(["trtexec", *trtexec_arguments(request, own, profile)]), "outputs": outputs,
         }
         toolchain = probe_toolchain()
         if isinstance(toolchain, str):
@@ -104,7 +107,7 @@ class TensorRTTarget(Target):
             ctx.log.info("tensorrt: %s", notice)
             return CompileResult([Artifact(SCRIPT, "trtexec-script", primary=True)], "deferred",
                                  {**info, "deferred_because": toolchain}, notice)
-        built = build_engine(toolchain, ctx.onnx_path, request, profile)
+        built = build_engine(toolchain, ctx.onnx_path, request, own, profile)
         (ctx.build_dir / ENGINE).write_bytes(built.plan)
         ctx.log.info("tensorrt %s: wrote %s (%d bytes) on %s", toolchain.version, ENGINE, len(built.plan),
                      toolchain.gpu.name)
@@ -128,8 +131,8 @@ class TensorRTTarget(Target):
         return TensorRTSession(toolchain, (build_dir / ENGINE).read_bytes())
 
 
-def _check_profile_sizes(request: BuildRequest) -> None:
-    sizes = request.options.profile_sizes
+def _check_profile_sizes(request: BuildRequest, own: TensorRTOptions) -> None:
+    sizes = own.profile_sizes
     if sizes is None:
         return
     given = ",".join(map(str, sizes))
@@ -137,9 +140,9 @@ def _check_profile_sizes(request: BuildRequest) -> None:
         raise InputError("--profile-sizes shapes a --dynamic build's optimization profile; add --dynamic")
     if len(sizes) != 3 or not sizes[0] <= sizes[1] <= sizes[2]:
         raise InputError(f"--profile-sizes takes min,opt,max in increasing order, e.g. 256,384,512; got {given}")
-    profile = shape_profile(request)
+    profile = shape_profile(request, own)
     assert profile is not None
-    for shape in request.verify_shapes() if request.verify else [request.shape]:
+    for shape in request.verify_shapes(sizes) if request.verify else [request.shape]:
         if not profile.covers(shape.as_tuple()):
             raise InputError(f"--profile-sizes {given} must cover {shape.height}x{shape.width}, a size this build "
                              "verifies the engine at")

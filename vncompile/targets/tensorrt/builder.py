@@ -11,7 +11,7 @@ from typing import Any
 from ...api.request import BuildRequest
 from ...core.errors import InputError, VncompileError
 from ...core.io import atomic_file, file_lock
-from .profile import ShapeProfile
+from .profile import ShapeProfile, TensorRTOptions
 from .script import ONNX
 from .toolchain import Toolchain, forwarding_logger, major_version
 
@@ -38,10 +38,10 @@ def parser_failure(parser: Any) -> str:
 
 
 def configure(trt: ModuleType, builder: Any, network: Any, config: Any, request: BuildRequest,
-              profile: ShapeProfile | None) -> None:
+              own: TensorRTOptions, profile: ShapeProfile | None) -> None:
     """Workspace limit, TF32 off for fp32, and the --dynamic optimization profile."""
-    if request.options.workspace_mb is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.options.workspace_mb << 20)
+    if own.workspace_mb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, own.workspace_mb << 20)
     if request.precision == "fp32":
         config.clear_flag(trt.BuilderFlag.TF32)
     if profile is None:
@@ -118,7 +118,7 @@ class BuiltEngine:
     warning: str  # for the user: a timing cache that had to be rebuilt
 
 
-def build_engine(toolchain: Toolchain, onnx_path: Path, request: BuildRequest,
+def build_engine(toolchain: Toolchain, onnx_path: Path, request: BuildRequest, own: TensorRTOptions,
                  profile: ShapeProfile | None) -> BuiltEngine:
     trt = toolchain.trt
     logger = forwarding_logger(trt)
@@ -128,8 +128,8 @@ def build_engine(toolchain: Toolchain, onnx_path: Path, request: BuildRequest,
     if not parser.parse_from_file(str(onnx_path)):
         raise VncompileError(parser_failure(parser))
     config = builder.create_builder_config()
-    configure(trt, builder, network, config, request, profile)
-    cache_path = request.options.timing_cache
+    configure(trt, builder, network, config, request, own, profile)
+    cache_path = own.timing_cache
     warning = attach_timing_cache(config, Path(cache_path)) if cache_path is not None else ""
     plan = builder.build_serialized_network(network, config)
     if plan is None:

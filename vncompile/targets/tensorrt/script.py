@@ -6,7 +6,7 @@ import shlex
 
 from ... import __version__
 from ...api.request import BuildRequest
-from .profile import INPUT_NAME, Shape4, ShapeProfile
+from .profile import INPUT_NAME, Shape4, ShapeProfile, TensorRTOptions
 
 ENGINE, SCRIPT, ONNX = "model.engine", "build_engine.sh", "model.onnx"
 
@@ -15,15 +15,15 @@ def _dims(shape: Shape4) -> str:
     return "x".join(map(str, shape))
 
 
-def trtexec_arguments(request: BuildRequest, profile: ShapeProfile | None) -> list[str]:
+def trtexec_arguments(request: BuildRequest, own: TensorRTOptions, profile: ShapeProfile | None) -> list[str]:
     """trtexec's flags for what ``compile`` builds with the Python API (TensorRT 10 and 11 both take them)."""
     arguments = [f"--onnx={ONNX}", f"--saveEngine={ENGINE}", "--stronglyTyped"]  # 11 ignores it: always typed
     if request.precision == "fp32":
         arguments.append("--noTF32")
-    if request.options.workspace_mb is not None:
+    if own.workspace_mb is not None:
         # no unit suffix: every trtexec from 10.0 to 11.x reads a bare number as MiB, while 10.0.x applied
         # a suffix and then read the product as MiB again (256M: a 256 TiB limit)
-        arguments.append(f"--memPoolSize=workspace:{request.options.workspace_mb}")
+        arguments.append(f"--memPoolSize=workspace:{own.workspace_mb}")
     if profile is not None:
         arguments += [f"--{kind}Shapes={INPUT_NAME}:{_dims(shape)}"
                       for kind, shape in (("min", profile.min), ("opt", profile.opt), ("max", profile.max))]
@@ -37,10 +37,11 @@ PRECISION_NOTES = {
 }
 
 
-def build_script(request: BuildRequest, profile: ShapeProfile | None, outputs: list[str] | None = None) -> str:
+def build_script(request: BuildRequest, own: TensorRTOptions, profile: ShapeProfile | None,
+                 outputs: list[str] | None = None) -> str:
     """``build_engine.sh``: only the request decides its text (the timing cache is the runner's, by name);
     ``outputs``: the ONNX's output names (a backbone's maps), which the engine keeps as its bindings."""
-    command = " ".join(['exec "$TRTEXEC"', *map(shlex.quote, trtexec_arguments(request, profile)),
+    command = " ".join(['exec "$TRTEXEC"', *map(shlex.quote, trtexec_arguments(request, own, profile)),
                         '"--timingCacheFile=$TIMING_CACHE"'])
     shapes = (f"min {_dims(profile.min)}, opt {_dims(profile.opt)}, max {_dims(profile.max)}" if profile
               else f"static {request.shape.label}")

@@ -1,0 +1,232 @@
+"""A build resolved once, before any work: ``resolve(request) -> BuildPlan``.
+
+The plan holds everything the stages would otherwise look up again: the target object, its own
+options as typed values, the defaulted precision, the ONNX form, the graph passes, the target that
+judges ``--fit-memory``'s tiling, the sizes verification runs at, and the three cache keys. Every check
+of the request runs here (the target's own, the options another target owns, calibration, runtime
+profile, input sizes where the architecture is known without reading weights), so a bad request
+fails in one line before anything is loaded. ``prepare``, ``fit``, ``verify``, ``profile`` and ``ci``
+take the plan and never look a target up by name.
+
+The keys derive from the declarations: each option says what it affects (``core.schema.setting``):
+``reference`` (the float64 reference's inputs) lies within ``onnx`` (the target-independent graph),
+which lies within ``build`` (the target's artifact). The reference is shared by every build of the
+same weights, shape and inputs (every target, precision and graph form); the ONNX entry by every
+target that asks for the same graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..api.options import DEFAULT_RUNTIME_PROFILE, SYNTHETIC, TargetOptions, flag_of, plain_value, scoped_settings
+from ..api.request import INT8_SCHEME, RANDOM_SEED, BuildRequest, InputShape
+from ..api.target import OnnxForm, Target
+from ..api.tolerance import QUANTIZED
+from ..core.errors import InputError
+from ..core.hashing import sha256_file
+from ..core.host import toolchain_versions, total_memory_bytes
+from ..core.schema import convert, settings_of
+from ..onnxtools.simplify import SIMPLIFIER_PACKAGES
+from ..targets import get_target, own_option_declarations, require_available
+from .families import family_of
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    request: BuildRequest  # its precision filled in: the one built
+    target: Target
+    own: Any  # the target's own options, an instance of ``target.own_options``
+    form: OnnxForm  # the ONNX the target compiles
+    graph_passes: tuple[str, ...]  # the exact rewrites its ONNX gets (--graph-passes, else the target's own)
+    fit_judge: Target | None  # --fit-memory: the target whose compiler judges the tiling (``plans_memory``)
+    verify_shapes: tuple[InputShape, ...]
+    checkpoint_sha256: str | None  # hashed once, for the keys, and handed to the loader
+    toolchain: dict[str, str | None]  # what the build depends on: the simplifier's and the target's versions
+    reference_key: str
+    onnx_key: str
+    build_key: str
+
+    @property
+    def precision(self) -> str:
+        assert self.request.precision is not None
+        return self.request.precision
+
+    @property
+    def options(self) -> TargetOptions:
+        return self.request.options
+
+    @property
+    def quantizes_graph(self) -> bool:
+        """vncompile quantizes the graph itself (the Q/DQ int8 ONNX) before the target compiles it."""
+        return self.form == "int8-qdq"
+
+    @property
+    def needs_calibration_inputs(self) -> bool:
+        """The target quantizes itself from the float graph and gets the calibration inputs (rknn, qnn, ethos-u)."""
+        return self.precision in QUANTIZED and not self.quantizes_graph and self.target.quantizes
+
+    @property
+    def verifies_on_calibration_images(self) -> bool:
+        """Verification's real images: the evaluation set's, else a quantized build's real calibration images."""
+        options = self.options
+        return (self.precision in QUANTIZED and options.eval_data is None and options.calibration is not None
+                and options.calibration != SYNTHETIC)
+
+    def available_target(self) -> Target:
+        """The target, or a one-line error saying why it cannot run here (only a build that runs needs it)."""
+        return require_available(self.target.name)
+
+
+def resolve(request: BuildRequest) -> BuildPlan:
+    """``request`` checked and resolved (one line on the first problem)."""
+    target = get_target(request.target)
+    own = own_options(target, request.options)
+    precision = request.precision or target.default_precision(own)
+    request = dataclasses.replace(request, precision=precision)
+    _check(request, target, own)
+    form = target.onnx_form(precision)
+    passes = graph_passes(request.options, target)
+    judge = target if target.plans_memory and request.options.fit_memory is not None else None
+    verify_shapes = tuple(request.verify_shapes(target.dynamic_sizes(own)))
+    checkpoint = request.source.checkpoint
+    checkpoint_sha256 = sha256_file(Path(checkpoint)) if checkpoint is not None else None
+    core = toolchain_versions(*SIMPLIFIER_PACKAGES[request.simplifier])
+    toolchain = {**core, **toolchain_versions(*target.packages), **target.cache_identity()}
+    plan = BuildPlan(request, target, own, form, passes, judge, verify_shapes, checkpoint_sha256, toolchain, "", "",
+                     "")
+    reference = _reference_key(plan)
+    onnx = _onnx_key(plan, reference, core)
+    return dataclasses.replace(plan, reference_key=reference, onnx_key=onnx, build_key=_build_key(plan, onnx))
+
+
+# ---------------------------------------------------------------------------- options and checks
+
+
+def own_options(target: Target, options: TargetOptions) -> Any:
+    """The target's own options as its declared, typed instance; an option another target owns is refused (the
+    user meant a build they would not get)."""
+    declared = settings_of(target.own_options)
+    given = options.own_values()
+    foreign = sorted(name for name in given if name not in declared)
+    if foreign:
+        flags = [_flag(name) for name in foreign]
+        own = ", ".join(spec.flag or name for name, (_f, spec) in declared.items())
+        raise InputError(f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply to --target "
+                         f"{target.name}{f' (its own: {own})' if own else ''}")
+    # Values come typed from the command line and plain from JSON (a worker's request): converted alike.
+    values = {name: convert(name, declared[name][1], plain_value(value), _flag(name)) for name, value in given.items()}
+    return target.own_options(**values)
+
+
+def _flag(name: str) -> str:
+    declarations = own_option_declarations()
+    return declarations[name].flag or name if name in declarations else name
+
+
+def _check(request: BuildRequest, target: Target, own: Any) -> None:
+    options = request.options
+    if options.keep_fp32 is not None and not any(target.onnx_form(p) == "int8-qdq" for p in target.precisions):
+        raise InputError(f"{flag_of(TargetOptions, 'keep_fp32')} does not apply to --target {target.name}: it "
+                         "quantizes the float graph itself")
+    if target.quantizes:
+        request.check_calibration()
+    profile = options.runtime_profile
+    if profile != DEFAULT_RUNTIME_PROFILE and profile not in target.runtime_profiles:
+        raise InputError(f"{target.name} has no runtime profiles: {target.why_no_runtime_profiles}; "
+                         f"drop --runtime-profile {profile}")
+    target.check_request(request, own)
+    if request.source.checkpoint is None:  # the architecture is known without reading weights: check sizes now
+        from ..vanillanet.features import selection
+
+        spec = request.source.spec_without_checkpoint()
+        features = tuple(selection(spec, request.source.features)) if request.source.features else ()
+        family_of(spec, features).check_input(spec, request.shape, request.dynamic, total_memory_bytes(), features)
+
+
+def graph_passes(options: TargetOptions, target: Target) -> tuple[str, ...]:
+    """The graph passes a build applies: --graph-passes (``none``: none), else the target's own."""
+    from ..onnxtools.passes import check_pass_names
+
+    chosen = options.graph_passes
+    if chosen is None:
+        return target.graph_passes
+    if chosen == ("none",):
+        return ()
+    if "none" in chosen:
+        raise InputError(f"--graph-passes none stands alone, not with {', '.join(n for n in chosen if n != 'none')}")
+    check_pass_names(chosen)
+    return chosen
+
+
+# ---------------------------------------------------------------------------- keys
+
+
+def _digest(document: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _declared(plan: BuildPlan, scope: str) -> dict[str, Any]:
+    """The values of the options declared to affect ``scope`` (or a scope within it), the common ones and the
+    target's own."""
+    values = {name: plan.options.key_value(name) for name in scoped_settings(TargetOptions, scope)}
+    if "graph_passes" in values:  # as resolved: the target's own choice when none is given
+        values["graph_passes"] = list(plan.graph_passes)
+    # A target's own options as given (not given: its default): so that targets share what they may share.
+    own = {name: value for name in scoped_settings(type(plan.own), scope)
+           if (value := getattr(plan.own, name)) != _default(type(plan.own), name)}
+    return {"options": values, "own": own}
+
+
+def _default(options_class: type, name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(options_class) if f.name == name)
+
+
+def _model_identity(plan: BuildPlan) -> dict[str, Any]:
+    request = plan.request
+    source = request.source
+    if source.checkpoint is not None:
+        weights = {"checkpoint_sha256": plan.checkpoint_sha256, "model": source.model_name, "weights": source.weights}
+    else:
+        weights = {"model": source.model_name, "width": source.width, "act_num": source.act_num, "seed": RANDOM_SEED}
+    return {"vncompile": __version__, **weights, "act_learn": source.act_learn, "features": source.features,
+            "prefix": source.prefix, "shape": request.shape.as_tuple(), "dynamic": request.dynamic}
+
+
+def _reference_key(plan: BuildPlan) -> str:
+    """What the float64 reference outputs depend on: the weights, the shapes verified and the inputs (seeded noise,
+    and the real images: evaluation set, else a quantized build's real calibration images)."""
+    return _digest({"kind": "reference", "model": _model_identity(plan),
+                    "shapes": [s.as_tuple() for s in plan.verify_shapes], **_declared(plan, "reference"),
+                    "calibration_images": plan.verifies_on_calibration_images})
+
+
+def _onnx_key(plan: BuildPlan, reference_key: str, core: dict[str, str | None]) -> str:
+    """What the target-independent stages depend on: no target, only the ONNX form it asked for, the graph
+    passes it gets, and, for --fit-memory, the precision whose element size plans the tiling and the target whose
+    compiler judges it (with its options and toolchain)."""
+    request = plan.request
+    fit = None
+    if request.options.fit_memory is not None:
+        judge = plan.fit_judge
+        fit = {"precision": plan.precision, "judge": None if judge is None else judge.name,
+               "judge_options": None if judge is None else _declared(plan, "build")["own"],
+               "judge_toolchain": None if judge is None else plan.toolchain}
+    return _digest({"kind": "onnx", "model": _model_identity(plan), "reference": reference_key, "form": plan.form,
+                    "opset": request.opset, "simplifier": request.simplifier, "verify": request.verify,
+                    "tolerance": [[p, t.as_dict()] for p, t in request.tolerance],
+                    "int8_scheme": INT8_SCHEME if plan.quantizes_graph else None, "fit": fit,
+                    **_declared(plan, "onnx"), "toolchain": core})
+
+
+def _build_key(plan: BuildPlan, onnx_key: str) -> str:
+    """Everything a finished build depends on: its ONNX, the target, the precision, the options that affect it and
+    the toolchain (what the target applies unasked, such as its default graph passes, is in the ONNX's key)."""
+    return _digest({"kind": "build", "onnx": onnx_key, "target": plan.target.name, "precision": plan.precision,
+                    **_declared(plan, "build"), "toolchain": plan.toolchain})
