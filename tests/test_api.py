@@ -355,11 +355,10 @@ def test_image_set_hashes_never_outlive_the_set_they_hash(tmp_path):
 
 
 def test_real_verification_images_key_the_onnx_stages_of_self_quantizing_targets(tmp_path):
-    from vncompile.pipeline.plan import resolve
-
     from PIL import Image
 
     from vncompile.data.calibration import with_data_hashes
+    from vncompile.pipeline.plan import resolve
 
     (tmp_path / "cal").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "cal" / "a.png")

@@ -144,7 +144,10 @@ def plugins(monkeypatch):
 
     eps = [EntryPoint("copy", "tests.plugins.third_party:CopyTarget", registry.ENTRY_POINT_GROUP),
            EntryPoint("missing", "tests.plugins.third_party:MissingToolchainTarget", registry.ENTRY_POINT_GROUP),
-           EntryPoint("broken", "tests.plugins.no_such_module:Target", registry.ENTRY_POINT_GROUP)]
+           EntryPoint("broken", "tests.plugins.no_such_module:Target", registry.ENTRY_POINT_GROUP),
+           *(EntryPoint(name, f"tests.plugins.third_party:{cls}", registry.ENTRY_POINT_GROUP) for name, cls in (
+               ("wrong-values", "WrongValuesTarget"), ("wrong-shape", "WrongShapeTarget"),
+               ("drops-accuracy", "DropsAccuracyTarget")))]
     monkeypatch.setattr(registry, "entry_points", lambda group: eps if group == registry.ENTRY_POINT_GROUP else [])
     registry.get_target.cache_clear()
     yield
@@ -161,6 +164,39 @@ def test_third_party_target_is_listed_and_builds(tmp_path, run_cli, plugins):
     assert result.code == 0, result.err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["target"]["facts"] == {"vendor": "third party"} and manifest["verification"]["stages"][-1]["passed"]
+
+
+@pytest.mark.parametrize("target,message", [
+    ("wrong-values", r"^error: verification failed at 'wrong-values CPU' \(fp32\): rel error [\d.e+-]+, cosine "),
+    ("wrong-shape", r"^error: verification failed at 'wrong-shape CPU': output 'stage0_s\d+' has shape 1x\d+, "
+                    r"the reference 1x\d+x\d+x\d+$"),
+])
+def test_a_target_whose_outputs_are_wrong_fails_verification_at_its_stage(tmp_path, run_cli, plugins, target,
+                                                                        message):
+    """Every ONNX stage passes; the target's own stage fails: exit 1, one line naming the stage and the output."""
+    out = tmp_path / "b"
+    extra = ("--features", "0,1,2") if target == "wrong-shape" else ()
+    result = narrow_build(run_cli, out, *extra, target=target)
+    assert result.code == 1, result.err
+    assert re.match(message, one_line_error(result)), one_line_error(result)
+    assert not out.exists()
+
+
+def test_max_top1_drop_fails_a_target_that_really_drops_accuracy(tmp_path, run_cli, plugins):
+    from tests.test_real_data import CHECKPOINT, HELDOUT
+
+    # a tolerance its outputs pass, so that accuracy is what fails it
+    args = ("build", CHECKPOINT, "--size", "64", "--target", "drops-accuracy", "--eval-data", HELDOUT, "--tolerance",
+            "fp32=rel:10")
+    failed = run_cli(*args, "-o", tmp_path / "strict")
+    assert failed.code == 1 and re.match(
+        r"^error: drops-accuracy fp32 top-1 on 300 images of .*heldout is [\d.]+%, [\d.]+ points below the "
+        r"reference's [\d.]+% \(allowed: --max-top1-drop 1\)$", one_line_error(failed)), failed.err
+    assert not (tmp_path / "strict").exists()
+    allowed = run_cli(*args, "--max-top1-drop", "100", "-o", tmp_path / "lenient")
+    assert allowed.code == 0, allowed.err
+    accuracy = json.loads((tmp_path / "lenient" / "manifest.json").read_text())["accuracy"]
+    assert accuracy["target"]["top1"] < accuracy["reference"]["top1"] - 1
 
 
 def test_unavailable_target_is_a_one_line_error(tmp_path, run_cli, plugins):

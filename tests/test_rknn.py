@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import NARROW, one_line_error
-from vncompile.api.options import TargetOptions
 from vncompile.core.errors import VerificationError, VncompileError
 from vncompile.targets.rknn import RknnTarget
 from vncompile.targets.rknn.compiler_output import LAYER_TABLE, parse_layer_table, parse_memory_plan
-from vncompile.targets.rknn.toolkit import RknnSettings, compile_onnx
+from vncompile.targets.rknn.toolkit import RknnOptions, RknnSettings, compile_onnx
 from vncompile.toolchains import default_root, install, start_worker
 
 W = str(NARROW)
@@ -220,8 +219,8 @@ def test_the_toolkits_own_failures_are_one_line(rknn_toolchain, tmp_path):
 
 def test_defaults_and_cache_key_facts(rknn_toolchain):
     target = RknnTarget()
-    assert target.default_precision(TargetOptions()) == "fp16"
-    assert target.default_precision(TargetOptions(platform="rv1103")) == "int8"
+    assert target.default_precision(RknnOptions()) == "fp16"
+    assert target.default_precision(RknnOptions(platform="rv1103")) == "int8"
     versions = target.cache_identity()
     assert versions["rknn-toolkit2"] == "2.5.0" and versions["rknn-toolchain"]
 

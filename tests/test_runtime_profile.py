@@ -138,5 +138,7 @@ def test_profile_applies_the_runtime_profile_to_the_targets_that_have_them():
     profile = ProfileRequest(models=(ModelSource(model_name="vanillanet_5", width=NARROW),),
                              targets=("onnxruntime", "analytic"), options=TargetOptions(runtime_profile="memory"))
     source = profile.models[0]
-    assert profile.build_request(source, "onnxruntime", 64, "fp32").options.runtime_profile == "memory"
-    assert profile.build_request(source, "analytic", 64, "fp32").options.runtime_profile == "balanced"
+    from vncompile.targets import get_target
+
+    assert profile.build_request(source, get_target("onnxruntime"), 64, "fp32").options.runtime_profile == "memory"
+    assert profile.build_request(source, get_target("analytic"), 64, "fp32").options.runtime_profile == "balanced"

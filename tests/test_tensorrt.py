@@ -34,7 +34,7 @@ from vncompile.targets.tensorrt import builder as builder_module
 from vncompile.targets.tensorrt import toolchain as trt_toolchain
 from vncompile.targets.tensorrt.builder import build_engine, network_flags
 from vncompile.targets.tensorrt.cuda import CudaRuntime, GpuFacts
-from vncompile.targets.tensorrt.profile import shape_profile
+from vncompile.targets.tensorrt.profile import TensorRTOptions, shape_profile
 from vncompile.targets.tensorrt.runner import TensorRTSession
 from vncompile.targets.tensorrt.toolchain import probe_toolchain
 
@@ -92,7 +92,12 @@ def seed_prepared_onnx(deferred_root: Path, cache_root: Path) -> None:
 
 
 def request_for(precision: str = "fp16", **options) -> BuildRequest:
-    return BuildRequest(NARROW_SOURCE, "tensorrt", precision=precision, options=TargetOptions(**options))
+    return BuildRequest(NARROW_SOURCE, "tensorrt", precision=precision, options=TargetOptions().with_own(options))
+
+
+def own(request: BuildRequest) -> TensorRTOptions:
+    """The request's tensorrt options, as the build plan hands them to the target."""
+    return TensorRTOptions(**request.options.own_values())
 
 
 def qdq_conv_model(path: Path, float_bias: bool = False) -> Path:
@@ -183,8 +188,9 @@ def test_build_script_holds_the_trtexec_command(deferred):
 
 def verified_at(profile_sizes: tuple[int, ...] = PROFILE_SIZES) -> set[str]:
     """The ' @size' suffixes of a --dynamic build's verification stages (the pipeline picks two sizes)."""
-    request = BuildRequest(NARROW_SOURCE, "tensorrt", dynamic=True, options=TargetOptions(profile_sizes=profile_sizes))
-    labels = {f" @{s.size_label}" for s in request.verify_shapes()}
+    request = BuildRequest(NARROW_SOURCE, "tensorrt", dynamic=True,
+                           options=TargetOptions().with_own({"profile_sizes": profile_sizes}))
+    labels = {f" @{s.size_label}" for s in request.verify_shapes(profile_sizes)}
     assert len(labels) == 2
     return labels
 
@@ -195,7 +201,7 @@ def test_dynamic_bundle_verifies_two_sizes_and_default_profile_spans_half_to_dou
     stages = {s["stage"] for s in manifest["verification"]["stages"]}
     assert {f"onnx simplified{at}" for at in verified_at()} <= stages
     request = BuildRequest(NARROW_SOURCE, "tensorrt", shape=InputShape(2, 3, 224, 192), dynamic=True)
-    profile = shape_profile(request)
+    profile = shape_profile(request, own(request))
     assert profile.as_dict() == {"min": [1, 3, 112, 96], "opt": [2, 3, 224, 192], "max": [2, 3, 448, 384]}
 
 
@@ -318,21 +324,21 @@ def test_timing_cache_is_reused_and_a_bad_one_rebuilt(deferred, tmp_path, monkey
     request = request_for(timing_cache=cache)
     fake = install(monkeypatch, version)
     toolchain = probe_toolchain()
-    assert build_engine(toolchain, onnx_path, request, None).warning == ""
+    assert build_engine(toolchain, onnx_path, request, own(request), None).warning == ""
     first_misses = fake.records.timing_misses
     assert cache.read_bytes().startswith(CACHE_MAGIC) and first_misses > 0 and fake.records.timing_hits == 0
-    assert build_engine(toolchain, onnx_path, request, None).warning == ""
+    assert build_engine(toolchain, onnx_path, request, own(request), None).warning == ""
     assert fake.records.timing_hits == first_misses and fake.records.timing_misses == first_misses
     cache.write_bytes(b"not a timing cache")
     assert "was corrupt or from another GPU or TensorRT version; rebuilt it" in build_engine(
-        toolchain, onnx_path, request, None).warning
+        toolchain, onnx_path, request, own(request), None).warning
     assert cache.read_bytes().startswith(CACHE_MAGIC)
     install(monkeypatch, version, gpus=(H100,))  # the cache is another GPU's
-    assert "rebuilt it" in build_engine(probe_toolchain(), onnx_path, request, None).warning
+    assert "rebuilt it" in build_engine(probe_toolchain(), onnx_path, request, own(request), None).warning
     assert json.loads(cache.read_bytes()[len(CACHE_MAGIC):])["gpu"][0] == H100.name
     other = TRT11 if version == TRT10 else TRT10
     install(monkeypatch, other, gpus=(H100,))  # the cache is another TensorRT version's
-    assert "rebuilt it" in build_engine(probe_toolchain(), onnx_path, request, None).warning
+    assert "rebuilt it" in build_engine(probe_toolchain(), onnx_path, request, own(request), None).warning
     assert json.loads(cache.read_bytes()[len(CACHE_MAGIC):])["version"] == other
     assert sorted(p.name for p in cache.parent.iterdir()) == ["timing.cache", "timing.cache.lock"]  # atomic writes
 
@@ -349,15 +355,15 @@ def test_concurrent_builds_merge_their_timing_caches(deferred, tmp_path, monkeyp
 
     def save_after_another_build(config, path):
         monkeypatch.setattr(builder_module, "save_timing_cache", save)
-        build_engine(toolchain, int8, request, None)  # attached the cache as it was: empty
+        build_engine(toolchain, int8, request, own(request), None)  # attached the cache as it was: empty
         save(config, path)
 
     monkeypatch.setattr(builder_module, "save_timing_cache", save_after_another_build)
-    build_engine(toolchain, fp16, request, None)
+    build_engine(toolchain, fp16, request, own(request), None)
     both = fake.records.timing_misses
     assert fake.records.timing_hits == 0  # each began with the empty file
     for onnx_path in (fp16, int8):
-        build_engine(toolchain, onnx_path, request, None)
+        build_engine(toolchain, onnx_path, request, own(request), None)
     assert fake.records.timing_misses == both  # every timing of both builds came from the file: none was lost
 
 
@@ -403,7 +409,7 @@ def test_latency_and_memory_hooks(deferred, monkeypatch, version):
     onnx_path = deferred[1]["fp16"].out_dir / "model.onnx"
     fake = install(monkeypatch, version)
     toolchain = probe_toolchain()
-    plan = build_engine(toolchain, onnx_path, request_for(), None).plan
+    plan = build_engine(toolchain, onnx_path, request_for(), own(request_for()), None).plan
     session = TensorRTSession(toolchain, plan)
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
     latency = session.time_runs(x, warmup=3, runs=7)
@@ -434,10 +440,10 @@ def test_dynamic_session_takes_any_size_in_its_profile(deferred, monkeypatch):
     onnx_path = deferred[1]["dynamic"].out_dir / "model.onnx"
     install(monkeypatch, TRT11)
     request = BuildRequest(NARROW_SOURCE, "tensorrt", dynamic=True,
-                           options=TargetOptions(profile_sizes=(160, 224, 320)))
+                           options=TargetOptions().with_own({"profile_sizes": (160, 224, 320)}))
     toolchain = probe_toolchain()
-    session = TensorRTSession(toolchain, build_engine(toolchain, onnx_path, request,
-                                                      shape_profile(request)).plan)
+    session = TensorRTSession(toolchain, build_engine(toolchain, onnx_path, request, own(request),
+                                                      shape_profile(request, own(request))).plan)
     for size in (160, 320, 224):  # buffers grow, then are reused
         assert session.run(np.ones((1, 3, size, size), np.float32))[0].shape == (1, 1000)
     with pytest.raises(VncompileError, match="does not take an input of 1x3x352x352"):
@@ -448,7 +454,7 @@ def test_parser_errors_are_one_line(tmp_path, monkeypatch):
     install(monkeypatch, TRT10)
     unfolded = qdq_conv_model(tmp_path / "model.onnx")
     with pytest.raises(VncompileError) as error:
-        build_engine(probe_toolchain(), unfolded, request_for("int8"), None)
+        build_engine(probe_toolchain(), unfolded, request_for("int8"), own(request_for("int8")), None)
     assert str(error.value) == ("TensorRT could not parse model.onnx at node 'bias_dq' (DequantizeLinear): bias_dq: "
                                 "only activation types allowed as input to this layer.")
 

@@ -57,3 +57,54 @@ class HangTarget(CopyTarget):
         import time
 
         time.sleep(3600)
+
+
+class _RewritingSession:
+    """An ONNX Runtime session whose outputs a target's bug rewrites."""
+
+    def __init__(self, inner, rewrite) -> None:
+        self.inner, self.rewrite = inner, rewrite
+
+    def run(self, x):
+        return [self.rewrite(o) for o in self.inner.run(x)]
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class WrongValuesTarget(CopyTarget):
+    """A miscompiling target: right shapes, wrong values."""
+
+    name = "wrong-values"
+
+    def load(self, build_dir, manifest):
+        return _RewritingSession(super().load(build_dir, manifest), lambda o: o[..., ::-1].copy())
+
+
+class WrongShapeTarget(CopyTarget):
+    """A target that returns its output in another layout (flattened)."""
+
+    name = "wrong-shape"
+
+    def load(self, build_dir, manifest):
+        return _RewritingSession(super().load(build_dir, manifest), lambda o: o.reshape(1, -1))
+
+
+class DropsAccuracyTarget(CopyTarget):
+    """Close to the reference on noise, but it confuses two classes: top-1 on labelled images drops."""
+
+    name = "drops-accuracy"
+
+    def load(self, build_dir, manifest):
+        def swap(logits):
+            swapped = logits.copy()
+            swapped[:, [0, 1]] = logits[:, [1, 0]]
+            return swapped
+
+        return _RewritingSession(super().load(build_dir, manifest), swap)

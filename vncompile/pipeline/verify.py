@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..api.tolerance import Tolerance
+from ..core.errors import VerificationError
 
 Outputs = list[list[np.ndarray]]  # per input batch, per network output
 
@@ -67,10 +68,12 @@ def _top1(batches: list[np.ndarray]) -> np.ndarray:
 def compare_output(name: str, reference: list[np.ndarray], outputs: list[np.ndarray], tolerance: Tolerance,
                    classifier: bool) -> OutputError:
     """One named output over every batch."""
+    shapes = {tuple(np.shape(o)) for o in outputs}, {tuple(np.shape(r)) for r in reference}
+    if shapes[0] != shapes[1]:  # a target that returns another layout or size has not built the network
+        got, want = (", ".join("x".join(map(str, s)) for s in sorted(side)) for side in shapes)
+        raise ShapeMismatch(f"output '{name}' has shape {got}, the reference {want}")
     ref = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r in reference])
     out = np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in outputs])
-    if ref.shape != out.shape:
-        raise ValueError(f"output '{name}' has {out.size} values, the reference {ref.size}")
     finite = bool(np.all(np.isfinite(out)))
     max_abs = float(np.max(np.abs(out - ref))) if ref.size else 0.0
     scale = float(np.max(np.abs(ref))) or 1.0
@@ -87,12 +90,19 @@ def compare(stage: str, precision: str, reference: Outputs, outputs: Outputs, na
             tolerance: Tolerance, classifier: bool) -> StageError:
     """Every output of a stage against the reference; ``classifier``: the single output is logits."""
     if len(outputs[0]) != len(names) or len(reference[0]) != len(names):
-        raise ValueError(f"{stage}: {len(outputs[0])} outputs, the reference {len(reference[0])}, "
-                         f"names {len(names)}")
-    return StageError(stage, precision, tuple(
-        compare_output(name, [b[i] for b in reference], [b[i] for b in outputs], tolerance,
-                       classifier and len(names) == 1)
-        for i, name in enumerate(names)))
+        raise VerificationError(f"verification failed at '{stage}': {len(outputs[0])} outputs, the reference "
+                                f"{len(reference[0])} ({', '.join(names)})")
+    try:
+        return StageError(stage, precision, tuple(
+            compare_output(name, [b[i] for b in reference], [b[i] for b in outputs], tolerance,
+                           classifier and len(names) == 1)
+            for i, name in enumerate(names)))
+    except ShapeMismatch as exc:
+        raise VerificationError(f"verification failed at '{stage}': {exc}") from None
+
+
+class ShapeMismatch(ValueError):
+    """An output whose shape is not the reference's (``compare`` names the stage)."""
 
 
 @dataclass(frozen=True)
