@@ -28,6 +28,7 @@ class ModelFamily:
     name: str
     classifier: bool  # one output, logits: accuracy is top-1 on labelled images; else feature maps, output by output
     learns_activation: bool = False  # the act_learn leaky ReLU between the 1x1 convs (``--act-learn``)
+    series_activation: bool = False  # the series activation, its depthwise kernel 2n+1 (``--act-num``)
     tiles: bool = False  # ``--fit-memory`` can tile the high-resolution stages into strips
 
     def output_names(self, features: tuple[FeatureMap, ...]) -> list[str]:
@@ -81,6 +82,7 @@ class ModelFamily:
 @dataclass(frozen=True)
 class VanillaNetFamily(ModelFamily):
     learns_activation: bool = True
+    series_activation: bool = True
     tiles: bool = True
 
     def largest_map(self, spec: ModelSpec) -> tuple[int, int]:

@@ -14,7 +14,7 @@ def describe(loaded: LoadedModel, input_size: int = 224) -> dict[str, Any]:
         "model": spec.name,
         "width": spec.width,
         "form": spec.form,
-        "act_num": spec.act_num if spec.is_vanillanet else None,
+        "act_num": spec.act_num if loaded.family.series_activation else None,
         "num_classes": spec.num_classes,
         "act_learn": loaded.act_learn.as_dict(),
         "input_size": input_size,

@@ -81,7 +81,7 @@ class BuildPlan:
 
     def available_target(self) -> Target:
         """The target, or a one-line error saying why it cannot run here (only a build that runs needs it)."""
-        return require_available(self.target.name)
+        return require_available(self.target)
 
 
 def resolve(request: BuildRequest) -> BuildPlan:

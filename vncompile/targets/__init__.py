@@ -71,12 +71,12 @@ def get_target(name: str) -> Target:
     return cls()
 
 
-def require_available(name: str) -> Target:
-    """The target, or a one-line error saying why it cannot run here and what fixes it."""
-    target = get_target(name)
+def require_available(target: str | Target) -> Target:
+    """The target (or the one named), or a one-line error saying why it cannot run here and what fixes it."""
+    target = get_target(target) if isinstance(target, str) else target
     availability = target.availability()
     if not availability.available:
-        raise InputError(f"target '{name}' is not available: {availability.reason}")
+        raise InputError(f"target '{target.name}' is not available: {availability.reason}")
     return target
 
 
