@@ -145,6 +145,21 @@ def test_in_float64_every_value_is_float64():
     assert torch.equal(got, expected)  # no rounding to fp16 or fp32 anywhere
 
 
+@pytest.mark.parametrize("attrs", [dict(pads=[3, 3, 3, 3]), dict(pads=[0, 1, 2, 1], strides=[2, 2], dilations=[2, 1])])
+def test_a_depthwise_conv_in_float64(attrs):
+    """Computed as shifted sums (torch's float64 grouped conv is one slow conv per channel): the same values."""
+    k = 3 if "strides" in attrs else 7
+    w, b = weights(4, 1, k, k), weights(4)
+    model = graph([helper.make_node("Conv", ["x", "w", "b"], ["y"], group=4, **attrs)],
+                  [constant("w", w), constant("b", b)])
+    x = torch.from_numpy(RNG.standard_normal((1, 4, 9, 10)))
+    got = onnx_as_torch.OnnxAsTorch(model, dtype=torch.float64)(x)
+    pads = attrs["pads"]
+    expected = F.conv2d(F.pad(x, (pads[1], pads[3], pads[0], pads[2])), torch.from_numpy(w).double(),
+                        torch.from_numpy(b).double(), attrs.get("strides", 1), 0, attrs.get("dilations", 1), 4)
+    assert got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
 def yolo_style_detector(nc=3, reg_max=4, size=32, width=8):
     """A tiny anchor-free detector as YOLOv8/YOLO11 export it: three levels (strides 8, 16, 32) with a
     nearest-upsampled neck, per level box (4 x reg_max DFL bins) and class convs, reshaped and concatenated

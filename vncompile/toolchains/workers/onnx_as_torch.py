@@ -156,8 +156,11 @@ class OnnxAsTorch(torch.nn.Module):
         if pads[:2] != pads[2:]:  # asymmetric: pad explicitly (left, right, top, bottom)
             x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
             pads = [0, 0, 0, 0]
-        return F.conv2d(x, self._weight(inputs[1]), self._weight(inputs[2]) if len(inputs) > 2 else None,
-                        attrs.get("strides", [1, 1]), pads[:2], attrs.get("dilations", [1, 1]), attrs.get("group", 1))
+        weight, bias = self._weight(inputs[1]), self._weight(inputs[2]) if len(inputs) > 2 else None
+        strides, dilations, group = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1]), attrs.get("group", 1)
+        if x.dtype == torch.float64 and group > 1 and group == x.shape[1] == weight.shape[0]:
+            return _depthwise(F.pad(x, (pads[1], pads[1], pads[0], pads[0])), weight, bias, strides, dilations)
+        return F.conv2d(x, weight, bias, strides, pads[:2], dilations, group)
 
     def _pool_pads(self, attrs, op):
         pads = list(attrs.get("pads", [0, 0, 0, 0]))
@@ -412,6 +415,21 @@ class OnnxAsTorch(torch.nn.Module):
             return F.interpolate(x, size=sizes[2:], mode=interpolation, align_corners=True)
         return F.interpolate(x, scale_factor=scales[2:], mode=interpolation, align_corners=False,
                              recompute_scale_factor=False)
+
+
+def _depthwise(x, weight, bias, strides, dilations):
+    """A depthwise conv (padded input) as a sum of shifted, scaled copies: torch has no fast float64 kernel for
+    grouped convs (it runs one slow conv per channel), and the reference of a VanillaNet runs many."""
+    (sh, sw), (dh, dw), (kh, kw) = strides, dilations, weight.shape[2:]
+    rows = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    cols = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    out = torch.zeros(x.shape[0], x.shape[1], rows, cols, dtype=x.dtype) if bias is None else \
+        bias.view(1, -1, 1, 1).expand(x.shape[0], -1, rows, cols).clone()
+    for i in range(kh):
+        for j in range(kw):
+            window = x[:, :, i * dh:i * dh + (rows - 1) * sh + 1:sh, j * dw:j * dw + (cols - 1) * sw + 1:sw]
+            out = out + window * weight[:, 0, i, j].view(1, -1, 1, 1)
+    return out
 
 
 def _nearest_source(size, out, scale, transform, rounding, name):
