@@ -60,6 +60,11 @@ class _View:
         init = self.initializers.get(name) if name else None
         return None if init is None else numpy_helper.to_array(init)
 
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        """A constant's shape, without reading its values."""
+        init = self.initializers.get(name) if name else None
+        return None if init is None else tuple(init.dims)
+
     def only_user(self, tensor: str) -> onnx.NodeProto | None:
         """The one node reading ``tensor``, if exactly one does and it is not a graph output."""
         users = self.users.get(tensor, [])
@@ -189,23 +194,25 @@ def drop_identity_leaky_relu(model: onnx.ModelProto) -> int:
     return _rewrite_until_done(model, "LeakyRelu", lambda view, node: _leaky_alpha(node) == 1.0 and _bypass(view, node))
 
 
-def _is_pointwise(conv: onnx.NodeProto, weight: np.ndarray) -> bool:
-    attrs, spatial = _attrs(conv), weight.ndim - 2
-    return (all(k == 1 for k in weight.shape[2:]) and attrs.get("group", 1) == 1
+def _is_pointwise(view: _View, conv: onnx.NodeProto) -> bool:
+    """A 1x1 conv with stride 1, no pads, group 1 and a constant weight."""
+    shape = view.shape(conv.input[1]) if conv.op_type == "Conv" and len(conv.input) > 1 else None
+    if shape is None or len(shape) < 3:
+        return False
+    attrs, spatial = _attrs(conv), len(shape) - 2
+    return (all(k == 1 for k in shape[2:]) and attrs.get("group", 1) == 1
             and list(attrs.get("strides", [1] * spatial)) == [1] * spatial
             and not any(attrs.get("pads", [0] * 2 * spatial))
             and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET", b"VALID", "VALID"))
 
 
 def _merge_one(view: _View, outer: onnx.NodeProto) -> bool:
-    outer_weights = _conv_weights(view, outer)
-    if outer_weights is None or not _is_pointwise(outer, outer_weights[0]):
-        return False
     inner = view.producer.get(outer.input[0])
-    if inner is None or inner.op_type != "Conv" or view.only_user(outer.input[0]) is not outer:
+    if (inner is None or inner.op_type != "Conv" or view.only_user(outer.input[0]) is not outer
+            or _attrs(inner).get("group", 1) != 1 or not _is_pointwise(view, outer)):
         return False
-    inner_weights = _conv_weights(view, inner)
-    if inner_weights is None or _attrs(inner).get("group", 1) != 1 or len(inner.output) != 1:
+    outer_weights, inner_weights = _conv_weights(view, outer), _conv_weights(view, inner)
+    if outer_weights is None or inner_weights is None:
         return False
     (w2, b2), (w1, b1) = outer_weights, inner_weights
     out, mid, cin, taps = w2.shape[0], w1.shape[0], w1.shape[1], int(np.prod(w1.shape[2:]))
@@ -245,8 +252,7 @@ def vanillanet_blocks(model: onnx.ModelProto) -> list[Block]:
         if before is not None and before.op_type == "BatchNormalization":
             before = view.producer.get(before.input[0])
         after = view.only_user(node.output[0])
-        weight = view.constant(after.input[1]) if after is not None and after.op_type == "Conv" else None
-        if before is None or before.op_type != "Conv" or weight is None or not _is_pointwise(after, weight):
+        if before is None or before.op_type != "Conv" or after is None or not _is_pointwise(view, after):
             continue
         blocks.append(Block(node.name or node.output[0], _leaky_alpha(node), (node.input[0], node.output[0])))
     return blocks
