@@ -1,7 +1,8 @@
 """The building blocks of external detector graphs together, on the committed test detector
 (``tests/data/detector``, made by ``tests/data/make_detector.py``: VanillaNet-5 in training form with a neck
 and an anchor-free head, exported by torch as Ultralytics' exporter leaves such graphs, and its synthetic
-validation set): its metadata, exact deploy fusion (mAP unchanged), its float64 rebuild, its mAP."""
+validation set): its metadata, exact deploy fusion (mAP unchanged), its float64 rebuild, its mAP, its head split
+into box and score outputs."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from vncompile.data.detection import Letterbox, coco_map, decode_yolo, read_yolo_set, ultralytics_metadata
 from vncompile.onnxtools.deploy_fusion import fuse_for_deploy
+from vncompile.onnxtools.detect_head import join_detect_head, split_detect_head
 from vncompile.toolchains.workers.onnx_as_torch import OnnxAsTorch
 
 DETECTOR = Path(__file__).parent / "data" / "detector"
@@ -71,3 +73,18 @@ def test_the_float64_rebuild_is_the_graphs_function(detector):
         reference = np.concatenate([rebuilt(torch.from_numpy(x[None])).numpy() for x in inputs])
     assert reference.dtype == np.float64
     assert np.abs(run(model, inputs) - reference).max() / np.abs(reference).max() <= 1e-5
+
+
+def test_the_detect_head_splits_into_boxes_and_scores(detector):
+    """For int8 NPUs: the concatenated Detect output becomes two outputs; joined again, the same values."""
+    model, meta, _, loaded = detector
+    split = onnx.ModelProto()
+    split.CopyFrom(model)
+    names = split_detect_head(split)
+    onnx.checker.check_model(split, full_check=True)
+    assert names is not None and [o.name for o in split.graph.output] == list(names)
+    session = ort.InferenceSession(split.SerializeToString(), providers=["CPUExecutionProvider"])
+    boxes, scores = session.run(None, {"input": loaded[0][0][None]})
+    assert boxes.shape == (1, 4, 336) and scores.shape == (1, len(meta.names), 336)
+    np.testing.assert_array_equal(join_detect_head(boxes, scores), run(model, loaded[0][0][None]))
+    assert split_detect_head(split) is None  # nothing left to split
