@@ -105,6 +105,26 @@ CASES = {
          helper.make_node("Tanh", ["q"], ["t"]),
          helper.make_node("AveragePool", ["t"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
         [constant("lo", np.float32(-1.5)), constant("hi", np.float32(2.0)), constant("p", np.float32(3.0))]),
+    "an end-to-end postprocess: reduce max, top-k, gather elements, mod, greater, where": (
+        [helper.make_node("Reshape", ["x", "shape"], ["r"]), helper.make_node("ReduceMax", ["r", "one"], ["m"],
+                                                                               keepdims=0),
+         helper.make_node("TopK", ["m", "k"], ["values", "indices"]),
+         helper.make_node("GatherElements", ["m", "indices"], ["g"], axis=1),
+         helper.make_node("Mod", ["indices", "seven"], ["rest"]), helper.make_node("Cast", ["rest"], ["f"], to=1),
+         helper.make_node("Greater", ["g", "zero"], ["mask"]), helper.make_node("Where", ["mask", "g", "f"], ["w"]),
+         helper.make_node("Concat", ["w", "values"], ["y"], axis=1)],
+        [constant("shape", np.array([1, 4, 90])), constant("one", np.array([1])), constant("k", np.array([5])),
+         constant("seven", np.array([7])), constant("zero", np.float32(0.0))]),
+    "reduce sum and min, expand, max, min, abs, log, erf, tile, equal, not": (
+        [helper.make_node("ReduceSum", ["x", "two"], ["s"]), helper.make_node("ReduceMin", ["x", "three"], ["n"]),
+         helper.make_node("Expand", ["n", "full"], ["e"]), helper.make_node("Max", ["x", "e", "s"], ["mx"]),
+         helper.make_node("Min", ["mx", "cap"], ["mi"]), helper.make_node("Abs", ["mi"], ["ab"]),
+         helper.make_node("Add", ["ab", "cap"], ["ap"]), helper.make_node("Log", ["ap"], ["lg"]),
+         helper.make_node("Erf", ["lg"], ["er"]), helper.make_node("Tile", ["er", "twice"], ["t"]),
+         helper.make_node("Equal", ["t", "cap"], ["same"]), helper.make_node("Not", ["same"], ["differ"]),
+         helper.make_node("Where", ["differ", "t", "cap"], ["y"])],
+        [constant("two", np.array([2])), constant("three", np.array([3])), constant("full", np.array([1, 4, 9, 10])),
+         constant("cap", np.float32(1.5)), constant("twice", np.array([1, 1, 1, 2]))]),
 }
 SHAPES = {"space to depth": (1, 4, 8, 10)}
 

@@ -6,10 +6,11 @@ is the one the pipeline verified (after simplification and the graph passes), so
 converter sees is exactly that graph, not a second export of the network. For an external graph (a whole
 detector: backbone, neck, head and box decoding), ``OnnxAsTorch(model, dtype=torch.float64)`` computes its
 function in float64: constants and inputs are cast to that dtype, and so is every Cast to a floating type.
-The op set is what classifiers, backbones and YOLO-style detectors contain; anything else is refused
-with the op and the node's name. Subgraphs of constants (Constant nodes, shapes computed from constants)
-are folded once, when the module is built; shapes computed from a tensor (``Shape``) are not taken:
-simplify the graph first.
+The op set is what classifiers, backbones and YOLO-style detectors contain (the attention of YOLO11's
+C2PSA, and the top-k selection of NMS-free end-to-end heads, included; a NonMaxSuppression op is not);
+anything else is refused with the op and the node's name. Subgraphs of constants (Constant nodes, shapes
+computed from constants) are folded once, when the module is built; shapes computed from a tensor
+(``Shape``) are not taken: simplify the graph first.
 
 Written the way PT2E quantizers match their patterns: weights as parameters; each ReLU its own
 ``nn.ReLU`` module and each Add ``torch.add`` (litert-torch's quantizer fuses Add+ReLU only in that
@@ -29,13 +30,18 @@ from onnx import numpy_helper
 # Inputs read once, as constants, when the module is built (weights, shapes, axes, scales); every other
 # input is a tensor (a constant one becomes a buffer).
 PARAMETER_INPUTS = {"Conv": (1, 2), "Gemm": (1, 2), "Reshape": (1,), "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3),
-                    "ReduceMean": (1,), "ReduceMax": (1,), "Split": (1,), "Unsqueeze": (1,), "Squeeze": (1,),
-                    "Resize": (1, 2, 3), "Clip": (1, 2)}
+                    "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceSum": (1,), "Split": (1,),
+                    "Unsqueeze": (1,), "Squeeze": (1,), "Resize": (1, 2, 3), "Clip": (1, 2), "TopK": (1,),
+                    "Expand": (1,), "Tile": (1,)}
+# Since which opset a reduction takes its axes as an input rather than an attribute.
+AXES_INPUT_SINCE = {"ReduceSum": 13, "ReduceMean": 18, "ReduceMax": 18, "ReduceMin": 18}
 
-SUPPORTED = ("Add", "ArgMax", "AveragePool", "Cast", "Clip", "Concat", "Constant", "Conv", "Div", "Exp", "Flatten",
-             "Gather", "Gemm", "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity", "LeakyRelu", "MatMul",
-             "MaxPool", "Mul", "Neg", "Pad", "Pow", "ReduceMax", "ReduceMean", "Relu", "Reshape", "Resize", "Sigmoid",
-             "Slice", "Softmax", "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze")
+SUPPORTED = ("Abs", "Add", "ArgMax", "AveragePool", "Cast", "Clip", "Concat", "Constant", "Conv", "Div", "Equal", "Erf",
+             "Exp", "Expand", "Flatten", "Gather", "GatherElements", "Gemm", "GlobalAveragePool", "Greater",
+             "HardSigmoid", "HardSwish", "Identity", "LeakyRelu", "Less", "Log", "MatMul", "Max", "MaxPool", "Min",
+             "Mod", "Mul", "Neg", "Not", "Pad", "Pow", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu",
+             "Reshape", "Resize", "Sigmoid", "Slice", "Softmax", "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub",
+             "Tanh", "Tile", "TopK", "Transpose", "Unsqueeze", "Where")
 
 
 class OnnxAsTorch(torch.nn.Module):
@@ -62,7 +68,7 @@ class OnnxAsTorch(torch.nn.Module):
         self.weight_key = {}
         self.relus = torch.nn.ModuleDict()
         nodes = [(n.op_type, list(n.input), list(n.output),
-                  {"index": str(i), "name": n.name or n.output[0], "outputs": len(n.output),
+                  {"index": str(i), "name": n.name or n.output[0], "outputs": len(n.output), "op": n.op_type,
                    **{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}})
                  for i, n in enumerate(graph.node)]
         self.nodes = self._fold_constants(nodes)
@@ -188,7 +194,7 @@ class OnnxAsTorch(torch.nn.Module):
         return self._global_average(args[0], True)
 
     def _reduce_axes(self, inputs, args, attrs):
-        axes = self._axes(inputs, attrs, since=18)
+        axes = self._axes(inputs, attrs, since=AXES_INPUT_SINCE[attrs["op"]])
         if not axes and attrs.get("noop_with_empty_axes", 0):
             return None
         return [a % args[0].dim() for a in axes] or list(range(args[0].dim()))
@@ -204,6 +210,20 @@ class OnnxAsTorch(torch.nn.Module):
     def _ReduceMax(self, inputs, args, attrs):
         axes = self._reduce_axes(inputs, args, attrs)
         return args[0] if axes is None else torch.amax(args[0], dim=axes, keepdim=bool(attrs.get("keepdims", 1)))
+
+    def _ReduceMin(self, inputs, args, attrs):
+        axes = self._reduce_axes(inputs, args, attrs)
+        return args[0] if axes is None else torch.amin(args[0], dim=axes, keepdim=bool(attrs.get("keepdims", 1)))
+
+    def _ReduceSum(self, inputs, args, attrs):
+        axes = self._reduce_axes(inputs, args, attrs)
+        return args[0] if axes is None else torch.sum(args[0], dim=axes, keepdim=bool(attrs.get("keepdims", 1)))
+
+    def _TopK(self, inputs, args, attrs):
+        (k,) = self._ints(inputs[1])
+        values, indices = torch.topk(args[0], k, dim=attrs.get("axis", -1), largest=bool(attrs.get("largest", 1)),
+                                     sorted=True)
+        return values, indices
 
     def _ArgMax(self, inputs, args, attrs):
         x, axis, keepdims = args[0], attrs.get("axis", 0) % args[0].dim(), bool(attrs.get("keepdims", 1))
@@ -273,6 +293,45 @@ class OnnxAsTorch(torch.nn.Module):
 
     def _Pow(self, inputs, args, attrs):
         return torch.pow(args[0], args[1])
+
+    def _Mod(self, inputs, args, attrs):
+        return torch.fmod(args[0], args[1]) if attrs.get("fmod", 0) else torch.remainder(args[0], args[1])
+
+    def _Abs(self, inputs, args, attrs):
+        return torch.abs(args[0])
+
+    def _Log(self, inputs, args, attrs):
+        return torch.log(args[0])
+
+    def _Erf(self, inputs, args, attrs):
+        return torch.erf(args[0])
+
+    def _Max(self, inputs, args, attrs):
+        result = args[0]
+        for other in args[1:]:
+            result = torch.maximum(result, other)
+        return result
+
+    def _Min(self, inputs, args, attrs):
+        result = args[0]
+        for other in args[1:]:
+            result = torch.minimum(result, other)
+        return result
+
+    def _Equal(self, inputs, args, attrs):
+        return torch.eq(args[0], args[1])
+
+    def _Greater(self, inputs, args, attrs):
+        return torch.gt(args[0], args[1])
+
+    def _Less(self, inputs, args, attrs):
+        return torch.lt(args[0], args[1])
+
+    def _Not(self, inputs, args, attrs):
+        return torch.logical_not(args[0])
+
+    def _Where(self, inputs, args, attrs):
+        return torch.where(args[0], args[1], args[2])
 
     def _Softmax(self, inputs, args, attrs):
         x = args[0]
@@ -363,6 +422,17 @@ class OnnxAsTorch(torch.nn.Module):
         indices = torch.where(indices < 0, indices + x.shape[axis], indices).long()
         picked = torch.index_select(x, axis, indices.reshape(-1))
         return picked.reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1:])
+
+    def _GatherElements(self, inputs, args, attrs):
+        x, indices = args
+        axis = attrs.get("axis", 0) % x.dim()
+        return torch.gather(x, axis, torch.where(indices < 0, indices + x.shape[axis], indices).long())
+
+    def _Expand(self, inputs, args, attrs):
+        return args[0].expand(torch.broadcast_shapes(tuple(args[0].shape), tuple(self._ints(inputs[1]))))
+
+    def _Tile(self, inputs, args, attrs):
+        return args[0].repeat(*self._ints(inputs[1]))
 
     def _Pad(self, inputs, args, attrs):
         pads = self._ints(inputs[1])
