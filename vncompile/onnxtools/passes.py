@@ -15,6 +15,10 @@ handle better, and says how many places it rewrote:
 
 A pass leaves a graph it cannot rewrite exactly unchanged (e.g. a stem whose input size is not a
 multiple of its stride, or a dynamic shape).
+
+Passes can be named together as a group (``GROUPS``): ``deploy-fusion`` is the exact deploy fusion of a
+graph still in training form (``deploy_fusion``: BN folded into convs, identity LeakyRelus dropped,
+linear conv chains merged). A group's name expands to its passes, which are counted one by one.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class GraphPass:
 
 
 PASSES: dict[str, GraphPass] = {}
+GROUPS: dict[str, tuple[str, ...]] = {}  # a name for several passes, run in this order
 
 
 def register(name: str, summary: str) -> Callable[[Callable[[onnx.ModelProto], int]], Callable[[onnx.ModelProto], int]]:
@@ -50,15 +55,24 @@ def register(name: str, summary: str) -> Callable[[Callable[[onnx.ModelProto], i
 
 
 def check_pass_names(names: tuple[str, ...]) -> None:
-    unknown = [n for n in names if n not in PASSES]
+    unknown = [n for n in names if n not in PASSES and n not in GROUPS]
     if unknown:
-        raise InputError(f"unknown graph pass '{unknown[0]}'; choose from {', '.join(PASSES)}, or none")
+        raise InputError(f"unknown graph pass '{unknown[0]}'; choose from {', '.join((*PASSES, *GROUPS))}, or none")
+
+
+def expand_pass_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` with each group replaced by its passes (checked: an unknown name is one line)."""
+    check_pass_names(names)
+    return tuple(p for name in names for p in GROUPS.get(name, (name,)))
 
 
 def apply_passes(model: onnx.ModelProto, names: tuple[str, ...]) -> dict[str, int]:
-    """Run the passes ``names`` in order on ``model`` (in place): how many places each rewrote."""
-    check_pass_names(names)
-    return {name: PASSES[name].run(model) for name in names}
+    """Run the passes ``names`` (groups expanded) in order on ``model`` (in place): how many places each
+    rewrote (a pass named twice: the sum)."""
+    counts: dict[str, int] = {}
+    for name in expand_pass_names(names):
+        counts[name] = counts.get(name, 0) + PASSES[name].run(model)
+    return counts
 
 
 def apply_passes_to_file(path: Path, names: tuple[str, ...]) -> dict[str, int]:
@@ -170,3 +184,7 @@ def stem_space_to_depth(model: onnx.ModelProto) -> int:
         del graph.initializer[:]
         graph.initializer.extend(kept)
     return rewrites
+
+
+# The deploy-fusion passes register themselves (and their group) here; they need ``register`` above.
+from . import deploy_fusion as _deploy_fusion  # noqa: E402, F401
