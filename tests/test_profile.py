@@ -80,10 +80,11 @@ def test_measurement_worker_failures_are_one_line(tmp_path, isolated_cache, inst
     from vncompile.api.request import BuildRequest, ModelSource
     from vncompile.core.errors import VncompileError
     from vncompile.pipeline.build import cached_build
+    from vncompile.pipeline.plan import resolve
     from vncompile.profiling.measure import measure
 
-    manifest, directory, _ = cached_build(BuildRequest(ModelSource(model_name="vanillanet_5", width=NARROW), "copy",
-                                                       verify=False))
+    manifest, directory, _ = cached_build(resolve(BuildRequest(ModelSource(model_name="vanillanet_5", width=NARROW),
+                                                               "copy", verify=False)))
     assert measure("copy", directory, manifest, warmup=0, runs=1, timeout_s=60)["latency"]["runs"] == 1
     with pytest.raises(VncompileError, match="killed by SIGSEGV"):
         measure("crash", directory, manifest, warmup=0, runs=1, timeout_s=60)
