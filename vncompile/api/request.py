@@ -21,8 +21,13 @@ from .tolerance import PRECISIONS, QUANTIZED, Tolerance, tolerances
 SIMPLIFIERS: tuple[str, ...] = ("onnxslim", "onnxsim", "none")
 DEFAULT_OPSET = 18
 RANDOM_SEED = 0  # untrained builds use seeded random weights, so they are reproducible
-# What ``onnxtools.quantize`` makes of an fp32 graph: part of the int8 ONNX's cache key.
-INT8_SCHEME = "qdq int8 symmetric, per-channel weights, float bias, minmax calibration, excluded nodes float"
+
+
+def int8_scheme(weight_bits: int) -> str:
+    """What ``onnxtools.quantize`` makes of an fp32 graph (``Target.int8_weight_bits``): part of the int8 ONNX's
+    cache key, and recorded in its manifest."""
+    return (f"qdq int8 symmetric, per-channel {weight_bits}-bit weights, float bias, minmax calibration, excluded "
+            "nodes float")
 
 
 @dataclass(frozen=True)
@@ -181,9 +186,10 @@ class BuildRequest:
                         "options": self.options.key_fields(), "toolchain": toolchain, "onnx": onnx_key})
 
     def onnx_key(self, form: str, checkpoint_sha256: str | None, toolchain: dict[str, str | None],
-                 fit_judge: str | None = None, graph_passes: tuple[str, ...] = ()) -> str:
+                 fit_judge: str | None = None, graph_passes: tuple[str, ...] = (), int8_weight_bits: int = 8) -> str:
         """What the target-independent stages depend on: no target, only the ONNX form it asked for (and,
-        for --fit-memory, the target whose compiler judges the tiling, ``fit_judge``, if any)."""
+        for --fit-memory, the target whose compiler judges the tiling, ``fit_judge``, if any; for int8, its
+        weights' bits)."""
         int8, options = form == "int8-qdq", self.options
         preprocessing = options.preprocessing()
         calibration = SYNTHETIC if options.calibration == SYNTHETIC else options.calibration_sha256
@@ -193,7 +199,7 @@ class BuildRequest:
                                        else None)
         keyed = {"io_dtype": options.io_dtype if form == "fp16" else None,
                  "int8": {"calibration": calibration, "size": options.calibration_size, "keep_fp32": options.keep_fp32,
-                          "scheme": INT8_SCHEME, "preprocessing": preprocessing} if int8 else None,
+                          "scheme": int8_scheme(int8_weight_bits), "preprocessing": preprocessing} if int8 else None,
                  "eval": {"images": options.eval_sha256, "preprocessing": preprocessing} if options.eval_data else None,
                  "verify_images": {"images": real, "preprocessing": preprocessing} if real and self.verify else None,
                  # The tiling is chosen at the build's element size and, with a judge, by its compiler's settings.

@@ -78,7 +78,7 @@ def _keys(request: BuildRequest, target: Target) -> _Keys:
     form = target.onnx_form(request.precision)
     judge = target.name if target.plans_memory else None  # its compiler judges --fit-memory's tiling
     onnx_key = request.onnx_key(form, checkpoint_sha256, core if judge is None else toolchain, judge,
-                                graph_passes_for(request, target))
+                                graph_passes_for(request, target), target.int8_weight_bits)
     return _Keys(request.cache_key(checkpoint_sha256, toolchain, onnx_key), onnx_key, toolchain, checkpoint_sha256)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..api.request import BuildRequest, InputShape
+from ..api.request import BuildRequest, InputShape, int8_scheme
 from ..api.target import Target
 from ..api.tolerance import QUANTIZED, Tolerance
 from ..core.errors import InputError, VerificationError
@@ -186,11 +186,12 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
         # Every graph in the order that frees memory soonest (a tiled one: strip after strip), the order
         # the analytic plan assumes and the one rknn's compiler itself chooses.
         depth_first_order(simplified_onnx)
+    weight_bits = get_target(request.target).int8_weight_bits
     if form == "int8-qdq":
         with timings.stage("quantize"):
             calibration = calibration_set(request.options, request.shape)
             quantize_qdq(simplified_onnx, model_onnx, calibration,
-                         layers_to_keep(simplified_onnx, request.options.keep_fp32))
+                         layers_to_keep(simplified_onnx, request.options.keep_fp32), weight_bits=weight_bits)
             # Where int8 departs from fp32, layer by layer, on real images when there are some.
             probe = calibration if eval_set is None else eval_set.inputs
             write_layers(layer_errors(simplified_onnx, model_onnx, probe[:LAYER_INPUTS]), directory / LAYERS_CSV)
@@ -218,6 +219,7 @@ def _run(request: BuildRequest, form: str, key: str, directory: Path, timings: S
             else None,
             "fit_memory": fitted,  # --fit-memory: the tiling chosen, its planned peak and extra MACs
             "graph_passes": rewritten,  # each exact rewrite applied, and how many places it changed
+            "int8_scheme": int8_scheme(weight_bits) if form == "int8-qdq" else None,
         },
         "classifier": classifier,
         "output_names": names,
