@@ -15,8 +15,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import NARROW, one_line_error, random_network
 from vncompile.core.errors import OutputError
@@ -264,3 +266,175 @@ def test_a_full_disk_under_ci_leaves_nothing(small_disk, run_cli, tmp_path):
     assert result.code == 1
     assert one_line_error(result) == f"error: cannot write output {out}: no space left on device"
     assert sorted(os.listdir(small_disk)) == ["filler"]
+
+
+# ---------------------------------------------------------------- files a user hands over
+
+
+def analytic_build(run_cli, out: Path, *extra):
+    """The cheapest build that reads an evaluation set's images (the analytic planner runs nothing)."""
+    return run_cli("build", "--model", "vanillanet_5", "--width", W, "--target", "analytic", "--size", "64",
+                   "-o", out, *extra)
+
+
+def eval_set(tmp_path: Path, labels: str | bytes, names=("a.png", "b.png")) -> Path:
+    directory = tmp_path / "eval"
+    directory.mkdir()
+    for name in names:
+        Image.new("RGB", (8, 8), (200, 30, 30)).save(directory / name)
+    (directory / "labels.txt").write_bytes(labels if isinstance(labels, bytes) else labels.encode())
+    return directory
+
+
+@pytest.mark.parametrize("labels,message", [
+    ("a.png 0\nb.png 1\na.png 0\n", "labels.txt:3: a.png is listed twice (lines 1 and 3)"),
+    ("a.png 0\nb.png 1\n./a.png 2\n", "labels.txt:3: a.png is labelled 0 and 2 (lines 1 and 3)"),
+    ("a.png 0\n/etc/passwd 1\n", "labels.txt:2: /etc/passwd is outside"),
+    ("a.png 0\n../eval/b.png 1\n", "labels.txt:2: ../eval/b.png is outside"),
+    ("a.png 0\nsub/../../x.png 1\n", "labels.txt:2: sub/../../x.png is outside"),
+    (b"a.png 0\nb\xe9.png 1\n", "labels.txt:2: not UTF-8 text (byte 0xe9)"),
+    (b"\xff\xfea\x00", "labels.txt:1: not UTF-8 text (byte 0xff)"),  # UTF-16
+])
+def test_a_bad_label_file_is_one_line_naming_its_line(tmp_path, run_cli, labels, message):
+    directory = eval_set(tmp_path, labels)
+    result = analytic_build(run_cli, tmp_path / "b", "--eval-data", directory)
+    assert result.code == 2
+    assert one_line_error(result).startswith(f"error: {directory / message.split(':')[0]}:"), result.err
+    assert message in one_line_error(result)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_label_file_with_a_bom_and_a_csv_with_an_unclosed_quote(tmp_path, run_cli):
+    from vncompile.data.images import labelled_images
+
+    directory = eval_set(tmp_path, "\ufefffile label\na.png 1\nb.png 0\n".encode())  # Windows Notepad's UTF-8
+    assert labelled_images(directory).labels == (1, 0)
+    (directory / "labels.txt").unlink()
+    (directory / "labels.csv").write_bytes(b'a.png,0\n"b.png,1\n')
+    result = analytic_build(run_cli, tmp_path / "b", "--eval-data", directory)
+    assert result.code == 2 and f"{directory / 'labels.csv'}:2: not CSV" in one_line_error(result)
+
+
+def save_png16(path: Path, value: int) -> None:
+    Image.fromarray(np.full((16, 16), value, np.uint16)).save(path)  # a 16-bit grayscale PNG (mode I;16)
+
+
+def test_images_of_any_mode_and_bit_depth_are_scaled_to_8_bits(tmp_path):
+    from vncompile.data.preprocess import read_rgb
+
+    save_png16(tmp_path / "g16.png", 65535)
+    save_png16(tmp_path / "mid16.png", 32896)  # 128 * 257
+    assert np.asarray(Image.open(tmp_path / "g16.png")).dtype == np.uint16
+    assert np.asarray(read_rgb(tmp_path / "g16.png")).max() == 255
+    assert set(np.asarray(read_rgb(tmp_path / "mid16.png")).ravel()) == {128}  # not clipped to 255
+    for mode, fill in [("1", 1), ("L", 90), ("LA", (90, 10)), ("P", 3), ("RGBA", (1, 2, 3, 0)), ("CMYK", (0, 0, 0, 0)),
+                       ("I;16", 1000)]:
+        Image.new(mode, (8, 8), fill).save(tmp_path / f"{mode.replace(';', '')}.png" if mode != "CMYK" else
+                                           tmp_path / "cmyk.jpg")
+    for path in tmp_path.iterdir():
+        image = read_rgb(path)
+        assert image.mode == "RGB" and image.size in ((8, 8), (16, 16)), path
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20), "not a readable image"),
+    (lambda p: p.write_bytes(Path(p).with_name("ok.png").read_bytes()[:60]), "not a readable image"),
+    (lambda p: p.write_bytes(png_declaring(100_000, 100_000)), "declares more than 67,108,864 pixels"),
+    (lambda p: p.write_bytes(png_declaring(9000, 8000)), "declares more than 67,108,864 pixels"),
+])
+def test_an_unreadable_or_gigantic_image_is_one_line(tmp_path, run_cli, make, message):
+    directory = tmp_path / "eval" / "0"
+    directory.mkdir(parents=True)
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(directory / "ok.png")
+    make(directory / "bad.png")
+    result = analytic_build(run_cli, tmp_path / "b", "--eval-data", directory.parent)
+    assert result.code == 2
+    assert one_line_error(result).startswith(f"error: {directory / 'bad.png'}: {message}"), result.err
+    assert not (tmp_path / "b").exists()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG header declaring ``width`` x ``height`` pixels, without their data (a decompression bomb's first bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def npy_with(array) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+GOOD = np.zeros((3, 64, 64), np.float32)
+
+
+@pytest.mark.parametrize("data,message", [
+    (npy_with(np.array([{"a": 1}] * 3, dtype=object)), "a calibration array holds numbers, not object values"),
+    (npy_with(GOOD)[:-100], "not a readable .npy array"),
+    (npy_with(GOOD)[:8], "not a readable .npy array"),
+    (b"not an array at all", "not a readable .npy array"),
+    (npy_with(np.where(np.arange(GOOD.size).reshape(GOOD.shape) == 5, np.nan, GOOD)),
+     "calibration array has 1 NaN or infinite value(s)"),
+    (npy_with(np.full_like(GOOD, np.inf)), "calibration array has 12,288 NaN or infinite value(s)"),
+    (npy_with(np.zeros((3, 32, 32), np.float32)), "calibration array has shape (3, 32, 32), expected (3, 64, 64)"),
+    (npy_with(np.zeros((3, 64, 64), np.complex64)), "a calibration array holds numbers, not complex64 values"),
+])
+def test_a_bad_calibration_array_is_one_line(tmp_path, run_cli, data, message):
+    calibration = tmp_path / "calib"
+    calibration.mkdir()
+    np.save(calibration / "good.npy", GOOD + 0.5)
+    (calibration / "bad.npy").write_bytes(data)
+    result = run_cli("build", "--model", "vanillanet_5", "--width", W, *SMALL, "--precision", "int8",
+                     "--calibration", calibration, "-o", tmp_path / "b")
+    assert result.code == 2
+    assert one_line_error(result).startswith(f"error: {calibration / 'bad.npy'}: {message}"), result.err
+    assert not (tmp_path / "b").exists()
+
+
+BOMB = ("target: onnxruntime\nprecision: fp32\nsizes: [64]\nrunner: x\nx0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+        + "".join(f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)) + "description: *a8\n")
+
+
+@pytest.mark.parametrize("text,message", [
+    (BOMB, "device.yaml:9: more than 100,000 values with its aliases expanded"),
+    ("target: onnxruntime\nprecision: fp32\nsizes: [64]\nrunner: x\noptions: " + "[" * 3000 + "]" * 3000 + "\n",
+     "device.yaml:5: nested deeper than 32 levels"),
+    ("target: onnxruntime\nprecision: fp32\nsizes: [64]\nrunner: x\ndescription: " + "{a: " * 40 + "1" + "}" * 40,
+     "device.yaml:5: nested deeper than 32 levels"),
+    ("description: caf\xe9\ntarget: onnxruntime\n".encode("latin-1"), "device.yaml:1: not UTF-8 text (byte 0xe9)"),
+    ("target: onnxruntime\nprecision: fp32\nsizes: [64]\nrunner: x\ndescription: *nowhere\n",
+     "device.yaml: not valid YAML"),
+])
+def test_a_hostile_device_config_fails_fast_in_one_line(tmp_path, run_cli, text, message):
+    import time
+
+    config = tmp_path / "device.yaml"
+    config.write_bytes(text if isinstance(text, bytes) else text.encode())
+    start = time.perf_counter()
+    result = run_cli("build", "--model", "vanillanet_5", "--width", W, "--device", config, "-o", tmp_path / "b")
+    assert result.code == 2 and time.perf_counter() - start < 10
+    assert one_line_error(result).startswith(f"error: {tmp_path / message}"), result.err
+
+
+def test_a_ci_matrix_not_in_utf8_and_an_aliased_one(tmp_path, run_cli):
+    matrix = tmp_path / "ci.yaml"
+    matrix.write_bytes("models: [vanillanet_5]\n# r\xe9sum\xe9\ndevices: [x86-onnxruntime-fp32]\n".encode("cp1252"))
+    result = run_cli("ci", matrix, "-o", tmp_path / "dist")
+    assert result.code == 2 and one_line_error(result) == f"error: {matrix}:2: not UTF-8 text (byte 0xe9); save it " \
+                                                          "as UTF-8"
+    # aliases within the bound are YAML as usual
+    from tests.test_ci import REPO
+
+    matrix.write_text(f"devices_dir: {REPO / 'configs' / 'devices'}\nmodels: &m [vanillanet_5]\n"
+                      "devices: [x86-onnxruntime-fp32]\noverrides: [{model: vanillanet_5, skip: true}]\n")
+    from vncompile.ci.matrix import load_ci_config
+
+    assert load_ci_config(matrix).cells == []

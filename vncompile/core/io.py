@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError, OutputExists
+from .errors import InputError, OutputError, OutputExists
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -190,6 +190,20 @@ def link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
+
+
+def read_user_text(path: Path) -> str:
+    """A text file the user hands over (a label file, a config): UTF-8 (a byte-order mark is dropped), or one line
+    naming the file, the line and the byte that is not."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as UTF-8") from None
 
 
 def write_json(path: Path, document: Any) -> None:
