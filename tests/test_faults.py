@@ -438,3 +438,27 @@ def test_a_ci_matrix_not_in_utf8_and_an_aliased_one(tmp_path, run_cli):
     from vncompile.ci.matrix import load_ci_config
 
     assert load_ci_config(matrix).cells == []
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int32, torch.uint8, torch.bool, torch.complex64])
+def test_weights_that_are_not_floating_point_are_refused(tmp_path, run_cli, dtype):
+    def quantized(sd):
+        for key in list(sd)[:5]:
+            if sd[key].is_floating_point():
+                sd[key] = sd[key].to(dtype)
+
+    ckpt = checkpoint_with(tmp_path, quantized)
+    result = run_cli("build", ckpt, "-o", tmp_path / "out", *SMALL)
+    assert result.code == 2
+    line = one_line_error(result)
+    kind = str(dtype).removeprefix("torch.")
+    assert line.startswith(f"error: {ckpt}: weights must be floating point") and f"stem1.0.weight ({kind})" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_float64_and_bfloat16_weights_are_accepted(tmp_path, run_cli):
+    for dtype in (torch.float64, torch.bfloat16):
+        ckpt = checkpoint_with(tmp_path, lambda sd, d=dtype: sd.update({k: v.to(d) for k, v in sd.items()
+                                                                          if v.is_floating_point()}))
+        result = run_cli("inspect", ckpt)
+        assert result.code == 0, result.err
