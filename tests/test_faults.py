@@ -9,6 +9,7 @@ half-written cache entry, so the same command succeeds once the fault is gone.
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import shutil
@@ -462,3 +463,63 @@ def test_float64_and_bfloat16_weights_are_accepted(tmp_path, run_cli):
                                                                           if v.is_floating_point()}))
         result = run_cli("inspect", ckpt)
         assert result.code == 0, result.err
+
+
+# ---------------------------------------------------------------- numbers that are not finite, JSON that is strict
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--fit-memory", "1e400"], "'--fit-memory': must be a memory size such as 1.2GB, 900MB or 512KB, got '1e400'"),
+    (["--fit-memory", "1e400KB"], "'--fit-memory': must be a memory size such as 1.2GB"),
+    (["--fit-memory", "nan"], "'--fit-memory': must be a memory size such as 1.2GB"),
+    (["--tolerance", "fp32=rel:1e400"], "--tolerance must look like"),
+    (["--tolerance", "fp32=rel:nan"], "--tolerance must look like"),
+    (["--tolerance", "int8=cosine:inf"], "--tolerance must look like"),
+    (["--mean", "nan,0,0"], "'--mean': must be three numbers"),
+    (["--std", "inf,1,1"], "'--std': must be three positive numbers"),
+    (["--max-top1-drop", "inf"], "'--max-top1-drop': must be a number of points >= 0, got 'inf'"),
+    (["--width", "nan"], "width must be in (0, 4], got nan"),
+    (["--act-learn", "nan"], "--act-learn must be in [0, 1], got nan"),
+])
+def test_numbers_that_are_not_finite_are_refused_where_parsed(tmp_path, run_cli, args, message):
+    result = run_cli("build", "--model", "vanillanet_5", "--target", "analytic", "--size", "64", "-o",
+                     tmp_path / "b", *args)
+    assert result.code == 2 and message in one_line_error(result), result.err
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("command", [["profile", "--timeout", "nan"], ["profile", "--timeout", "-1"],
+                                     ["ci", "configs/ci.yaml", "--timeout", "inf"]])
+def test_timeouts_that_are_not_finite_are_refused(tmp_path, run_cli, command, monkeypatch):
+    monkeypatch.chdir(Path(__file__).parents[1])
+    result = run_cli(*command, "-o", tmp_path / "out")
+    assert result.code == 2 and "'--timeout': must be a positive number of seconds" in one_line_error(result)
+
+
+def test_a_cache_bound_that_is_not_finite_is_refused(tmp_path, run_cli, monkeypatch):
+    monkeypatch.setenv("VNCOMPILE_CACHE_MAX_SIZE", "1e400GB")
+    result = run_cli("build", "--model", "vanillanet_5", "--width", W, *SMALL, "-o", tmp_path / "b")
+    assert result.code == 2 and "$VNCOMPILE_CACHE_MAX_SIZE must be a memory size" in one_line_error(result)
+
+
+def strict_json(text: str):
+    def refuse(constant):
+        raise AssertionError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_json_written_is_strict(tmp_path, run_cli):
+    """What a build and a profile write, and print with --json / --format json, parses without NaN or Infinity."""
+    build = run_cli("build", "--model", "vanillanet_5", "--width", W, *SMALL, "--fit-memory", "4MB", "--json",
+                    "-o", tmp_path / "b")
+    assert build.code == 0, build.err
+    strict_json(build.out)
+    profile = run_cli("profile", "--models", "vanillanet_5", "--width", W, "--targets", "analytic,onnxruntime",
+                      "--sizes", "64", "--runs", "1", "--warmup", "0", "--format", "json", "-o", tmp_path / "p")
+    assert profile.code == 0, profile.err
+    strict_json(profile.out)
+    written = sorted(tmp_path.rglob("*.json"))
+    assert {p.name for p in written} >= {"manifest.json", "profile.json"}
+    for path in written:
+        strict_json(path.read_text())

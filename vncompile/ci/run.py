@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import InputError, VncompileError
-from ..core.io import atomic_directory
+from ..core.io import atomic_directory, write_json
 from ..pipeline.build_process import BuildWorker
 from ..pipeline.cache import BuildCache, copy_tree, reading
 from .matrix import Cell
@@ -109,8 +109,7 @@ def build_cells(cells: list[Cell], dist: Path, *, jobs: int = 1, timeout_s: floa
 
 
 def write_reports(results: list[CellResult], dist: Path) -> None:
-    (dist / "index.json").write_text(json.dumps(
-        {"schema": INDEX_SCHEMA, "bundles": [r.as_index_entry() for r in results]}, indent=2) + "\n")
+    write_json(dist / "index.json", {"schema": INDEX_SCHEMA, "bundles": [r.as_index_entry() for r in results]})
     (dist / "SUMMARY.md").write_text(summary_markdown(results))
     ET.ElementTree(junit(results)).write(dist / "junit.xml", encoding="utf-8", xml_declaration=True)
 

@@ -206,5 +206,11 @@ def read_user_text(path: Path) -> str:
         raise InputError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as UTF-8") from None
 
 
+def json_text(document: Any) -> str:
+    """``document`` as strict JSON, indented: a NaN or an infinity (which only Python's parser reads back) is a bug,
+    raised here rather than written."""
+    return json.dumps(document, indent=2, allow_nan=False) + "\n"
+
+
 def write_json(path: Path, document: Any) -> None:
-    path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    path.write_text(json_text(document))

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
-from ..core.io import atomic_directory
+from ..core.io import atomic_directory, write_json
 from ..core.units import KB_PER
 
 BASELINE = "resnet50"
@@ -195,7 +194,7 @@ def write_profile(doc: dict[str, Any], directory: Path, force: bool = False) -> 
     """profile.json, .csv, .md and the plots, into ``directory`` atomically: (the files written, notes)."""
     notes, written = [], ["profile.json", "profile.csv", "profile.md"]
     with atomic_directory(directory, force=force) as tmp:
-        (tmp / "profile.json").write_text(json.dumps(doc, indent=2) + "\n")
+        write_json(tmp / "profile.json", doc)
         (tmp / "profile.csv").write_text(to_csv(doc))
         (tmp / "profile.md").write_text(to_markdown(doc))
         try:
