@@ -185,7 +185,10 @@ def test_unavailable_target_is_a_one_line_error(tmp_path, run_cli, plugins):
     (["--size", "224", "--input-shape", "1x3x224x224"], "give --size or --input-shape, not both"),
     (["--device", "GPU"], "no GPU provider here"),
     (["--simplifier", "magic"], "unknown simplifier 'magic'"),
-    (["--opset", "3"], "--opset must be between 7 and 23"),
+    (["--opset", "3"], "--opset must be between 18 and 23 (the opsets the ONNX export writes), got 3"),
+    (["--opset", "7"], "--opset must be between 18 and 23"),
+    (["--opset", "17"], "--opset must be between 18 and 23"),  # the exporter's graph cannot be converted down
+    (["--opset", "24"], "--opset must be between 18 and 23"),
     (["--act-learn", "2"], "--act-learn must be in [0, 1]"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, run_cli, args, message):
