@@ -251,7 +251,7 @@ def test_a_full_disk_under_profile_leaves_nothing(small_disk, run_cli):
 def test_the_os_reasons_root_cannot_provoke_here_are_worded(tmp_path, code, words):
     # Tests run as root, which may write anywhere: the refusal is raised where the OS would raise it.
     out = tmp_path / "out"
-    with pytest.raises(OutputError) as raised, atomic_directory(out) as tmp:
+    with pytest.raises(OutputError) as raised, atomic_directory(out, lambda _: False) as tmp:
         raise OSError(code, os.strerror(code), str(tmp / "model.onnx"))
     assert str(raised.value) == f"cannot write output {out}: {words}"
     assert os.listdir(tmp_path) == []
@@ -523,3 +523,71 @@ def test_every_json_written_is_strict(tmp_path, run_cli):
     assert {p.name for p in written} >= {"manifest.json", "profile.json"}
     for path in written:
         strict_json(path.read_text())
+
+
+# ---------------------------------------------------------------- --force replaces only what vncompile wrote
+
+
+def users_directory(tmp_path: Path, manifest: str | None = None) -> Path:
+    directory = tmp_path / "mine"
+    directory.mkdir()
+    (directory / "thesis.tex").write_text("years of work\n")
+    if manifest is not None:
+        (directory / "manifest.json").write_text(manifest)
+    return directory
+
+
+@pytest.mark.parametrize("manifest", [None, '{"name": "my app", "version": 3}', "not json", '["schema"]'])
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_force_never_replaces_a_directory_vncompile_did_not_write(tmp_path, run_cli, manifest, force):
+    directory = users_directory(tmp_path, manifest)
+    before = sorted(p.name for p in directory.iterdir())
+    result = run_cli("build", "--model", "vanillanet_5", "--width", W, *SMALL, "-o", directory, *force)
+    assert result.code == 2
+    assert one_line_error(result) == (f"error: {directory} is a directory vncompile did not write; an output replaces "
+                                      "only an empty directory or one vncompile wrote: choose another output, or "
+                                      "remove it yourself")
+    assert sorted(p.name for p in directory.iterdir()) == before and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_force_never_replaces_a_file_or_a_link(tmp_path, run_cli, kind, a_file):
+    target = users_directory(tmp_path)
+    out = a_file if kind == "file" else tmp_path / "link"
+    if kind == "symlink":
+        out.symlink_to(target)
+    result = run_cli("build", "--model", "vanillanet_5", "--width", W, *SMALL, "-o", out, "--force")
+    assert result.code == 2
+    assert one_line_error(result).startswith(f"error: {out} is a {'file' if kind == 'file' else 'symbolic link'};")
+    assert a_file.read_text() == "not a directory\n" and (target / "thesis.tex").is_file()
+
+
+def test_force_replaces_an_empty_directory_and_a_build(tmp_path, run_cli):
+    out = tmp_path / "empty"
+    out.mkdir()
+    build = ["build", "--model", "vanillanet_5", "--width", W, *SMALL, "-o", out]
+    assert "pass --force" in one_line_error(run_cli(*build))
+    assert run_cli(*build, "--force").code == 0
+    assert run_cli(*build, "--size", "96", "--force").code == 0  # another build replaces it
+    assert json.loads((out / "manifest.json").read_text())["input_shape"][-1] == 96
+
+
+@pytest.mark.parametrize("command", [
+    ["profile", "--models", "vanillanet_5", "--width", W, "--targets", "analytic", "--sizes", "64", "--runs", "1",
+     "--warmup", "0"],
+    ["ci", "{matrix}"],
+    ["ci", "--merge", "{shard}"],
+])
+def test_force_never_replaces_a_users_directory_with_a_profile_or_a_ci_run(tmp_path, run_cli, command):
+    from tests.test_ci import write_matrix
+
+    matrix = write_matrix(tmp_path, ["x86-onnxruntime-fp32"])
+    shard = tmp_path / "shard"
+    shard.mkdir()
+    (shard / "index.json").write_text('{"schema": 1, "bundles": []}')
+    directory = users_directory(tmp_path, '{"schema": 2, "rows": [], "bundles": []}')  # a document, not its own
+    (directory / "manifest.json").rename(directory / "notes.json")
+    args = [a.format(matrix=matrix, shard=shard) for a in command]
+    result = run_cli(*args, "-o", directory, "--force")
+    assert result.code == 2 and "is a directory vncompile did not write" in one_line_error(result)
+    assert (directory / "thesis.tex").read_text() == "years of work\n"

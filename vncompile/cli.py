@@ -416,6 +416,7 @@ def profile(checkpoints, models, width, act_num, target_list, sizes, features, p
     from .api.request import ModelSource
     from .core.io import refuse_existing
     from .profiling.profile import BACKBONE_SIZES, DEFAULT_MODELS, ProfileRequest, backbone_features, profilable_targets
+    from .profiling.reports import is_profile_output
     from .vanillanet.features import parse_features
 
     names = _names(models) if models else ([] if checkpoints else list(DEFAULT_MODELS))
@@ -441,7 +442,7 @@ def profile(checkpoints, models, width, act_num, target_list, sizes, features, p
     for name in targets:
         get_target(name)  # unknown names fail now, not after an hour of building
     if output is not None:
-        refuse_existing(output, force)
+        refuse_existing(output, force, is_profile_output)
     request = ProfileRequest(
         models=tuple(sources), targets=tuple(targets), sizes=tuple(sizes), precision=precision, batch=batch,
         warmup=warmup, runs=runs, timeout_s=timeout, options=options, memory_limit_kb=memory_limit,

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,9 +69,40 @@ def _remove_empty(directories: list[Path]) -> None:
             return  # not empty (someone else wrote there meanwhile) or gone: leave it
 
 
-def refuse_existing(path: Path, force: bool) -> None:
-    if path.exists() and not force:
+def refuse_existing(path: Path, force: bool, ours: Callable[[Path], bool] | None = None) -> None:
+    """Refuse to write over ``path`` unless ``force``. A directory output (``ours``: whether a directory holds what
+    vncompile writes there) is replaced only when it is empty or ``ours`` says so, with or without ``force``:
+    ``-o ~ --force`` must not empty a home directory."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if ours is not None:
+        refuse_foreign(path, ours)
+    if not force:
         raise OutputExists(f"{path} exists; pass --force to replace it")
+
+
+def refuse_foreign(path: Path, ours: Callable[[Path], bool]) -> None:
+    """Refuse ``path`` as a directory output to replace unless it is an empty directory or one ``ours`` recognizes."""
+    if path.is_symlink():
+        what = "a symbolic link"
+    elif not path.is_dir():
+        what = "a file"
+    elif not any(path.iterdir()) or ours(path):
+        return
+    else:
+        what = "a directory vncompile did not write"
+    raise OutputExists(f"{path} is {what}; an output replaces only an empty directory or one vncompile wrote: choose "
+                       "another output, or remove it yourself")
+
+
+def holds_document(directory: Path, name: str, *keys: str) -> bool:
+    """Whether ``directory`` holds the JSON object vncompile writes as ``name``, with its ``keys`` (what marks a
+    directory as an output of vncompile's)."""
+    try:
+        document = json.loads((directory / name).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and all(key in document for key in keys)
 
 
 @contextmanager
@@ -114,21 +145,23 @@ def atomic_file(path: Path, *, force: bool = False, what: str = "output") -> Ite
 
 
 @contextmanager
-def atomic_directory(path: Path, *, force: bool = False, what: str = "output") -> Iterator[Path]:
+def atomic_directory(path: Path, ours: Callable[[Path], bool], *, force: bool = False,
+                     what: str = "output") -> Iterator[Path]:
     """Yield an empty temporary directory beside ``path``; on success it becomes ``path``.
 
-    Replacing an existing directory is two renames, so readers never see a mix of the
-    old and new contents; the old one is deleted afterwards.
+    Replacing an existing directory (``force``) is two renames, so readers never see a mix of the
+    old and new contents; the old one is deleted afterwards. Only an empty directory or one that
+    ``ours`` recognizes as vncompile's is ever replaced (``refuse_existing``).
     """
     path = Path(path)
-    refuse_existing(path, force)
+    refuse_existing(path, force, ours)
     tmp = _sibling(path, "tmp")
     with _written(path, what, tmp) as created:
         created += _make_parents(path)
         tmp.mkdir()
         try:
             yield tmp
-            refuse_existing(path, force)
+            refuse_existing(path, force, ours)
             if path.exists():
                 old = _sibling(path, "old")
                 os.rename(path, old)

@@ -25,7 +25,7 @@ from ..api.tolerance import QUANTIZED
 from ..core.errors import InputError, OutputExists, VerificationError
 from ..core.hashing import sha256_file
 from ..core.host import toolchain_versions
-from ..core.io import atomic_directory, write_json
+from ..core.io import atomic_directory, refuse_foreign, write_json
 from ..data.evaluation import EvalSet, load_eval_set
 from ..onnxtools.layers import LAYERS_CSV, describe_layers, read_layers, worst_layers
 from ..onnxtools.simplify import SIMPLIFIER_PACKAGES
@@ -33,7 +33,7 @@ from ..targets import get_target, require_available
 from .accuracy import accuracy as accuracy_of
 from .accuracy import top1_drop
 from .cache import BuildCache, copy_tree, reading
-from .manifest import default_output_dir, figures, intact, new_manifest, read_manifest
+from .manifest import default_output_dir, figures, intact, is_bundle, new_manifest, read_manifest
 from .prepare import PREPARE_STAGES, PreparedOnnx, graph_passes_for, prepare, real_images, verify_inputs
 from .timing import SilentReporter, StageReporter, StageTimings
 from .verify import Verification, compare, summarize
@@ -57,6 +57,7 @@ def _check_output(out_dir: Path, key: str, force: bool) -> bool:
     manifest = read_manifest(out_dir)
     if manifest is not None and manifest.get("cache_key") == key and intact(out_dir, manifest):
         return True
+    refuse_foreign(out_dir, is_bundle)
     if not force:
         raise OutputExists(f"{out_dir} exists and holds a different build; pass --force to replace it")
     return False
@@ -133,7 +134,7 @@ def _publish(source_dir: Path, manifest: dict[str, Any], out_dir: Path | None, k
     out_dir = out_dir or default_output_dir(manifest)
     if _check_output(out_dir, key, force):
         return BuildOutcome(manifest, out_dir, cached=cached, up_to_date=True)
-    with atomic_directory(out_dir, force=True) as tmp:
+    with atomic_directory(out_dir, is_bundle, force=True) as tmp:
         copy_tree(source_dir, tmp)
     return BuildOutcome(manifest, out_dir, cached=cached)
 
