@@ -591,3 +591,73 @@ def test_force_never_replaces_a_users_directory_with_a_profile_or_a_ci_run(tmp_p
     result = run_cli(*args, "-o", directory, "--force")
     assert result.code == 2 and "is a directory vncompile did not write" in one_line_error(result)
     assert (directory / "thesis.tex").read_text() == "years of work\n"
+
+
+# ---------------------------------------------------------------- a killed build, a read-only cache
+
+
+def test_a_killed_builds_work_directory_is_removed_by_the_next_run(tmp_path, run_cli, monkeypatch, isolated_cache):
+    """SIGKILL skips every cleanup: the partial graphs stay until a later run finds their lock free."""
+    import signal
+    import sys
+    import tempfile
+    import time
+
+    from vncompile.core.io import ABANDONED_AFTER_S, work_root
+
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    root = work_root()
+    command = [sys.executable, "-m", "vncompile", "build", "--model", "vanillanet_5", "--width", W, *SMALL,
+               "-o", str(tmp_path / "killed")]
+    child = subprocess.Popen(command, env={**os.environ, "TMPDIR": str(tmp_path / "tmp"),
+                                           "PYTHONPATH": str(Path(__file__).parents[1])},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(root.glob("build-*/prepared/*.onnx")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    left = [p for p in root.iterdir() if p.is_dir()]
+    assert left and list(left[0].rglob("*.onnx")), "the build was not caught mid-way"
+    run_cli("build", "--model", "vanillanet_5", "--width", W, *SMALL, "-o", tmp_path / "b")
+    assert left[0].is_dir()  # a lock just created may belong to a run that has not taken it yet: spared
+    lock = left[0].with_name(left[0].name + ".lock")
+    os.utime(lock, (time.time() - ABANDONED_AFTER_S - 1,) * 2)
+    result = run_cli("build", "--model", "vanillanet_5", "--width", W, *SMALL, "--size", "96", "-o", tmp_path / "c")
+    assert result.code == 0, result.err
+    assert list(root.iterdir()) == []
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """``mount --bind -o ro``: a read-only view of a directory that even root cannot write (root ignores modes)."""
+    made = []
+
+    def view(directory: Path) -> Path:
+        mount_point = tmp_path / f"{directory.name}-ro"
+        mount_point.mkdir()
+        bound = subprocess.run(["mount", "--bind", "-o", "ro", str(directory), str(mount_point)], capture_output=True)
+        if bound.returncode != 0:
+            pytest.skip(f"cannot bind-mount read-only here: {bound.stderr.decode().strip()}")
+        made.append(mount_point)
+        return mount_point
+
+    yield view
+    for mount_point in made:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_read_only_cache_still_serves_its_builds(tmp_path, run_cli, monkeypatch, isolated_cache, read_only):
+    build = ["build", "--model", "vanillanet_5", "--width", W, *SMALL]
+    assert run_cli(*build, "-o", tmp_path / "a").code == 0
+    cache = read_only(isolated_cache)
+    with pytest.raises(OSError):
+        (cache / "probe").write_text("x")
+    monkeypatch.setenv("VNCOMPILE_CACHE_DIR", str(cache))
+    hit = run_cli(*build, "--json", "-o", tmp_path / "b")
+    assert hit.code == 0, hit.err
+    assert (tmp_path / "a" / "model.onnx").read_bytes() == (tmp_path / "b" / "model.onnx").read_bytes()
+    miss = run_cli(*build, "--size", "96", "-o", tmp_path / "c")  # what it does not hold cannot be stored there
+    assert miss.code == 1 and one_line_error(miss).startswith(f"error: cannot write build cache entry {cache}/")
+    assert not (tmp_path / "c").exists()

@@ -12,6 +12,8 @@ import errno
 import json
 import os
 import shutil
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -177,6 +179,59 @@ def atomic_directory(path: Path, ours: Callable[[Path], bool], *, force: bool = 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+# A work directory's lock is created an instant before it is taken: one this old and free was left by a killed run.
+ABANDONED_AFTER_S = 60.0
+
+
+def work_root() -> Path:
+    """Where this user's work directories live (under the system's temporary directory)."""
+    user = f"-{os.getuid()}" if hasattr(os, "getuid") else ""
+    return Path(tempfile.gettempdir()) / f"vncompile{user}"
+
+
+@contextmanager
+def work_directory(prefix: str, parent: Path | None = None) -> Iterator[Path]:
+    """A scratch directory under ``parent`` (``work_root()``), removed on any exit.
+
+    Its lock (``<name>.lock`` beside it) is held while it is in use. A run killed before it could remove its
+    directory (SIGKILL, a lost machine) leaves a free lock: the next call removes what it guarded (full-size
+    builds leave gigabytes of partial graphs).
+    """
+    parent = parent or work_root()
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(exc, parent, "work directory") from None
+    _remove_abandoned(parent, prefix)
+    name = f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    lock, directory = parent / f"{name}.lock", parent / name
+    with file_lock(lock, what="work directory lock"):
+        try:
+            directory.mkdir()
+            yield directory
+        except OSError as exc:
+            if _concerns(exc, directory):
+                raise output_error(exc, directory, "work directory") from None
+            raise
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+
+
+def _remove_abandoned(parent: Path, prefix: str) -> None:
+    now = time.time()
+    for lock in parent.glob(f"{prefix}*.lock"):
+        try:
+            if now - lock.stat().st_mtime < ABANDONED_AFTER_S:
+                continue
+            with try_file_lock(lock, what="work directory lock") as free:
+                if free:
+                    shutil.rmtree(lock.with_suffix(""), ignore_errors=True)
+                    lock.unlink(missing_ok=True)
+        except (OSError, OutputError):  # removed by another run meanwhile, or not ours to remove
+            continue
+
+
 @contextmanager
 def file_lock(path: Path, what: str = "lock file", *, shared: bool = False) -> Iterator[None]:
     """An exclusive lock between processes, held while the block runs (flock on ``path``); ``shared``: one that
@@ -192,13 +247,25 @@ def try_file_lock(path: Path, what: str = "lock file") -> Iterator[bool]:
         yield held
 
 
+# A directory nobody may write to (a read-only cache): no process can change what the lock guards.
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 @contextmanager
 def _flock(path: Path, what: str, wait: bool, shared: bool = False) -> Iterator[bool]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "w")  # noqa: SIM115 - closed below, after the translation of its failure
+        handle = open(path, "a")  # noqa: SIM115 - closed below, after the translation of its failure
     except OSError as exc:
-        raise output_error(exc, path, what) from None
+        if exc.errno not in _READ_ONLY:
+            raise output_error(exc, path, what) from None
+        # Read-only: lock the existing file through a read handle (flock needs no write access); with none to
+        # lock, nobody can write what it guards, so there is nothing to exclude.
+        try:
+            handle = open(path)  # noqa: SIM115
+        except OSError:
+            yield True
+            return
     with handle:
         try:
             import fcntl

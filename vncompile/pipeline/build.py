@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..api.tolerance import QUANTIZED
 from ..core.errors import InputError, OutputExists, VerificationError
 from ..core.hashing import sha256_file
 from ..core.host import toolchain_versions
-from ..core.io import atomic_directory, refuse_foreign, write_json
+from ..core.io import atomic_directory, refuse_foreign, work_directory, write_json
 from ..data.evaluation import EvalSet, load_eval_set
 from ..onnxtools.layers import LAYERS_CSV, describe_layers, read_layers, worst_layers
 from ..onnxtools.simplify import SIMPLIFIER_PACKAGES
@@ -120,10 +119,10 @@ def _ensure_built(request: BuildRequest, keys: _Keys, cache: BuildCache,
     if manifest is not None:
         return manifest, True
     # The build reads its ONNX entry until it ends (the reference outputs, at verification): read-locked.
-    with tempfile.TemporaryDirectory(prefix="vncompile-build-") as work, reading(cache.entry(keys.onnx, "onnx")):
-        bundle = Path(work) / "bundle"
+    with work_directory("build-") as work, reading(cache.entry(keys.onnx, "onnx")):
+        bundle = work / "bundle"
         bundle.mkdir()
-        manifest = _run(request, require_available(request.target), keys, cache, Path(work), bundle,
+        manifest = _run(request, require_available(request.target), keys, cache, work, bundle,
                         reporter or SilentReporter())
         cache.store(keys.build, bundle)
     return manifest, False
