@@ -139,6 +139,9 @@ class BuildRequest:
     verify: bool = True
     options: TargetOptions = TargetOptions()
     tolerance: tuple[tuple[str, Tolerance], ...] = ()  # the user's overrides of the default tolerances
+    # Built for a device that need not be this host (a ci cell, built on whatever runner picks it up): a device or a
+    # precision this host lacks is built all the same and verified as far as it can be here; the manifest says how.
+    cross: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -188,7 +191,8 @@ class BuildRequest:
         """Everything a finished build depends on: the request, the toolchain, and the ONNX it compiled
         (``onnx_key``: also what the request leaves to the target, such as its default graph passes)."""
         return _digest({**self._identity(checkpoint_sha256), "target": self.target, "precision": self.precision,
-                        "options": self.options.key_fields(), "toolchain": toolchain, "onnx": onnx_key})
+                        "options": self.options.key_fields(), "toolchain": toolchain, "onnx": onnx_key,
+                        "cross": self.cross})
 
     def onnx_key(self, form: str, checkpoint_sha256: str | None, toolchain: dict[str, str | None],
                  fit_judge: str | None = None, graph_passes: tuple[str, ...] = (), int8_weight_bits: int = 8) -> str:
