@@ -210,3 +210,33 @@ def test_existing_output_needs_force(tmp_path, run_cli):
     assert again.code == 2 and "--force" in one_line_error(again)
     assert run_cli("ci", path, "-o", tmp_path / "dist", "--force").code == 0
     shutil.rmtree(tmp_path / "dist")
+
+
+def test_a_cell_for_a_device_this_host_is_not_builds_and_verifies_what_it_can(tmp_path, run_cli):
+    """The shipped fp16 OpenVINO cell (fp16 weights for a Sapphire Rapids CPU) on any x86 runner: where the CPU
+    has no fp16 arithmetic the IR is verified computing in f32 and the manifest says so; the run passes. A build
+    for this host's own CPU (build --device) still refuses a precision it cannot compute."""
+    from vncompile.targets.openvino import has_arithmetic
+
+    assert all(cell.request.cross for cell in load_ci_config(REPO / "configs" / "ci.yaml").cells)
+    path = write_matrix(tmp_path, ["intel-cpu-openvino-fp16"])
+    result = run_cli("ci", path, "-o", tmp_path / "dist")
+    assert result.code == 0, result.err
+    index = {b["device"]: b for b in json.loads((tmp_path / "dist" / "index.json").read_text())["bundles"]}
+    assert {b["status"] for b in index.values()} == {"ok"}
+    bundle = tmp_path / "dist" / index["intel-cpu-openvino-fp16"]["path"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["verification"]["passed"] and 'element_type="f16"' in (bundle / "model.xml").read_text()
+    facts = manifest["target"]["facts"]
+    assert facts["inference_precision_hint"] == "f16"  # what the device runs (load_model.py applies it)
+    if has_arithmetic("fp16"):
+        assert "verified_here" not in facts and index["intel-cpu-openvino-fp16"]["reason"] is None
+    else:
+        assert facts["verified_here"] == {"device": "CPU", "inference_precision_hint": "f32"}
+        assert manifest["notice"] == index["intel-cpu-openvino-fp16"]["reason"]
+        assert "verified on its CPU computing in f32" in manifest["notice"]
+        assert "verified on its CPU computing in f32" in (tmp_path / "dist" / "SUMMARY.md").read_text()
+        direct = run_cli("build", "--model", "vanillanet_5", "--width", str(NARROW), "--device",
+                         REPO / "configs" / "devices" / "intel-cpu-openvino-fp16.yaml", "--size", "96",
+                         "-o", tmp_path / "here")
+        assert direct.code == 2 and "has no fp16 arithmetic" in one_line_error(direct)

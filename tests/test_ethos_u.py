@@ -93,7 +93,6 @@ def test_the_converter_starts_from_the_verified_graph(run_cli, tmp_path, ethos_u
                                                      "Ethos-U than ethos-u65-256"),
     (["--memory-mode", "Lots"], "unknown --memory-mode 'Lots'"),
     (["--batch", "2"], "ethos-u builds batch 1"),
-    (["--opset", "11"], "ethos-u reads ONNX opset >= 13"),
 ])
 def test_requests_ethos_u_cannot_honour_are_one_line(run_cli, tmp_path, args, message):
     result = run_cli("build", "--model", "vanillanet_5", "--width", NARROW, "--target", "ethos-u", "--size", "64",

@@ -113,6 +113,7 @@ def test_shortcuts_cost_memory_in_real_resnet50_graphs(tmp_path):
     """ResNet-50 peaks at a projection shortcut's add; plain-CNN-50 holds only one map in and one out."""
     from tests.conftest import random_network
     from vncompile.api.request import InputShape
+    from vncompile.pipeline.families import family_of
     from vncompile.pipeline.stages import LoadedModel, export_onnx
     from vncompile.vanillanet.archs import ModelSpec
     from vncompile.vanillanet.checkpoint import ActLearn
@@ -120,7 +121,8 @@ def test_shortcuts_cost_memory_in_real_resnet50_graphs(tmp_path):
     plans = {}
     for name in ("resnet50", "plain_cnn_50"):
         net = random_network(name, 0.25).eval()
-        loaded = LoadedModel(ModelSpec(name, 0.25), net, ActLearn(1.0, "untrained", ""), None)
+        spec = ModelSpec(name, 0.25)
+        loaded = LoadedModel(spec, net, ActLearn(1.0, "untrained", ""), None, family_of(spec, ()))
         path = export_onnx(loaded, InputShape(1, 3, 128, 128), tmp_path / f"{name}.onnx", opset=18, dynamic=False)
         plans[name] = plan_memory(onnx.load(str(path)))
     resnet, plain = plans["resnet50"], plans["plain_cnn_50"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from PIL import Image
 from tests.conftest import one_line_error
 from vncompile.api.options import TargetOptions
 from vncompile.api.request import InputShape
+from vncompile.core.host import cpu_features
 from vncompile.data.calibration import calibration_samples, sample
 from vncompile.data.images import find_images, labelled_images
 from vncompile.data.preprocess import Preprocessing
@@ -107,8 +110,35 @@ def test_int8_with_real_calibration_keeps_top1_within_a_point(tmp_path, run_cli,
     accuracy = manifest["accuracy"]
     assert accuracy["reference"]["top1"] - accuracy["target"]["top1"] <= 1.0
     assert manifest["verification"]["passed"]
+    assert manifest["verification"]["host"]["cpu_features"] == cpu_features()  # what it was verified on
     if target != "rknn":  # the Q/DQ graph's report (rknn quantizes in its own compiler)
         assert {a["role"] for a in manifest["artifacts"]} >= {"int8-layers"}
+        # 7-bit weights: no 16-bit saturation on x86 CPUs without VNNI (api.target.Target.int8_weight_bits)
+        assert "per-channel 7-bit weights" in manifest["model"]["int8_scheme"]
+
+
+AVX2_ONLY = ["qemu-x86_64", "-cpu", "Haswell"]  # Debian's qemu-user: an x86-64 CPU without AVX-512, VNNI or bf16
+
+
+@pytest.mark.skipif(shutil.which(AVX2_ONLY[0]) is None, reason="needs qemu-user (apt-get install qemu-user)")
+def test_the_int8_artifact_computes_the_same_on_a_cpu_without_vnni(tmp_path, run_cli):
+    """The onnxruntime int8 bundle, run natively and on an emulated AVX2-only CPU: the same outputs (with 8-bit
+    weights the saturating kernels there moved the cosine from 0.998 to 0.989)."""
+    result, _ = build(run_cli, tmp_path / "b", "--target", "onnxruntime", "--precision", "int8", "--calibration",
+                      CALIBRATION, "--calibration-size", "100", "--no-verify")
+    assert result.code == 0, result.err
+    images = labelled_images(HELDOUT)
+    np.save(tmp_path / "x.npy", Preprocessing().load_many(list(images.paths[::6]), 64, 64))
+    script = ("import sys, numpy as np, onnxruntime as ort\n"
+              "s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n"
+              "x = np.load(sys.argv[2])\n"
+              "np.save(sys.argv[3], np.concatenate([s.run(None, {'input': x[i:i + 1]})[0] for i in range(len(x))]))\n")
+    args = [sys.executable, "-c", script, tmp_path / "b" / "model.optimized.onnx", tmp_path / "x.npy"]
+    subprocess.run([*map(str, args), tmp_path / "native.npy"], check=True)
+    subprocess.run([*AVX2_ONLY, *map(str, args), tmp_path / "avx2.npy"], check=True, capture_output=True)
+    native, avx2 = np.load(tmp_path / "native.npy"), np.load(tmp_path / "avx2.npy")
+    cosine = float(np.sum(native * avx2) / np.linalg.norm(native) / np.linalg.norm(avx2))
+    assert cosine > 0.9999 and (native.argmax(1) == avx2.argmax(1)).all()
 
 
 def test_int8_of_a_checkpoint_without_calibration_is_refused(tmp_path, run_cli):

@@ -22,7 +22,7 @@ from .api.options import TargetOptions
 from .api.request import InputShape
 from .api.tolerance import parse_tolerance
 from .core.errors import InputError, VncompileError
-from .core.schema import IntList, Kind, MemorySize, OneOf, PathKind, PositiveInt, settings_of
+from .core.schema import IntList, Kind, MemorySize, OneOf, PathKind, PositiveInt, PositiveNumber, settings_of
 
 
 def _fail(message: str, code: int) -> None:
@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _print_json(document: Any) -> None:
-    click.echo(json.dumps(document, indent=2))
+    from .core.io import json_text
+
+    click.echo(json_text(document), nl=False)
 
 
 # ---------------------------------------------------------------- parameter types: the command line declares,
@@ -108,6 +110,7 @@ def KindParam(kind: Kind, name: str) -> TextParam:  # noqa: N802 - a click type,
 POSITIVE = KindParam(PositiveInt(), "integer")
 SIZES = KindParam(IntList("comma-separated positive integers, e.g. 256,384,512"), "sizes")
 MEMORY_SIZE = KindParam(MemorySize(), "size")
+SECONDS = KindParam(PositiveNumber("a positive number of seconds"), "seconds")
 SHAPE = TextParam(InputShape.parse, "NxCxHxW")
 TOLERANCE = TextParam(parse_tolerance, "PRECISION=rel:X|cosine:X")
 
@@ -400,7 +403,7 @@ def targets(as_json) -> None:
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="untimed runs before timing")
 @click.option("--runs", type=POSITIVE, default=20, show_default=True, help="timed runs")
 @click.option("--memory-limit", type=MEMORY_SIZE, help="mark rows needing more as oom, e.g. 1.2GB (1 KB = 1024 B)")
-@click.option("--timeout", type=float, default=900, show_default=True,
+@click.option("--timeout", type=SECONDS, default=900, show_default=True,
               help="seconds per cell's build, and again per its measurement")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table",
               show_default=True, help="what to print on stdout")
@@ -419,6 +422,7 @@ def profile(checkpoints, models, width, act_num, target_list, sizes, features, p
     from .api.request import ModelSource
     from .core.io import refuse_existing
     from .profiling.profile import BACKBONE_SIZES, DEFAULT_MODELS, ProfileRequest, backbone_features, profilable_targets
+    from .profiling.reports import is_profile_output
     from .vanillanet.features import parse_features
 
     names = _names(models) if models else ([] if checkpoints else list(DEFAULT_MODELS))
@@ -444,7 +448,7 @@ def profile(checkpoints, models, width, act_num, target_list, sizes, features, p
     for name in targets:
         get_target(name)  # unknown names fail now, not after an hour of building
     if output is not None:
-        refuse_existing(output, force)
+        refuse_existing(output, force, is_profile_output)
     request = ProfileRequest(
         models=tuple(sources), targets=tuple(targets), sizes=tuple(sizes), precision=precision, batch=batch,
         warmup=warmup, runs=runs, timeout_s=timeout, options=options, memory_limit_kb=memory_limit,
@@ -509,7 +513,7 @@ def _run_profile(request, fmt: str, output: Path | None, force: bool) -> dict[st
 @click.option("--cell", help="only this cell (model/device/size, as --emit-matrix lists them)")
 @click.option("--jobs", type=POSITIVE, default=1, show_default=True,
               help="cells built in parallel on this machine")
-@click.option("--timeout", type=float, default=3600, show_default=True, help="seconds per cell")
+@click.option("--timeout", type=SECONDS, default=3600, show_default=True, help="seconds per cell")
 @click.option("--emit-matrix", type=click.Choice(["github"]), help="print the CI job matrix and exit")
 @click.option("--cells-per-job", type=POSITIVE, default=8, show_default=True, help="with --emit-matrix")
 @click.option("--merge", "merge_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),

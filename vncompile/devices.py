@@ -20,6 +20,7 @@ from .api.options import TargetOptions, options_from_document
 from .api.request import BuildRequest, InputShape, ModelSource
 from .api.tolerance import PRECISIONS, Tolerance, ToleranceKind
 from .core.errors import InputError
+from .core.io import read_user_text
 from .core.schema import (
     Flag,
     IntList,
@@ -96,15 +97,49 @@ class DeviceConfig:
         return BuildRequest(source, shape=shape, dynamic=dynamic, options=options, **fields)
 
 
+# A config's size once its aliases are expanded, and its nesting, bounded before anything is built from it: a few
+# lines of aliases can stand for billions of values, and the parser recurses once per level.
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 32
+
+
 def read_yaml(path: Path) -> Any:
+    text = read_user_text(path)
     try:
-        return yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+        _check_yaml_size(text, path)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise InputError(f"{path}: not valid YAML{where}") from None
+
+
+def _check_yaml_size(text: str, path: Path) -> None:
+    """Walk the parser's events (no values built, no recursion): refuse nesting deeper than ``MAX_YAML_DEPTH`` and
+    more than ``MAX_YAML_VALUES`` values with every alias expanded (each counts the values of its anchor)."""
+    open_: list[list[Any]] = []  # per open collection: [values inside it so far, its anchor]
+    anchored: dict[str, int] = {}  # values an anchor stands for
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_.append([1, event.anchor])
+            if len(open_) > MAX_YAML_DEPTH:
+                raise InputError(f"{path}:{event.start_mark.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels")
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            count, anchor = open_.pop()
+        elif isinstance(event, yaml.AliasEvent):
+            count, anchor = anchored.get(event.anchor, 1), None
+        elif isinstance(event, yaml.ScalarEvent):
+            count, anchor = 1, event.anchor
+        else:
+            continue
+        if anchor is not None:
+            anchored[anchor] = count
+        if open_:
+            open_[-1][0] += count
+        if sum(c for c, _ in open_) + (0 if open_ else count) > MAX_YAML_VALUES:  # every value so far
+            raise InputError(f"{path}:{event.start_mark.line + 1}: more than {MAX_YAML_VALUES:,} values with its "
+                             "aliases expanded (an alias bomb?)")
 
 
 def load_device_config(path: Path) -> DeviceConfig:

@@ -157,6 +157,12 @@ class Target(abc.ABC):
     # measured to help its compiler.
     graph_passes: ClassVar[tuple[str, ...]] = ()
     why_no_runtime_profiles: ClassVar[str] = "it has no session settings to choose"
+    # The bits of a Q/DQ int8 graph's weights (``onnxtools.quantize``): 7 for an artifact any x86 CPU runs alike.
+    # Without VNNI, x86 int8 kernels (ONNX Runtime's, oneDNN's) sum pairs of u8 x s8 products in saturating 16 bits,
+    # which 7-bit weights cannot reach (2 x 255 x 64 < 2**15). Measured on the digits model at 64 (test_real_data),
+    # cosine to the float64 reference: 8-bit weights 0.9984 with VNNI, 0.9892 (ONNX Runtime) / 0.9915 (OpenVINO) on
+    # an AVX2-only CPU (qemu-x86_64 -cpu Haswell); 7-bit weights 0.9973 on both, the same outputs either way.
+    int8_weight_bits: ClassVar[int] = 8
     # Its own options: a frozen dataclass of ``core.schema.setting`` fields, each declaring its flag, help and
     # what it affects (the cache keys). The command line's flags, device configs' validation and the refusal of
     # options another target owns all derive from it; the build hands the values over as an instance.

@@ -80,7 +80,7 @@ def parse_tolerance(text: str) -> tuple[str, Tolerance]:
             except ValueError:
                 break
         else:
-            if values and all(v > 0 for v in values.values()) and values.get("cosine", 0) <= 1:
+            if values and all(0 < v < math.inf for v in values.values()) and values.get("cosine", 0) <= 1:
                 return precision, Tolerance(**values)
     raise InputError(f"--tolerance must look like fp16=rel:3e-2 or int8=cosine:0.98 (precisions: "
                      f"{', '.join(PRECISIONS)}), got '{text}'")

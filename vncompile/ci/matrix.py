@@ -164,7 +164,9 @@ def load_ci_config(path: Path) -> CiConfig:
                     sizes = o.sizes
             # A dynamic device is one build covering all its sizes.
             for size in sizes[:1] if device.dynamic else sizes:
-                request = device.build_request(model.source, size, verify=document.verify, sizes=tuple(sizes))
+                # A cell is built for its device on whichever runner takes it: maybe not that device.
+                request = device.build_request(model.source, size, verify=document.verify, sizes=tuple(sizes),
+                                               cross=True)
                 cell = _cell(model, device, size, request,
                              [o for o in overrides if o.matches(model.label, device.name, size)], path)
                 if cell is not None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import InputError, VncompileError
-from ..core.io import atomic_directory
+from ..core.io import atomic_directory, holds_document, write_json
 from ..pipeline.build_process import BuildWorker
 from ..pipeline.cache import BuildCache, copy_tree, reading
 from .matrix import Cell
@@ -109,8 +109,7 @@ def build_cells(cells: list[Cell], dist: Path, *, jobs: int = 1, timeout_s: floa
 
 
 def write_reports(results: list[CellResult], dist: Path) -> None:
-    (dist / "index.json").write_text(json.dumps(
-        {"schema": INDEX_SCHEMA, "bundles": [r.as_index_entry() for r in results]}, indent=2) + "\n")
+    write_json(dist / "index.json", {"schema": INDEX_SCHEMA, "bundles": [r.as_index_entry() for r in results]})
     (dist / "SUMMARY.md").write_text(summary_markdown(results))
     ET.ElementTree(junit(results)).write(dist / "junit.xml", encoding="utf-8", xml_declaration=True)
 
@@ -143,12 +142,17 @@ def junit(results: list[CellResult]) -> ET.Element:
     return suite
 
 
+def is_ci_output(directory: Path) -> bool:
+    """Whether ``directory`` holds bundles ``vncompile ci`` wrote (its index): one ``ci -o DIR --force`` replaces."""
+    return holds_document(directory, "index.json", "schema", "bundles")
+
+
 def run_ci(cells: list[Cell], out: Path, *, jobs: int = 1, force: bool = False, timeout_s: float = 3600.0,
            on_result: Callable[[CellResult], None] | None = None) -> list[CellResult]:
     """Build ``cells`` into ``out`` (written atomically) and write the index, summary and JUnit."""
     if not cells:
         raise InputError("the selection has no cells to build")
-    with atomic_directory(out, force=force) as tmp:
+    with atomic_directory(out, is_ci_output, force=force) as tmp:
         results = build_cells(cells, tmp, jobs=jobs, timeout_s=timeout_s, on_result=on_result)
         write_reports(results, tmp)
     return results
@@ -157,7 +161,7 @@ def run_ci(cells: list[Cell], out: Path, *, jobs: int = 1, force: bool = False, 
 def merge(shards: list[Path], out: Path, force: bool = False) -> list[CellResult]:
     """One ``dist/`` from several shards' outputs (the CI's last job): bundles, index, summary, JUnit."""
     results: list[CellResult] = []
-    with atomic_directory(out, force=force) as tmp:
+    with atomic_directory(out, is_ci_output, force=force) as tmp:
         for shard in shards:
             try:
                 index = json.loads((shard / "index.json").read_text())

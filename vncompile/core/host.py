@@ -44,6 +44,39 @@ def total_memory_bytes() -> int | None:
     return None if kb is None else kb * 1024
 
 
+# The x86 instruction-set extensions that change what an artifact computes, as /proc/cpuinfo names them: without
+# VNNI, int8 kernels sum u8 x s8 pairs in saturating 16 bits (vpmaddubsw); bf16 and fp16 arithmetic decide what
+# OpenVINO's CPU plugin runs; AMX tiles are another int8 / bf16 path.
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                "amx_int8", "amx_bf16")
+VNNI = ("avx512_vnni", "avx_vnni")
+
+
+@cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (x86 ``flags``, ARM ``Features``); empty where /proc/cpuinfo is not readable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_features() -> list[str]:
+    """Which of ``CPU_FEATURES`` this CPU has, in that order (what a manifest records an artifact was verified on)."""
+    flags = cpu_flags()
+    return [name for name in CPU_FEATURES if name in flags]
+
+
+def has_vnni() -> bool:
+    """Whether int8 dot products here accumulate without 16-bit saturation (AVX-512 VNNI or AVX-VNNI)."""
+    return any(name in cpu_flags() for name in VNNI)
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -74,6 +107,7 @@ def machine_info() -> dict[str, object]:
     gpus = nvidia_gpus()
     return {
         "cpu": cpu_name(),
+        "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
         "memory_gb": None if memory is None else round(memory / 2**30, 1),
         "gpu": ", ".join(gpus) or None,

@@ -123,7 +123,7 @@ class FloatTriple(Kind):
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise ValueError
         numbers = (float(value[0]), float(value[1]), float(value[2]))
-        if self.positive and min(numbers) <= 0:
+        if not all(math.isfinite(n) for n in numbers) or (self.positive and min(numbers) <= 0):
             raise ValueError
         return numbers
 

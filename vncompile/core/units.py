@@ -7,6 +7,7 @@ GB = 1024 MB likewise. ``KiB``/``MiB``/``GiB`` are accepted as the same units.
 
 from __future__ import annotations
 
+import math
 import re
 
 BYTES_PER_KB = 1024
@@ -44,6 +45,8 @@ def parse_memory_size(text: str) -> float:
     except ValueError:
         raise ValueError(f"a memory size looks like 1.2GB, 900MB or 512KB (1 KB = 1024 bytes), not '{text}'") \
             from None
+    if not math.isfinite(value):  # 1e400 reads as infinity
+        raise ValueError(f"a memory size must be finite, not '{text}'")
     if value <= 0:
         raise ValueError(f"a memory size must be positive, not '{text}'")
     return value

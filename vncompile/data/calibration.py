@@ -65,10 +65,27 @@ def calibration_set(options: TargetOptions, shape: InputShape) -> np.ndarray:
 
 
 def _sample(path: Path, shape: InputShape, preprocessing: Preprocessing) -> np.ndarray:
-    if path.suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
-        expected = shape.as_tuple()[1:]
-        if array.shape != expected:
-            raise InputError(f"{path}: calibration array has shape {array.shape}, expected {expected}")
-        return array
+    if path.suffix.lower() == ".npy":
+        return read_calibration_array(path, shape.as_tuple()[1:])
     return preprocessing.load(path, shape.height, shape.width)
+
+
+def read_calibration_array(path: Path, expected: tuple[int, ...]) -> np.ndarray:
+    """One preprocessed input (C, H, W) from a .npy file: its header (shape, dtype) is checked before any data is
+    read; no pickles; every value finite."""
+    try:
+        with open(path, "rb") as f:
+            header = np.lib.format.read_array_header_1_0 if np.lib.format.read_magic(f) == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            shape, _, dtype = header(f)  # the header alone, never the data
+            if dtype.hasobject or dtype.kind not in "fiu":
+                raise InputError(f"{path}: a calibration array holds numbers, not {dtype} values")
+            if shape != expected:
+                raise InputError(f"{path}: calibration array has shape {shape}, expected {expected}")
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:  # not a .npy file, a truncated one
+        raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+    bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise InputError(f"{path}: calibration array has {bad:,} NaN or infinite value(s)")
+    return array.astype(np.float32)

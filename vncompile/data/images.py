@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from ..core.errors import InputError
+from ..core.io import read_user_text
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 LABEL_FILES = ("labels.txt", "labels.csv")
@@ -72,24 +74,44 @@ def labelled_images(directory: Path) -> LabelledImages:
 
 
 def _from_label_file(directory: Path, label_file: Path) -> LabelledImages:
-    rows: Iterable[list[str]]
-    text = label_file.read_text().splitlines()
-    rows = csv.reader(text) if label_file.suffix == ".csv" else (line.split() for line in text)
+    lines = read_user_text(label_file).splitlines()
+    rows = _csv_rows(label_file, lines) if label_file.suffix == ".csv" else (line.split() for line in lines)
     paths, labels = [], []
+    seen: dict[PurePath, tuple[int, int]] = {}  # each image's line and label: one listed twice is refused
     for number, row in enumerate(rows, 1):
         if not row or row[0].startswith("#") or (number == 1 and not row[-1].strip().lstrip("-").isdigit()):
             continue  # blank lines, comments, a header
         if len(row) != 2 or not row[1].strip().isdigit():
             raise InputError(f"{label_file}:{number}: expected '<file> <class index>', got {' '.join(row)!r}")
-        path = directory / row[0].strip()
+        name = PurePath(row[0].strip())
+        if name.is_absolute() or ".." in name.parts:
+            raise InputError(f"{label_file}:{number}: {name} is outside {directory}: images are named relative to "
+                             "the folder the label file is in, without '..'")
+        name = PurePath(os.path.normpath(name))  # a.png and ./a.png are one image
+        label = int(row[1])
+        if name in seen:
+            earlier, other = seen[name]
+            what = "listed twice" if other == label else f"labelled {other} and {label}"
+            raise InputError(f"{label_file}:{number}: {name} is {what} (lines {earlier} and {number}); list each "
+                             "image once")
+        path = directory / name
         if not _is_image(path):
             raise InputError(f"{label_file}:{number}: no image {path}")
+        seen[name] = number, label
         paths.append(path)
-        labels.append(int(row[1]))
+        labels.append(label)
     if not paths:
         raise InputError(f"{label_file}: lists no images")
     classes = tuple(str(i) for i in range(max(labels) + 1))
     return LabelledImages(directory, tuple(paths), tuple(labels), classes, label_file.name)
+
+
+def _csv_rows(label_file: Path, lines: list[str]) -> Iterator[list[str]]:
+    reader = csv.reader(lines, strict=True)
+    try:
+        yield from reader
+    except csv.Error as exc:  # an unclosed quote (which would otherwise swallow the lines after it)
+        raise InputError(f"{label_file}:{reader.line_num}: not CSV ({exc})") from None
 
 
 def content_sha256(root: Path, paths: Iterable[Path], extra: bytes = b"") -> str:

@@ -52,7 +52,7 @@ def export_onnx(
     try:
         with quiet(), torch.no_grad():
             program = torch.onnx.export(
-                network, (example,), dynamo=True, opset_version=max(opset, 18), external_data=False,
+                network, (example,), dynamo=True, opset_version=opset, external_data=False,
                 input_names=["input"], output_names=output_names, dynamic_shapes=dynamic_shapes, verbose=False,
             )
             model = program.model_proto
@@ -61,8 +61,6 @@ def export_onnx(
                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     import onnx
 
-    if opset < 18:  # the dynamo exporter emits opset >= 18; older runtimes get a converted graph
-        model = onnx.version_converter.convert_version(model, opset)
     onnx.checker.check_model(model)
     save_onnx(model, path)
     return path

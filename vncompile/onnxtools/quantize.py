@@ -9,7 +9,7 @@ import numpy as np
 from .quiet import quiet
 from .run import batches, static_batch
 
-# What quantize_qdq makes of an fp32 graph is described by api.request.INT8_SCHEME, part of the int8 ONNX's
+# What quantize_qdq makes of an fp32 graph is described by api.request.int8_scheme, part of the int8 ONNX's
 # cache key: change both together.
 
 
@@ -47,15 +47,21 @@ def layers_to_keep(path: Path, keep: tuple[str, ...] | None) -> list[str]:
     return list(keep)
 
 
-def quantize_qdq(src: Path, dst: Path, calibration: np.ndarray, keep_fp32: list[str] | None = None) -> Path:
-    """``keep_fp32``: conv node names left unquantized (float in, float out)."""
+def quantize_qdq(src: Path, dst: Path, calibration: np.ndarray, keep_fp32: list[str] | None = None, *,
+                 weight_bits: int = 8) -> Path:
+    """``keep_fp32``: conv node names left unquantized (float in, float out); ``weight_bits`` 7: weights in
+    [-64, 63] (onnxruntime's ``reduce_range``)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if weight_bits not in (7, 8):
+        raise ValueError(f"int8 weights have 7 or 8 bits, not {weight_bits}")
 
     with quiet():
         quantize_static(
             str(src), str(dst), _ArrayReader("input", calibration, static_batch(src)), quant_format=QuantFormat.QDQ,
             nodes_to_exclude=keep_fp32 or [],
-            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            per_channel=True, reduce_range=weight_bits == 7,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             # Float biases: TensorRT's parser takes DequantizeLinear only on activation types, not int32.
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},

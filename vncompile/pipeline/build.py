@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,13 @@ import numpy as np
 from ..api.request import BuildRequest
 from ..api.target import Artifact, CompileContext, CompileResult, MemoryFigure, Target
 from ..core.errors import OutputExists, VerificationError
-from ..core.io import atomic_directory, write_json
+from ..core.io import atomic_directory, refuse_foreign, work_directory, write_json
 from ..data.evaluation import EvalSet, load_eval_set
 from ..onnxtools.layers import LAYERS_CSV, describe_layers, read_layers, worst_layers
 from .accuracy import accuracy as accuracy_of
 from .accuracy import top1_drop
 from .cache import BuildCache, copy_tree, reading
-from .manifest import default_output_dir, figures, intact, new_manifest, read_manifest
+from .manifest import default_output_dir, figures, intact, is_bundle, new_manifest, read_manifest
 from .plan import BuildPlan, resolve
 from .prepare import PREPARE_STAGES, PreparedOnnx, prepare, real_images, verify_inputs
 from .timing import SilentReporter, StageReporter, StageTimings
@@ -53,6 +52,7 @@ def _check_output(out_dir: Path, key: str, force: bool) -> bool:
     manifest = read_manifest(out_dir)
     if manifest is not None and manifest.get("cache_key") == key and intact(out_dir, manifest):
         return True
+    refuse_foreign(out_dir, is_bundle)
     if not force:
         raise OutputExists(f"{out_dir} exists and holds a different build; pass --force to replace it")
     return False
@@ -92,11 +92,11 @@ def _ensure_built(plan: BuildPlan, cache: BuildCache, reporter: StageReporter | 
         return manifest, True
     target = plan.available_target()
     # The build reads its ONNX and reference entries until it ends (at verification): read-locked.
-    with tempfile.TemporaryDirectory(prefix="vncompile-build-") as work, \
-            reading(cache.entry(plan.onnx_key, "onnx")), reading(cache.entry(plan.reference_key, "reference")):
-        bundle = Path(work) / "bundle"
+    with work_directory("build-") as work, reading(cache.entry(plan.onnx_key, "onnx")), \
+            reading(cache.entry(plan.reference_key, "reference")):
+        bundle = work / "bundle"
         bundle.mkdir()
-        manifest = _run(plan, target, cache, Path(work), bundle, reporter or SilentReporter())
+        manifest = _run(plan, target, cache, work, bundle, reporter or SilentReporter())
         cache.store(plan.build_key, bundle)
     return manifest, False
 
@@ -106,7 +106,7 @@ def _publish(source_dir: Path, manifest: dict[str, Any], out_dir: Path | None, k
     out_dir = out_dir or default_output_dir(manifest)
     if _check_output(out_dir, key, force):
         return BuildOutcome(manifest, out_dir, cached=cached, up_to_date=True)
-    with atomic_directory(out_dir, force=True) as tmp:
+    with atomic_directory(out_dir, is_bundle, force=True) as tmp:
         copy_tree(source_dir, tmp)
     return BuildOutcome(manifest, out_dir, cached=cached)
 

@@ -146,7 +146,8 @@ class BuildCache:
     def store(self, key: str, directory: Path, kind: str = "builds") -> Path:
         """Copy ``directory`` into the cache; returns the entry."""
         entry = self.entry(key, kind)
-        with atomic_directory(entry, force=True, what="build cache entry") as tmp:
+        # Under the cache's root every directory is the cache's own.
+        with atomic_directory(entry, lambda _: True, force=True, what="build cache entry") as tmp:
             copy_tree(directory, tmp)
         _touch(entry)
         self.trim(keep=entry)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..api.target import Artifact, CompileResult, LatencyFigure, MemoryFigure
 from ..core.hashing import sha256_file
+from ..core.io import holds_document
 
 if TYPE_CHECKING:
     from .plan import BuildPlan
@@ -30,9 +31,15 @@ MANIFEST_SCHEMA = 2
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((directory / "manifest.json").read_text())
+        manifest = json.loads((directory / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def is_bundle(directory: Path) -> bool:
+    """Whether ``directory`` holds a build vncompile wrote (its manifest says so): one ``-o DIR --force`` replaces."""
+    return holds_document(directory, "manifest.json", "schema", "cache_key", "artifacts")
 
 
 def intact(directory: Path, manifest: dict[str, Any]) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import __version__
 from ..api.options import DEFAULT_RUNTIME_PROFILE, SYNTHETIC, TargetOptions, flag_of, plain_value, scoped_settings
-from ..api.request import INT8_SCHEME, RANDOM_SEED, BuildRequest, InputShape
+from ..api.request import RANDOM_SEED, BuildRequest, InputShape, int8_scheme
 from ..api.target import OnnxForm, Target
 from ..api.tolerance import QUANTIZED
 from ..core.errors import InputError
@@ -221,7 +221,8 @@ def _onnx_key(plan: BuildPlan, reference_key: str, core: dict[str, str | None]) 
     return _digest({"kind": "onnx", "model": _model_identity(plan), "reference": reference_key, "form": plan.form,
                     "opset": request.opset, "simplifier": request.simplifier, "verify": request.verify,
                     "tolerance": [[p, t.as_dict()] for p, t in request.tolerance],
-                    "int8_scheme": INT8_SCHEME if plan.quantizes_graph else None, "fit": fit,
+                    "int8_scheme": int8_scheme(plan.target.int8_weight_bits) if plan.quantizes_graph else None,
+                    "fit": fit,
                     **_declared(plan, "onnx"), "toolchain": core})
 
 
@@ -229,4 +230,4 @@ def _build_key(plan: BuildPlan, onnx_key: str) -> str:
     """Everything a finished build depends on: its ONNX, the target, the precision, the options that affect it and
     the toolchain (what the target applies unasked, such as its default graph passes, is in the ONNX's key)."""
     return _digest({"kind": "build", "onnx": onnx_key, "target": plan.target.name, "precision": plan.precision,
-                    **_declared(plan, "build"), "toolchain": plan.toolchain})
+                    "cross": plan.request.cross, **_declared(plan, "build"), "toolchain": plan.toolchain})

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..api.request import InputShape
+from ..api.request import InputShape, int8_scheme
 from ..api.tolerance import QUANTIZED, Tolerance
 from ..core.errors import InputError, VerificationError
 from ..core.hashing import sha256_file
@@ -225,11 +225,12 @@ def _run(plan: BuildPlan, directory: Path, cache: BuildCache, work: Path, timing
             exported, fitted = fit_memory(exported, plan)
     exported_onnx, simplified_onnx, model_onnx = (directory / name for name in FILES)
     rewritten = onnx_graph(plan, exported, exported_onnx, simplified_onnx, timings=timings)
+    weight_bits = plan.target.int8_weight_bits
     if form == "int8-qdq":
         with timings.stage("quantize"):
             calibration = calibration_set(request.options, request.shape)
             quantize_qdq(simplified_onnx, model_onnx, calibration,
-                         layers_to_keep(simplified_onnx, request.options.keep_fp32))
+                         layers_to_keep(simplified_onnx, request.options.keep_fp32), weight_bits=weight_bits)
             # Where int8 departs from fp32, layer by layer, on real images when there are some.
             probe = calibration if eval_set is None else eval_set.inputs
             write_layers(layer_errors(simplified_onnx, model_onnx, probe[:LAYER_INPUTS]), directory / LAYERS_CSV)
@@ -259,6 +260,7 @@ def _run(plan: BuildPlan, directory: Path, cache: BuildCache, work: Path, timing
             else None,
             "fit_memory": fitted,  # --fit-memory: the tiling chosen, its planned peak and extra MACs
             "graph_passes": rewritten,  # each exact rewrite applied, and how many places it changed
+            "int8_scheme": int8_scheme(weight_bits) if form == "int8-qdq" else None,
         },
         "classifier": classifier,
         "output_names": names,

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..api.tolerance import Tolerance
 from ..core.errors import VerificationError
+from ..core.host import cpu_features, cpu_name
 
 Outputs = list[list[np.ndarray]]  # per input batch, per network output
 
@@ -112,7 +113,10 @@ class Verification:
     stages: list[StageError]
 
     def as_dict(self) -> dict[str, object]:
-        return {"passed": self.passed, "tolerance": self.tolerance, "stages": [s.as_dict() for s in self.stages]}
+        # The CPU the stages ran on: an int8 or reduced-precision result depends on its instruction set.
+        host = {"cpu": cpu_name(), "cpu_features": cpu_features()}
+        return {"passed": self.passed, "tolerance": self.tolerance, "stages": [s.as_dict() for s in self.stages],
+                "host": host}
 
     def failure_line(self) -> str:
         """One line naming the first failed stage and output, the tolerance, and the tolerance that would

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
-from ..core.io import atomic_directory
+from ..core.io import atomic_directory, holds_document, write_json
 from ..core.units import KB_PER
 
 BASELINE = "resnet50"
@@ -191,11 +190,16 @@ def write_plots(doc: dict[str, Any], directory: Path) -> list[str]:
     return written
 
 
+def is_profile_output(directory: Path) -> bool:
+    """Whether ``directory`` holds a profile vncompile wrote: one ``profile -o DIR --force`` replaces."""
+    return holds_document(directory, "profile.json", "schema", "rows")
+
+
 def write_profile(doc: dict[str, Any], directory: Path, force: bool = False) -> tuple[list[str], list[str]]:
     """profile.json, .csv, .md and the plots, into ``directory`` atomically: (the files written, notes)."""
     notes, written = [], ["profile.json", "profile.csv", "profile.md"]
-    with atomic_directory(directory, force=force) as tmp:
-        (tmp / "profile.json").write_text(json.dumps(doc, indent=2) + "\n")
+    with atomic_directory(directory, is_profile_output, force=force) as tmp:
+        write_json(tmp / "profile.json", doc)
         (tmp / "profile.csv").write_text(to_csv(doc))
         (tmp / "profile.md").write_text(to_markdown(doc))
         try:

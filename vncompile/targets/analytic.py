@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import __version__
 from ..api.target import Artifact, Availability, CompileContext, CompileResult, MemoryFigure, Session, Target
+from ..core.io import write_json
 from ..core.units import kb
 from ..onnxtools.memory_plan import MemoryPlan, plan_memory
 
@@ -36,7 +37,7 @@ class AnalyticTarget(Target):
 
     def compile(self, ctx: CompileContext) -> CompileResult:
         plan = plan_memory(ctx.onnx_path, ctx.request.precision)
-        (ctx.build_dir / PLAN_FILE).write_text(json.dumps(plan.as_dict(), indent=2) + "\n")
+        write_json(ctx.build_dir / PLAN_FILE, plan.as_dict())
         ctx.log.info("analytic: weights %d B, arena %d B, peak at %s", plan.weight_bytes, plan.arena_bytes,
                      plan.peak_node)
         return CompileResult([Artifact(PLAN_FILE, "memory-plan", primary=True)],

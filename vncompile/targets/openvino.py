@@ -58,6 +58,24 @@ COMPILE_SETTINGS: dict[str, CompileSettings] = {
 }
 
 
+def has_device(device: str) -> bool:
+    """Whether OpenVINO has ``device`` (CPU, GPU, NPU; GPU.0 counts as GPU) here."""
+    import openvino as ov
+
+    return any(d == device or d.startswith(device + ".") for d in ov.Core().available_devices)
+
+
+def has_arithmetic(precision: str, device: str = "CPU") -> bool:
+    """Whether OpenVINO's ``device`` here computes ``precision`` (its OPTIMIZATION_CAPABILITIES): what decides if a
+    build of that precision is refused (tests ask the same)."""
+    needed = CAPABILITY.get(precision)
+    if needed is None:
+        return True
+    import openvino as ov
+
+    return needed in ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES")
+
+
 class OpenVinoSession(Session):
     def __init__(self, compiled: Any) -> None:
         self._request = compiled.create_infer_request()
@@ -75,6 +93,7 @@ class OpenVinoTarget(Target):
     devices = ("CPU", "GPU", "NPU")
     packages = ("openvino",)
     runtime_profiles = RUNTIME_PROFILES
+    int8_weight_bits = 7  # an artifact every x86 CPU runs alike, with VNNI or without (Target.int8_weight_bits)
 
     def availability(self) -> Availability:
         version = package_version("openvino")
@@ -89,16 +108,28 @@ class OpenVinoTarget(Target):
             raise InputError(f"openvino builds {', '.join(self.precisions)}, not {request.precision}")
         import openvino as ov
 
-        core = ov.Core()
         device = request.options.device or self.default_device()
-        available = core.available_devices
-        if not any(d == device or d.startswith(device + ".") for d in available):
-            raise InputError(f"OpenVINO has no {device} device here (available: {', '.join(available)})")
-        needed = CAPABILITY.get(request.precision)
-        if needed and needed not in core.get_property(device, "OPTIMIZATION_CAPABILITIES"):
+        if request.cross:  # what this host cannot run is verified as it can be (``verified_here``)
+            if device.split(".")[0] not in self.devices:
+                raise InputError(f"openvino builds for {', '.join(self.devices)}, not {device}")
+            return
+        core = ov.Core()
+        if not has_device(device):
+            raise InputError(f"OpenVINO has no {device} device here (available: {', '.join(core.available_devices)})")
+        if not has_arithmetic(request.precision, device):
             name = core.get_property(device, "FULL_DEVICE_NAME")
             raise InputError(f"OpenVINO {device} ({name}) has no {request.precision} arithmetic "
                              f"(it would run another precision); choose another --precision or --device")
+
+    def verified_here(self, request: BuildRequest) -> dict[str, str] | None:
+        """How a cross build (``request.cross``) whose device or precision this host lacks is verified here: the IR
+        on this CPU, at the precision the CPU computes; None where it runs as asked. An fp16 IR (fp16 weights) is
+        what an Intel GPU or NPU loads whatever the build host computes in."""
+        device = request.options.device or self.default_device()
+        if not request.cross or (has_device(device) and has_arithmetic(request.precision, device)):
+            return None
+        precision = request.precision if has_arithmetic(request.precision, "CPU") else "fp32"
+        return {"device": "CPU", "inference_precision_hint": PRECISION_HINTS[precision]}
 
     def compile(self, ctx: CompileContext) -> CompileResult:
         import openvino as ov
@@ -109,15 +140,31 @@ class OpenVinoTarget(Target):
         profile = ctx.request.options.runtime_profile
         settings = COMPILE_SETTINGS[profile].as_dict(hint)
         ctx.log.info("openvino: wrote %s/%s; runtime profile %s: %s", IR_XML, IR_BIN, profile, settings)
+        facts = {"inference_precision_hint": hint, "runtime_profile": profile, "session_settings": settings}
+        here, notice = self.verified_here(ctx.request), ""
+        if here is not None:
+            facts["verified_here"] = here
+            device = ctx.request.options.device or self.default_device()
+            notice = (f"openvino: this host cannot run {device} {ctx.request.precision}; the IR was verified on its "
+                      f"{here['device']} computing in {here['inference_precision_hint']}, the "
+                      f"{ctx.request.precision} compute only runs on the device")
+            ctx.log.info("%s", notice)
         return CompileResult([Artifact(IR_XML, "openvino-xml", primary=True), Artifact(IR_BIN, "openvino-bin"),
-                              loader_artifact(ctx.build_dir)],
-                             facts={"inference_precision_hint": hint, "runtime_profile": profile,
-                                    "session_settings": settings})
+                              loader_artifact(ctx.build_dir)], facts=facts, notice=notice)
 
     def load(self, build_dir: Path, manifest: dict[str, Any]) -> Session:
         from .load_model import PrecisionNotHonoured, openvino_compiled_model
 
+        target = manifest["target"]
+        here = target["facts"].get("verified_here")
+        if here is not None:  # a cross build: run as this host can (the manifest's notice says so)
+            settings = target["facts"]["session_settings"]
+            compile_properties = {**settings["compile_properties"],
+                                  "INFERENCE_PRECISION_HINT": here["inference_precision_hint"]}
+            target = {**target, "device": here["device"],
+                      "facts": {**target["facts"], "session_settings": {**settings,
+                                                                        "compile_properties": compile_properties}}}
         try:
-            return OpenVinoSession(openvino_compiled_model(build_dir / IR_XML, manifest["target"]))
+            return OpenVinoSession(openvino_compiled_model(build_dir / IR_XML, target))
         except PrecisionNotHonoured as exc:
             raise VerificationError(str(exc)) from None

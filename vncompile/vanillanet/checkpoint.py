@@ -369,6 +369,13 @@ def instantiate(ckpt: Checkpoint, *, act_learn: float | None = None,
     state_dict = ckpt.state_dict if out_indices is None else detection.without_head(ckpt.state_dict)
     # load_state_dict raises a multi-line RuntimeError on a shape mismatch: find them first, for one line.
     expected = net.state_dict()
+    # load_state_dict casts silently: int8 weights of a quantized state dict would become a "trained" network of
+    # small integers (mostly zeros), and verification would pass, its reference built from the same weights.
+    integral = [f"{key} ({str(tensor.dtype).removeprefix('torch.')})" for key, tensor in state_dict.items()
+                if key in expected and expected[key].is_floating_point() and not tensor.is_floating_point()]
+    if integral:
+        raise CheckpointError(f"{ckpt.path}: weights must be floating point (float16/32/64, bfloat16), got "
+                              f"{_few(integral, 3)}; a quantized state dict cannot be rebuilt, give the float one")
     wrong = {key for key, tensor in state_dict.items() if key in expected and tensor.shape != expected[key].shape}
     result = net.load_state_dict({k: v for k, v in state_dict.items() if k not in wrong}, strict=False)
     problems = []

@@ -42,7 +42,6 @@ __all__ = ["EthosUTarget"]
 TFLITE, VELA_TFLITE = "model_int8.tflite", "model_int8_vela.tflite"
 SUMMARY_CSV, LAYERS_CSV = "vela_summary.csv", "vela_per_layer.csv"
 CONVERT_TIMEOUT_S, VELA_TIMEOUT_S = 3600.0, 1800.0
-MIN_OPSET = 13
 
 
 class EthosUTarget(Target):
@@ -76,9 +75,6 @@ class EthosUTarget(Target):
                              "pass --precision int8")
         if request.dynamic:
             raise InputError("an Ethos-U command stream has static shapes; drop --dynamic")
-        if request.opset < MIN_OPSET:
-            raise InputError(f"ethos-u reads ONNX opset >= {MIN_OPSET} (Pad and Slice take their values as inputs), "
-                             f"not {request.opset}; pass --opset {MIN_OPSET} or higher")
         if request.shape.batch != 1:
             raise InputError(f"ethos-u builds batch 1 (a microcontroller NPU runs one input at a time), not "
                              f"--batch {request.shape.batch}")
