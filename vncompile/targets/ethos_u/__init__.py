@@ -1,8 +1,9 @@
 """Arm Ethos-U: an int8 TFLite (litert-torch) compiled by vela, in the ethos-u toolchain's environment.
 
 ``vela``: the accelerators and Arm's system configurations and memory modes, the settings a build
-asks for, vela's summary and the operators it leaves to the CPU. The int8 TFLite is verified on the LiteRT interpreter (``targets.litert.interpreter``); vela's output, a
-command stream for the NPU, runs only on the device.
+asks for, vela's summary and the operators it leaves to the CPU. The int8 TFLite is verified on the
+LiteRT interpreter (``targets.litert.interpreter``); vela's output, a command stream for the NPU, runs
+only on the device.
 
 The toolchain (``vncompile toolchain install ethos-u``: litert-torch, vela, pinned) rebuilds the
 verified ONNX in torch node for node, quantizes it with litert-torch's PT2E quantizer on the shared
