@@ -146,3 +146,14 @@ def test_requests_coreml_cannot_honour_are_one_line(run_cli, tmp_path, args, mes
                      *args, "-o", tmp_path / "b")
     assert result.code == 2 and message in one_line_error(result)
     assert not (tmp_path / "b").exists()
+
+
+def test_profile_rows_are_the_estimated_plan_and_litert_is_measured(run_cli, ethos_u_toolchain):
+    result = run_cli("profile", "--targets", "coreml,litert", "--models", "vanillanet_5", "--width", NARROW,
+                     "--sizes", "64", "--warmup", "1", "--runs", "3", "--format", "json")
+    assert result.code == 0, result.err
+    rows = {r["target"]: r for r in result.json()["rows"]}
+    coreml, litert = rows["coreml"], rows["litert"]
+    assert coreml["status"] == "deferred" and coreml["memory"]["source"] == "estimated" and coreml["latency"] is None
+    assert litert["status"] == "ok" and litert["memory"]["source"] == litert["latency"]["source"] == "measured"
+    assert "XNNPACK" in litert["latency"]["detail"] and "XNNPACK" in litert["memory"]["detail"]
