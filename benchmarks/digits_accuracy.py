@@ -5,11 +5,12 @@ held-out images were never trained on. Each cell is a real build whose accuracy 
 --eval-data; verification and the top-1 check are off so that every cell reports its top-1 (the last
 column says whether a default build, verified, would have passed).
 
-    python benchmarks/digits_accuracy.py
+    python benchmarks/digits_accuracy.py [--targets onnxruntime,openvino,rknn,litert]
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import tempfile
 from pathlib import Path
@@ -27,11 +28,14 @@ CELLS = [("fp32", None), ("int8", SYNTHETIC), ("int8", DIGITS / "calibration")]
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default="onnxruntime,openvino,rknn,litert", help="comma-separated targets")
+    targets = parser.parse_args().targets.split(",")
     source = ModelSource(checkpoint=DIGITS / "vanillanet5_digits.pth")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = BuildCache(Path(tmp) / "cache")
-        for target in ("onnxruntime", "openvino", "rknn"):
+        for target in targets:
             if not get_target(target).availability().available:
                 continue
             for precision, calibration in CELLS:
