@@ -9,12 +9,14 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
+import vncompile
 from tests.conftest import NARROW, one_line_error
 from vncompile.api.tolerance import Tolerance
 from vncompile.core.errors import VncompileError
@@ -31,7 +33,8 @@ def build(run_cli, out, *args):
     return json.loads((out / "manifest.json").read_text())
 
 
-def load_script(bundle):
+def load_script(bundle, monkeypatch):
+    monkeypatch.syspath_prepend(str(bundle))  # its output_metrics.py, as when run there
     spec = importlib.util.spec_from_file_location("verify_coreml", bundle / "verify_coreml.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -44,7 +47,8 @@ def fp16_bundle(tmp_path_factory):
     from vncompile.cli import main
 
     out = tmp_path_factory.mktemp("coreml") / "b"
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as exit_info:
+        patch.setenv("VNCOMPILE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))  # a cache of its own
         main(["build", "--model", "vanillanet_5", "--width", str(NARROW), "--target", "coreml", "--size", "64",
               "-o", str(out)])
     assert exit_info.value.code in (0, None)
@@ -68,7 +72,9 @@ def test_fp16_package_is_deferred_with_its_spec_checked(fp16_bundle):
     assert primary["path"] == "model.mlpackage/Data/com.apple.CoreML/model.mlmodel"
     paths = {a["path"] for a in manifest["artifacts"]}
     assert {"model.mlpackage/Manifest.json", "model.mlpackage/Data/com.apple.CoreML/weights/weight.bin",
-            "verify_coreml.py", "verify_data.npz"} <= paths
+            "verify_coreml.py", "output_metrics.py", "verify_data.npz"} <= paths
+    assert (out / "output_metrics.py").read_bytes() == (
+        Path(vncompile.__file__).parent / "core" / "output_metrics.py").read_bytes()
     assert manifest["memory"]["source"] == "estimated" and "at fp16" in manifest["memory"]["detail"]
     assert manifest["latency"] is None
     with np.load(out / "verify_data.npz") as data:
@@ -91,8 +97,8 @@ def test_int8_weights_and_fp32_compute(run_cli, tmp_path):
     assert "at fp32" in fp32["memory"]["detail"]
 
 
-def test_the_bundles_metrics_are_vncompiles(fp16_bundle):
-    script = load_script(fp16_bundle[0])
+def test_the_bundles_metrics_are_vncompiles(fp16_bundle, monkeypatch):
+    script = load_script(fp16_bundle[0], monkeypatch)
     rng = np.random.default_rng(0)
     reference = [rng.standard_normal((1, 10)) for _ in range(4)]
     outputs = [r + rng.standard_normal(r.shape) * 0.01 for r in reference]
@@ -101,6 +107,7 @@ def test_the_bundles_metrics_are_vncompiles(fp16_bundle):
         ours = script.compare(reference, outputs, tolerance, True)
         theirs = compare_output("logits", reference, outputs, Tolerance(**tolerance), True)
         assert ours == pytest.approx({k: getattr(theirs, k) for k in ours})
+    sys.modules.pop("output_metrics", None)
 
 
 def test_the_bundles_check_refuses_to_run_off_macos(fp16_bundle):

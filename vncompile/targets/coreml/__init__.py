@@ -37,13 +37,13 @@ from ...core.errors import InputError, TargetUnavailable
 from ...core.schema import OneOf, setting
 from ...core.units import kb
 from ...onnxtools.memory_plan import plan_memory
+from ..rebuilt import check_rebuilt
 from .convert import COMPUTE_UNITS, DEPLOYMENT_TARGETS, INT8_FROM, check_spec, convert, deployment_version, save_package
 
 __all__ = ["CoreMlOptions", "CoreMlTarget"]
 
-PACKAGE, SCRIPT, DATA = "model.mlpackage", "verify_coreml.py", "verify_data.npz"
+PACKAGE, SCRIPT, DATA, METRICS = "model.mlpackage", "verify_coreml.py", "verify_data.npz", "output_metrics.py"
 PRIMARY = f"{PACKAGE}/Data/com.apple.CoreML/model.mlmodel"
-MIN_OPSET = 13
 
 
 @dataclass(frozen=True)
@@ -88,12 +88,7 @@ class CoreMlTarget(Target):
     def check_request(self, request: BuildRequest, own: CoreMlOptions) -> None:
         if request.precision not in self.precisions:
             raise InputError(f"coreml builds fp16, fp32 or int8 (int8 weights, fp16 compute), not {request.precision}")
-        if request.dynamic:
-            raise InputError("coreml builds static shapes here (its verification inputs are for one size); drop "
-                             "--dynamic")
-        if request.opset < MIN_OPSET:
-            raise InputError(f"coreml reads ONNX opset >= {MIN_OPSET} (Pad and Slice take their values as inputs), "
-                             f"not {request.opset}; pass --opset {MIN_OPSET} or higher")
+        check_rebuilt(self.name, request, static_because="its verification inputs are for one size")
         if request.options.device not in (None, *self.devices):
             raise InputError(f"coreml chooses its device with --compute-units ({', '.join(COMPUTE_UNITS)}), not "
                              f"--device {request.options.device}")
@@ -130,7 +125,9 @@ class CoreMlTarget(Target):
                     arrays[f"expected/{b}/{o}"] = output
             np.savez(ctx.build_dir / DATA, **arrays)
             (ctx.build_dir / SCRIPT).write_bytes(files(__package__).joinpath(SCRIPT).read_bytes())
-            artifacts += [Artifact(SCRIPT, "coreml-verify-script"), Artifact(DATA, "coreml-verify-data")]
+            (ctx.build_dir / METRICS).write_bytes(files("vncompile.core").joinpath(METRICS).read_bytes())
+            artifacts += [Artifact(SCRIPT, "coreml-verify-script"), Artifact(METRICS, "coreml-verify-metrics"),
+                          Artifact(DATA, "coreml-verify-data")]
             info["verification_bundle"] = {"script": SCRIPT, "data": DATA, "names": reference.names,
                                            "judged_from": reference.judged_from, "classifier": reference.classifier,
                                            "tolerance": reference.tolerance, "batches": len(reference.inputs)}

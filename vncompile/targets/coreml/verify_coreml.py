@@ -1,14 +1,15 @@
 """Verify a vncompile Core ML bundle on a Mac: run its seeded inputs through ``model.mlpackage`` with coremltools
 and compare every output with the float64 reference vncompile computed, as vncompile's own verification does.
 
-vncompile writes this file into every coreml bundle as ``verify_coreml.py``, beside ``verify_data.npz`` (the
-inputs and the reference's outputs) and ``manifest.json`` (input and output names, the tolerance, the compute
-units). It needs macOS, coremltools and numpy, never vncompile:
+vncompile writes this file into every coreml bundle as ``verify_coreml.py``, beside ``output_metrics.py`` (the
+metrics: vncompile's own module, byte for byte), ``verify_data.npz`` (the inputs and the reference's outputs) and
+``manifest.json`` (input and output names, the tolerance, the compute units). It needs macOS, coremltools and
+numpy, never vncompile:
 
     python verify_coreml.py [--compute-units ALL|CPU_ONLY|CPU_AND_GPU|CPU_AND_NE] [--json]
 
 Exit status: 0 when every output is within the tolerance, 1 when one is not, 2 when it cannot run here.
-The metrics: per output over every judged batch, max abs error, relative error (max abs / max |reference|),
+The metrics, per output over every judged batch: max abs error, relative error (max abs / max |reference|),
 cosine similarity and, for a classifier's logits, top-1 agreement with the reference.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from output_metrics import output_metrics  # vncompile's own, carried beside this file
 
 HERE = Path(__file__).resolve().parent
 DATA, PACKAGE = "verify_data.npz", "model.mlpackage"
@@ -28,23 +30,12 @@ DATA, PACKAGE = "verify_data.npz", "model.mlpackage"
 
 def compare(reference: list[np.ndarray], outputs: list[np.ndarray], tolerance: dict[str, float],
             classifier: bool) -> dict[str, Any]:
-    """One output over every batch: vncompile's verification metrics and verdict."""
-    ref = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r in reference])
-    out = np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in outputs])
-    finite = bool(np.all(np.isfinite(out)))
-    max_abs = float(np.max(np.abs(out - ref))) if ref.size else 0.0
-    scale = float(np.max(np.abs(ref))) or 1.0
-    denom = float(np.linalg.norm(ref) * np.linalg.norm(out))
-    cosine = float(np.dot(ref, out) / denom) if denom else (1.0 if max_abs == 0 else 0.0)
-    rel = max_abs / scale
-    top1 = None
-    if classifier:
-        def argmax(batches: list[np.ndarray]) -> np.ndarray:
-            return np.concatenate([np.argmax(b.reshape(b.shape[0], -1), axis=1) for b in batches])
-        top1 = float(np.mean(argmax(reference) == argmax(outputs)))
-    passed = finite and ("rel" not in tolerance or rel <= tolerance["rel"]) and (
-        "cosine" not in tolerance or cosine >= tolerance["cosine"])
-    return {"max_abs": max_abs, "rel": rel, "cosine": cosine, "top1_agreement": top1, "passed": passed}
+    """One output over every batch: vncompile's verification metrics (``output_metrics.py``) and verdict."""
+    metrics = output_metrics(reference, outputs, classifier)
+    finite = metrics.pop("finite")
+    passed = finite and ("rel" not in tolerance or metrics["rel"] <= tolerance["rel"]) and (
+        "cosine" not in tolerance or metrics["cosine"] >= tolerance["cosine"])
+    return {**metrics, "passed": passed}
 
 
 def load_data(directory: Path = HERE) -> tuple[np.ndarray, list[list[np.ndarray]]]:

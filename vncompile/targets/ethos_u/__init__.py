@@ -35,6 +35,7 @@ from ...api.target import (
 from ...core.errors import InputError, VncompileError
 from ...toolchains import Worker, WorkerRequestFailed, get_spec, locate, missing_message, start_worker
 from ..litert.interpreter import LiteRtInterpreterSession
+from ..rebuilt import check_rebuilt
 from .vela import EthosUOptions, VelaSettings, VelaSummary, cpu_operations
 
 __all__ = ["EthosUTarget"]
@@ -42,7 +43,6 @@ __all__ = ["EthosUTarget"]
 TFLITE, VELA_TFLITE = "model_int8.tflite", "model_int8_vela.tflite"
 SUMMARY_CSV, LAYERS_CSV = "vela_summary.csv", "vela_per_layer.csv"
 CONVERT_TIMEOUT_S, VELA_TIMEOUT_S = 3600.0, 1800.0
-MIN_OPSET = 13
 
 
 class EthosUTarget(Target):
@@ -74,14 +74,8 @@ class EthosUTarget(Target):
         if request.precision not in self.precisions:
             raise InputError(f"ethos-u builds int8 (the NPU computes int8 only), not {request.precision}; "
                              "pass --precision int8")
-        if request.dynamic:
-            raise InputError("an Ethos-U command stream has static shapes; drop --dynamic")
-        if request.opset < MIN_OPSET:
-            raise InputError(f"ethos-u reads ONNX opset >= {MIN_OPSET} (Pad and Slice take their values as inputs), "
-                             f"not {request.opset}; pass --opset {MIN_OPSET} or higher")
-        if request.shape.batch != 1:
-            raise InputError(f"ethos-u builds batch 1 (a microcontroller NPU runs one input at a time), not "
-                             f"--batch {request.shape.batch}")
+        check_rebuilt(self.name, request, static_because="an Ethos-U command stream has static shapes",
+                      batch_1_because="a microcontroller NPU runs one input at a time")
         device = request.options.device
         if device not in (None, *self.devices):
             raise InputError(f"ethos-u verifies the int8 TFLite on the LiteRT interpreter, not --device {device}")

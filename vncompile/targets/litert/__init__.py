@@ -23,13 +23,13 @@ from ...api.target import Artifact, Availability, CompileContext, CompileResult,
 from ...core.errors import InputError, VncompileError
 from ...core.schema import OneOf, PositiveInt, setting
 from ...toolchains import WorkerRequestFailed, get_spec, locate, missing_message, start_worker
+from ..rebuilt import check_rebuilt
 from .interpreter import LiteRtInterpreterSession
 
 __all__ = ["LiteRtInterpreterSession", "LiteRtOptions", "LiteRtTarget"]
 
 TOOLCHAIN = "ethos-u"  # litert-torch and the LiteRT interpreter live in the ethos-u toolchain's environment
 CONVERT_TIMEOUT_S = 3600.0
-MIN_OPSET = 13
 LAYOUTS = ("nhwc", "nchw")
 QUANTIZATION = {
     "fp32": "none: float32 weights and compute",
@@ -84,14 +84,8 @@ class LiteRtTarget(Target):
         if request.precision not in self.precisions:
             raise InputError(f"litert builds fp32, fp16 (float16 weights) or int8 (full-integer), not "
                              f"{request.precision}")
-        if request.dynamic:
-            raise InputError("litert builds static shapes (XNNPACK plans for one input size); drop --dynamic")
-        if request.opset < MIN_OPSET:
-            raise InputError(f"litert reads ONNX opset >= {MIN_OPSET} (Pad and Slice take their values as inputs), "
-                             f"not {request.opset}; pass --opset {MIN_OPSET} or higher")
-        if request.shape.batch != 1:
-            raise InputError(f"litert builds batch 1 (a phone classifies one frame at a time), not --batch "
-                             f"{request.shape.batch}")
+        check_rebuilt(self.name, request, static_because="XNNPACK plans for one input size",
+                      batch_1_because="a phone classifies one frame at a time")
         device = request.options.device
         if device not in (None, *self.devices):
             raise InputError(f"litert runs on the LiteRT interpreter's CPU (XNNPACK) here, not --device {device}")
