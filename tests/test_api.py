@@ -91,7 +91,8 @@ OWNERS = {"soc": ("qnn", "int8"), "platform": ("rknn", "int8"), "quant_algorithm
           "timing_cache": ("tensorrt", "fp16"), "keep_fp32": ("onnxruntime", "int8"), "io_dtype": ("tensorrt", "fp16"),
           "runtime_profile": ("onnxruntime", "fp32"), "calibration": ("onnxruntime", "int8"),
           "calibration_size": ("onnxruntime", "int8"), "input_layout": ("litert", "fp32"),
-          "threads": ("litert", "fp32"), "minimum_deployment_target": ("coreml", "fp16"), "compute_units": ("coreml", "fp16")}
+          "threads": ("litert", "fp32"), "minimum_deployment_target": ("coreml", "fp16"),
+          "compute_units": ("coreml", "fp16")}
 
 
 def test_changing_each_declared_option_moves_exactly_the_keys_it_declares():
