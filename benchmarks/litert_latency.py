@@ -6,6 +6,7 @@ Runtime: the bundle's session), batch 1, median wall clock; rounds interleave th
 machine state, and each keeps its best round.
 
     python benchmarks/litert_latency.py [--model vanillanet_5] [--size 224] [--threads 2] [--rounds 3]
+                                        [--calibration-size 32]
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calibration-size", type=int, default=32,
+                        help="synthetic calibration samples of the int8 builds (latency does not depend on them)")
     options = parser.parse_args()
     shape = InputShape.square(options.size)
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,7 +44,7 @@ def main() -> None:
         for target, precision in ARTIFACTS:
             own = {"threads": options.threads} if target == "litert" else {}
             request = BuildRequest(ModelSource(model_name=options.model), target, precision, shape,
-                                   options=TargetOptions().with_own(own))
+                                   options=TargetOptions(calibration_size=options.calibration_size).with_own(own))
             outcome = build(request, Path(tmp) / f"{target}-{precision}", cache=cache)
             built.append((target, precision, outcome.out_dir, outcome.manifest))
         best: dict[int, dict] = {}
