@@ -21,6 +21,7 @@ from vncompile.core.errors import VncompileError
 from vncompile.data.calibration import with_data_hashes
 from vncompile.pipeline.build import cached_build
 from vncompile.pipeline.cache import BuildCache
+from vncompile.pipeline.plan import resolve
 from vncompile.targets import get_target
 
 DIGITS = Path(__file__).resolve().parent.parent / "tests" / "data" / "digits"
@@ -48,9 +49,9 @@ def main() -> None:
                 checked = dataclasses.replace(request, verify=True, options=dataclasses.replace(
                     options, max_top1_drop=1.0))
                 label = "real images" if calibration not in (None, SYNTHETIC) else (calibration or "-")
-                accuracy = cached_build(request, cache)[0]["accuracy"]
+                accuracy = cached_build(resolve(request), cache)[0]["accuracy"]
                 try:
-                    cached_build(checked, cache)
+                    cached_build(resolve(checked), cache)
                     verdict = "passes"
                 except VncompileError as exc:
                     verdict = "refused: " + str(exc).split(";")[0][:70]
