@@ -5,11 +5,12 @@ held-out images were never trained on. Each cell is a real build whose accuracy 
 --eval-data; verification and the top-1 check are off so that every cell reports its top-1 (the last
 column says whether a default build, verified, would have passed).
 
-    python benchmarks/digits_accuracy.py
+    python benchmarks/digits_accuracy.py [--targets onnxruntime,openvino,rknn,litert]
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from vncompile.core.errors import VncompileError
 from vncompile.data.calibration import with_data_hashes
 from vncompile.pipeline.build import cached_build
 from vncompile.pipeline.cache import BuildCache
+from vncompile.pipeline.plan import resolve
 from vncompile.targets import get_target
 
 DIGITS = Path(__file__).resolve().parent.parent / "tests" / "data" / "digits"
@@ -27,11 +29,14 @@ CELLS = [("fp32", None), ("int8", SYNTHETIC), ("int8", DIGITS / "calibration")]
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default="onnxruntime,openvino,rknn,litert", help="comma-separated targets")
+    targets = parser.parse_args().targets.split(",")
     source = ModelSource(checkpoint=DIGITS / "vanillanet5_digits.pth")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = BuildCache(Path(tmp) / "cache")
-        for target in ("onnxruntime", "openvino", "rknn"):
+        for target in targets:
             if not get_target(target).availability().available:
                 continue
             for precision, calibration in CELLS:
@@ -44,9 +49,9 @@ def main() -> None:
                 checked = dataclasses.replace(request, verify=True, options=dataclasses.replace(
                     options, max_top1_drop=1.0))
                 label = "real images" if calibration not in (None, SYNTHETIC) else (calibration or "-")
-                accuracy = cached_build(request, cache)[0]["accuracy"]
+                accuracy = cached_build(resolve(request), cache)[0]["accuracy"]
                 try:
-                    cached_build(checked, cache)
+                    cached_build(resolve(checked), cache)
                     verdict = "passes"
                 except VncompileError as exc:
                     verdict = "refused: " + str(exc).split(";")[0][:70]

@@ -81,6 +81,7 @@ OTHER_VALUES = {
     "platform": "rk3576", "quant_algorithm": "mmse", "board": "abc123", "soc": "SM8750",
     "accelerator": "ethos-u85-256", "system_config": "Ethos_U65_Mid_End", "memory_mode": "Dedicated_Sram_384KB",
     "allow_cpu_ops": ("all",), "workspace_mb": 64, "profile_sizes": (64, 96, 128), "timing_cache": Path("t.cache"),
+    "input_layout": "nchw", "threads": 2, "minimum_deployment_target": "iOS17", "compute_units": "CPU_AND_NE",
 }
 # A request each option is valid for: the target that reads it, and what else it needs.
 OWNERS = {"soc": ("qnn", "int8"), "platform": ("rknn", "int8"), "quant_algorithm": ("rknn", "int8"),
@@ -89,7 +90,9 @@ OWNERS = {"soc": ("qnn", "int8"), "platform": ("rknn", "int8"), "quant_algorithm
           "workspace_mb": ("tensorrt", "fp16"), "profile_sizes": ("tensorrt", "fp16"),
           "timing_cache": ("tensorrt", "fp16"), "keep_fp32": ("onnxruntime", "int8"), "io_dtype": ("tensorrt", "fp16"),
           "runtime_profile": ("onnxruntime", "fp32"), "calibration": ("onnxruntime", "int8"),
-          "calibration_size": ("onnxruntime", "int8")}
+          "calibration_size": ("onnxruntime", "int8"), "input_layout": ("litert", "fp32"),
+          "threads": ("litert", "fp32"), "minimum_deployment_target": ("coreml", "fp16"),
+          "compute_units": ("coreml", "fp16")}
 
 
 def test_changing_each_declared_option_moves_exactly_the_keys_it_declares():

@@ -50,7 +50,7 @@ def check_schema(doc: dict) -> None:
     for row in doc["rows"]:
         assert {"model", "target", "precision", "size", "batch", "status", "reason", "latency", "memory",
                 "artifact_sha256"} <= set(row)
-        assert row["status"] in ("ok", "oom", "error")
+        assert row["status"] in ("ok", "oom", "error", "deferred")  # deferred: a build's own figures, unrun
         assert (row["reason"] is None) == (row["status"] == "ok")
         if row["latency"] is not None:  # the manifest's latency section, the same form
             assert {"median_ms", "mean_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "runs", "source"} <= set(

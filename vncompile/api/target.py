@@ -131,6 +131,19 @@ class NoOptions:
     """A target without options of its own."""
 
 
+@dataclass(frozen=True)
+class ReferenceIO:
+    """What verification runs the target's stage on, for a target that verifies on the device itself (a deferred
+    bundle carries them): the input batches, the float64 reference's outputs for them, and how they are judged."""
+
+    inputs: np.ndarray  # (batches, N, C, H, W) float32: seeded noise, then real images where the build has some
+    outputs: list[list[np.ndarray]]  # per batch, per output: the float64 reference
+    names: list[str]  # the outputs' names, in order
+    judged_from: int  # the first batch judged (a quantized build with real images: those alone)
+    classifier: bool  # a single output of logits: top-1 agreement too
+    tolerance: dict[str, float]  # the precision's tolerance (``Tolerance.as_dict``)
+
+
 @dataclass
 class CompileContext:
     onnx_path: Path  # the target-ready ONNX (already in the form ``onnx_form`` asked for)
@@ -139,6 +152,7 @@ class CompileContext:
     log: logging.Logger
     calibration: np.ndarray | None = None  # int8: preprocessed NCHW samples
     own: Any = NoOptions()  # the target's own options (an instance of its ``own_options``)
+    reference: ReferenceIO | None = None  # with verification: its inputs and the reference's outputs
 
 
 class Target(abc.ABC):

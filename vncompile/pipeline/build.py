@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..api.request import BuildRequest
-from ..api.target import Artifact, CompileContext, CompileResult, MemoryFigure, Target
+from ..api.target import Artifact, CompileContext, CompileResult, MemoryFigure, ReferenceIO, Target
 from ..core.errors import OutputExists, VerificationError
 from ..core.io import atomic_directory, refuse_foreign, work_directory, write_json
 from ..data.evaluation import EvalSet, load_eval_set
@@ -148,8 +148,8 @@ def _run(plan: BuildPlan, target: Target, cache: BuildCache, work: Path, bundle:
                 shutil.copyfile(prepared.layers_csv, bundle / LAYERS_CSV)
                 extra.append(Artifact(LAYERS_CSV, "int8-layers"))
             with timings.stage("compile"):
-                result = target.compile(CompileContext(bundle / "model.onnx", bundle, request, log,
-                                                       _calibration(plan), plan.own))
+                result = target.compile(CompileContext(bundle / "model.onnx", bundle, request, log, _calibration(plan),
+                                                       plan.own, _reference_io(plan, prepared, real)))
             manifest = new_manifest(plan, prepared.model, result, bundle, outputs=prepared.outputs,
                                     extra_artifacts=extra)
             manifest.update(figures(target.compiler_memory(bundle, manifest) or _estimated_memory(plan, bundle),
@@ -165,6 +165,8 @@ def _run(plan: BuildPlan, target: Target, cache: BuildCache, work: Path, bundle:
                 if request.verify and not verification.passed:
                     raise VerificationError(_with_layers(verification.failure_line(), prepared, verification))
                 _check_accuracy(plan, accuracy, prepared)
+            if result.status == "deferred":  # the target's own stage runs on the device, never here
+                manifest["verification"]["target_stage"] = "deferred"
             manifest["stages"] = prepared.timings + timings.records[after_prepare:]
             log.info("build finished: %s", manifest["status"])
     finally:
@@ -180,6 +182,20 @@ def _calibration(plan: BuildPlan):
     from ..data.calibration import calibration_set
 
     return calibration_set(plan.options, plan.request.shape)
+
+
+def _reference_io(plan: BuildPlan, prepared: PreparedOnnx, real: np.ndarray | None) -> ReferenceIO | None:
+    """The inputs verification runs at the build's shape and the reference's outputs for them (a deferred bundle
+    carries them to the device)."""
+    request = plan.request
+    if not request.verify:
+        return None
+    inputs = verify_inputs(request.shape, real)
+    batches = list(range(len(inputs.batches)))
+    judged_from = batches.index(inputs.judged(plan.precision, batches)[0])
+    return ReferenceIO(inputs.batches, prepared.reference(request.shape), prepared.output_names, judged_from,
+                       prepared.classifier and len(prepared.output_names) == 1,
+                       request.tolerances()[plan.precision].as_dict())
 
 
 def _check_fit(fit: dict[str, Any] | None, memory: dict[str, Any] | None, target: str) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from ..api.tolerance import Tolerance
 from ..core.errors import VerificationError
 from ..core.host import cpu_features, cpu_name
+from ..core.output_metrics import output_metrics
 
 Outputs = list[list[np.ndarray]]  # per input batch, per network output
 
@@ -62,10 +63,6 @@ class StageError:
         return cls(data["stage"], data["precision"], tuple(OutputError(**o) for o in data["outputs"]))
 
 
-def _top1(batches: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate([np.argmax(b.reshape(b.shape[0], -1), axis=1) for b in batches])
-
-
 def compare_output(name: str, reference: list[np.ndarray], outputs: list[np.ndarray], tolerance: Tolerance,
                    classifier: bool) -> OutputError:
     """One named output over every batch."""
@@ -73,18 +70,11 @@ def compare_output(name: str, reference: list[np.ndarray], outputs: list[np.ndar
     if shapes[0] != shapes[1]:  # a target that returns another layout or size has not built the network
         got, want = (", ".join("x".join(map(str, s)) for s in sorted(side)) for side in shapes)
         raise ShapeMismatch(f"output '{name}' has shape {got}, the reference {want}")
-    ref = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r in reference])
-    out = np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in outputs])
-    finite = bool(np.all(np.isfinite(out)))
-    max_abs = float(np.max(np.abs(out - ref))) if ref.size else 0.0
-    scale = float(np.max(np.abs(ref))) or 1.0
-    denom = float(np.linalg.norm(ref) * np.linalg.norm(out))
-    cosine = float(np.dot(ref, out) / denom) if denom else (1.0 if max_abs == 0 else 0.0)
-    rel = max_abs / scale
-    top1 = float(np.mean(_top1(reference) == _top1(outputs))) if classifier else None
+    metrics = output_metrics(reference, outputs, classifier)
+    finite, rel, cosine = metrics["finite"], metrics["rel"], metrics["cosine"]
     passed = finite and tolerance.accepts(rel, cosine)
     would_pass = None if passed or not finite else tolerance.that_passes(rel, cosine)
-    return OutputError(name, max_abs, rel, cosine, top1, passed, would_pass)
+    return OutputError(name, metrics["max_abs"], rel, cosine, metrics["top1_agreement"], passed, would_pass)
 
 
 def compare(stage: str, precision: str, reference: Outputs, outputs: Outputs, names: list[str],

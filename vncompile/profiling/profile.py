@@ -143,6 +143,8 @@ def profile_cell(source: ModelSource, target: Target, size: int, request: Profil
     row["top1"] = accuracy.get("target", {}).get("top1")  # with --eval-data: the artifact's top-1 on the images
     if manifest["status"] != "ok":
         row["reason"] = f"{manifest['status']}: {manifest.get('notice') or 'nothing to run here'}"
+        if manifest["status"] == "deferred" and manifest["memory"] is not None:  # what the build knows unrun
+            row["status"], row["memory"], row["latency"] = "deferred", manifest["memory"], manifest["latency"]
         return row
     try:
         result = _measure(target.name, directory, manifest, request)

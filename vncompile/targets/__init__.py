@@ -24,6 +24,8 @@ BUILTIN_TARGETS: dict[str, str] = {
     "rknn": "vncompile.targets.rknn:RknnTarget",
     "qnn": "vncompile.targets.qnn:QnnTarget",
     "ethos-u": "vncompile.targets.ethos_u:EthosUTarget",
+    "litert": "vncompile.targets.litert:LiteRtTarget",
+    "coreml": "vncompile.targets.coreml:CoreMlTarget",
     "analytic": "vncompile.targets.analytic:AnalyticTarget",
 }
 

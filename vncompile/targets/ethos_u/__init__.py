@@ -1,9 +1,9 @@
 """Arm Ethos-U: an int8 TFLite (litert-torch) compiled by vela, in the ethos-u toolchain's environment.
 
-- ``vela``: the accelerators and Arm's system configurations and memory modes, the settings a build
-  asks for, vela's summary and the operators it leaves to the CPU;
-- ``interpreter``: verification of the int8 TFLite on the LiteRT interpreter (vela's output, a command
-  stream for the NPU, runs only on the device).
+``vela``: the accelerators and Arm's system configurations and memory modes, the settings a build
+asks for, vela's summary and the operators it leaves to the CPU. The int8 TFLite is verified on the
+LiteRT interpreter (``targets.litert.interpreter``); vela's output, a command stream for the NPU, runs
+only on the device.
 
 The toolchain (``vncompile toolchain install ethos-u``: litert-torch, vela, pinned) rebuilds the
 verified ONNX in torch node for node, quantizes it with litert-torch's PT2E quantizer on the shared
@@ -34,7 +34,8 @@ from ...api.target import (
 )
 from ...core.errors import InputError, VncompileError
 from ...toolchains import Worker, WorkerRequestFailed, get_spec, locate, missing_message, start_worker
-from .interpreter import LiteRtInterpreterSession
+from ..litert.interpreter import LiteRtInterpreterSession
+from ..rebuilt import check_rebuilt
 from .vela import EthosUOptions, VelaSettings, VelaSummary, cpu_operations
 
 __all__ = ["EthosUTarget"]
@@ -73,11 +74,8 @@ class EthosUTarget(Target):
         if request.precision not in self.precisions:
             raise InputError(f"ethos-u builds int8 (the NPU computes int8 only), not {request.precision}; "
                              "pass --precision int8")
-        if request.dynamic:
-            raise InputError("an Ethos-U command stream has static shapes; drop --dynamic")
-        if request.shape.batch != 1:
-            raise InputError(f"ethos-u builds batch 1 (a microcontroller NPU runs one input at a time), not "
-                             f"--batch {request.shape.batch}")
+        check_rebuilt(self.name, request, static_because="an Ethos-U command stream has static shapes",
+                      batch_1_because="a microcontroller NPU runs one input at a time")
         device = request.options.device
         if device not in (None, *self.devices):
             raise InputError(f"ethos-u verifies the int8 TFLite on the LiteRT interpreter, not --device {device}")
