@@ -77,7 +77,6 @@ def test_operators_left_out_of_the_delegate_are_found_from_its_partitions(monkey
     (["--precision", "bf16"], "litert builds fp32, fp16 (float16 weights) or int8 (full-integer), not bf16"),
     (["--dynamic"], "litert builds static shapes"),
     (["--batch", "2"], "litert builds batch 1"),
-    (["--opset", "11"], "litert reads ONNX opset >= 13"),
     (["--input-layout", "nchwc"], "--input-layout"),
     (["--threads", "0"], "--threads"),
     (["--soc", "SM8650"], "--soc does not apply to --target litert (its own: --input-layout, --threads)"),
