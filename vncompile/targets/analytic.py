@@ -15,7 +15,6 @@ from .. import __version__
 from ..api.target import Artifact, Availability, CompileContext, CompileResult, MemoryFigure, Session, Target
 from ..core.io import write_json
 from ..core.units import kb
-from ..onnxtools.memory_plan import MemoryPlan, plan_memory
 
 PLAN_FILE = "memory_plan.json"
 
@@ -36,6 +35,8 @@ class AnalyticTarget(Target):
         return "fp32"  # planned at the precision's element size, without a Q/DQ graph's extra tensors
 
     def compile(self, ctx: CompileContext) -> CompileResult:
+        from ..onnxtools.memory_plan import plan_memory
+
         plan = plan_memory(ctx.onnx_path, ctx.request.precision)
         write_json(ctx.build_dir / PLAN_FILE, plan.as_dict())
         ctx.log.info("analytic: weights %d B, arena %d B, peak at %s", plan.weight_bytes, plan.arena_bytes,
@@ -51,4 +52,6 @@ class AnalyticTarget(Target):
         document = json.loads((build_dir / PLAN_FILE).read_text())
         document.pop("total_bytes")
         document["live_at_peak"] = [tuple(x) for x in document["live_at_peak"]]
+        from ..onnxtools.memory_plan import MemoryPlan
+
         return MemoryPlan(**document).figure()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,10 +29,10 @@ from ..core.errors import InputError, VncompileError
 from ..core.host import package_version
 from ..core.schema import Text, setting
 from ..core.units import kb
-from ..onnxtools.memory_plan import plan_memory
-from ..onnxtools.passes import PASSES
-from ..onnxtools.quantized import QdqPlacement, qdq_placement
 from .onnxruntime import OnnxRuntimeSession
+
+if TYPE_CHECKING:  # the ONNX tools load onnx: imported where a build uses them, not when the CLI starts
+    from ..onnxtools.quantized import QdqPlacement
 
 EP = "QNNExecutionProvider"
 # Snapdragon SoCs and their Hexagon architecture (the HTP generation the context binary is compiled for).
@@ -136,6 +136,8 @@ class QnnTarget(Target):
                                     weight_type=QuantType[weights])
         qdq = ctx.build_dir / QDQ_MODEL
         quantize(str(ctx.onnx_path), str(qdq), config)
+        from ..onnxtools.quantized import qdq_placement
+
         placement = qdq_placement(qdq)
         _warn_float_nodes(ctx, placement)
         work = ctx.build_dir / "qnn-compile"  # QNN names the binary after the context model: compile aside, move
@@ -166,6 +168,8 @@ class QnnTarget(Target):
         return OnnxRuntimeSession(ort.InferenceSession(str(build_dir / CONTEXT_MODEL), _session_options(soc)))
 
     def compiler_memory(self, build_dir: Path, manifest: dict[str, Any]) -> MemoryFigure:
+        from ..onnxtools.memory_plan import plan_memory
+
         plan = plan_memory(build_dir / "model.onnx", manifest["target"]["precision"]).figure()
         binary = manifest["target"]["facts"]["context_binary_kb"]
         return MemoryFigure(plan.max_kb, "estimated", plan.weights_kb, plan.activations_kb,
@@ -191,6 +195,8 @@ def _warn_float_nodes(ctx: CompileContext, placement: QdqPlacement) -> None:
     if not placement.float_nodes:
         return
     import onnx
+
+    from ..onnxtools.passes import PASSES
 
     names = ", ".join(name for name, _ in placement.float_nodes[:8])
     if len(placement.float_nodes) > 8:

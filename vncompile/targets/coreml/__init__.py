@@ -36,7 +36,6 @@ from ...api.target import (
 from ...core.errors import InputError, TargetUnavailable
 from ...core.schema import OneOf, setting
 from ...core.units import kb
-from ...onnxtools.memory_plan import plan_memory
 from ..rebuilt import check_rebuilt
 from .convert import COMPUTE_UNITS, DEPLOYMENT_TARGETS, INT8_FROM, check_spec, convert, deployment_version, save_package
 
@@ -144,6 +143,8 @@ class CoreMlTarget(Target):
 
     def compiler_memory(self, build_dir: Path, manifest: dict[str, Any]) -> MemoryFigure:
         target = manifest["target"]
+        from ...onnxtools.memory_plan import plan_memory
+
         plan = plan_memory(build_dir / "model.onnx", facts(manifest)["compute_precision"]).figure()
         package = sum(p.stat().st_size for p in (build_dir / PACKAGE).rglob("*") if p.is_file())
         return MemoryFigure(plan.max_kb, "estimated", plan.weights_kb, plan.activations_kb,
