@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import InputError
+from ..core.io import work_directory
 from ..core.units import kb
 from ..onnxtools.memory_plan import plan_memory
 from ..vanillanet.tiling import TiledVanillaNet, Tiling, extra_macs
@@ -104,8 +104,7 @@ def fit_memory(loaded: LoadedModel, plan: BuildPlan) -> tuple[LoadedModel, dict[
     network = loaded.network
     if not loaded.family.tiles:
         raise InputError(f"--fit-memory tiles VanillaNet's high-resolution stages; {loaded.spec.label} is not one")
-    with tempfile.TemporaryDirectory(prefix="vncompile-fit-") as tmp:
-        work = Path(tmp)
+    with work_directory("fit-") as work:  # removed by the next run if this one is killed
         untiled = _candidate(loaded, plan, work, None)
         tried = [untiled]
         candidates = [untiled] if untiled.planned_kb <= budget else []

@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import __version__
 from ..api.options import DEFAULT_RUNTIME_PROFILE, SYNTHETIC, TargetOptions, flag_of, plain_value, scoped_settings
-from ..api.request import RANDOM_SEED, BuildRequest, InputShape, int8_scheme
+from ..api.request import BuildRequest, InputShape, int8_scheme
 from ..api.target import OnnxForm, Target
 from ..api.tolerance import QUANTIZED
 from ..core.errors import InputError
@@ -190,13 +190,8 @@ def _default(options_class: type, name: str) -> Any:
 
 def _model_identity(plan: BuildPlan) -> dict[str, Any]:
     request = plan.request
-    source = request.source
-    if source.checkpoint is not None:
-        weights = {"checkpoint_sha256": plan.checkpoint_sha256, "model": source.model_name, "weights": source.weights}
-    else:
-        weights = {"model": source.model_name, "width": source.width, "act_num": source.act_num, "seed": RANDOM_SEED}
-    return {"vncompile": __version__, **weights, "act_learn": source.act_learn, "features": source.features,
-            "prefix": source.prefix, "shape": request.shape.as_tuple(), "dynamic": request.dynamic}
+    return {"vncompile": __version__, "source": request.source.identity(plan.checkpoint_sha256),
+            "shape": request.shape.as_tuple(), "dynamic": request.dynamic}
 
 
 def _reference_key(plan: BuildPlan) -> str:
