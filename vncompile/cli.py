@@ -190,17 +190,28 @@ def _source(checkpoint: Path | None, model_name: str | None, width: float, act_n
               help="input size for the MAC count")
 @click.option("--json", "as_json", is_flag=True, help="print the facts as JSON on stdout")
 def inspect(checkpoint, model_name, width, act_num, weights, features, prefix, size, as_json) -> None:
-    """What a checkpoint (or --model) is: variant, form, act_learn, params and MACs; a detector's backbone."""
-    from .console import render_description
+    """What a checkpoint (or --model) is: variant, form, act_learn, params and MACs; a detector's backbone.
+    An ONNX file: its input, outputs, what it detects, and what the exact deploy fusion does to it."""
+    from .console import render_description, render_graph_description
     from .pipeline.inspection import describe
     from .pipeline.stages import load_model
 
-    loaded = load_model(_source(checkpoint, model_name, width, act_num, weights, features=features, prefix=prefix))
-    facts = describe(loaded, size)
+    source = _source(checkpoint, model_name, width, act_num, weights, features=features, prefix=prefix)
+    if source.is_onnx:
+        from .onnxtools.graph_file import read_graph_file
+        from .pipeline.external import describe_graph
+        from .pipeline.families import graph_family
+
+        graph = read_graph_file(source.checkpoint)
+        facts = describe_graph(graph, graph_family(graph))
+        render = render_graph_description
+    else:
+        facts = describe(load_model(source), size)
+        render = render_description
     if as_json:
         _print_json(facts)
     else:
-        render_description(facts)
+        render(facts)
 
 
 @cli.command()
@@ -302,6 +313,7 @@ def build(checkpoint, model_name, width, act_num, weights, features, prefix, tar
     """
     from .api.request import BuildRequest
     from .pipeline.build import build as run_build
+    from .pipeline.plan import graph_input_shape
 
     source = _source(checkpoint, model_name, width, act_num, weights, act_learn, features, prefix)
     if size is not None and input_shape is not None:
@@ -322,13 +334,16 @@ def build(checkpoint, model_name, width, act_num, weights, features, prefix, tar
         shape = input_shape
         if shape is None and ("size" in given or "batch" in given):
             shape = InputShape.square(size or config.sizes[0], batch if "batch" in given else config.batch)
+        if shape is None and source.is_onnx:  # the graph's own size, not the config's
+            shape = graph_input_shape(source, config.batch)
         if dynamic:
             typed["dynamic"] = True
         request = config.build_request(source, shape=shape, **typed)
     else:
         if target is None:
             raise InputError("give --target, or --device with a device config")
-        shape = input_shape or InputShape.square(224 if size is None else size, batch)
+        shape = input_shape or (InputShape.square(size, batch) if size is not None else
+                                graph_input_shape(source, batch) if source.is_onnx else InputShape.square(224, batch))
         request = BuildRequest(source, shape=shape, dynamic=dynamic, **typed)
     _run_build(run_build, request, output, force, as_json)
 
@@ -344,7 +359,7 @@ def _given() -> set[str]:
 def _run_build(run_build, request, output, force, as_json) -> None:
     from rich.markup import escape
 
-    from .console import RichStageReporter, render_verification, stderr
+    from .console import RichStageReporter, render_graph_notes, render_verification, stderr
 
     outcome = run_build(request, output, force=force, reporter=RichStageReporter())
     manifest = outcome.manifest
@@ -354,6 +369,7 @@ def _run_build(run_build, request, output, force, as_json) -> None:
         stderr.print(f"served from the cache -> {outcome.out_dir}")
     else:
         render_verification(manifest["verification"], manifest.get("accuracy"))
+        render_graph_notes(manifest["model"])
         if manifest.get("notice"):
             stderr.print(f"[yellow]notice:[/] {escape(manifest['notice'])}")
         stderr.print(f"[bold]{manifest['status']}[/] -> {outcome.out_dir}")
@@ -421,7 +437,8 @@ def profile(checkpoints, models, width, act_num, target_list, sizes, features, p
     """
     from .api.request import ModelSource
     from .core.io import refuse_existing
-    from .profiling.profile import BACKBONE_SIZES, DEFAULT_MODELS, ProfileRequest, backbone_features, profilable_targets
+    from .profiling.profile import (BACKBONE_SIZES, DEFAULT_MODELS, ProfileRequest, backbone_features,
+                                    graph_profile_sizes, profilable_targets)
     from .profiling.reports import is_profile_output
     from .vanillanet.features import parse_features
 
@@ -442,6 +459,7 @@ def profile(checkpoints, models, width, act_num, target_list, sizes, features, p
         memory_limit = memory_limit or config.memory_limit
         if "batch" in given:
             config = dataclasses.replace(config, batch=batch)
+    sizes = graph_profile_sizes(sources, tuple(sizes), given="sizes" in given or config is not None)
     targets = _names(target_list) if target_list else profilable_targets()
     from .targets import get_target
 

@@ -90,6 +90,43 @@ def render_description(facts: dict[str, Any], console: Console = stderr) -> None
     console.print(counts)
 
 
+def render_graph_description(facts: dict[str, Any], console: Console = stderr) -> None:
+    """``inspect model.onnx``: the graph's interface, what it detects, and the deploy fusion's effect."""
+    table = Table(show_header=False, box=None)
+    table.add_row("graph", escape(f"{facts['path']} ({facts['family']}; opset {facts['opset']}, {facts['nodes']} "
+                                  f"nodes{', by ' + facts['producer'] if facts['producer'] else ''})"))
+    dims = "x".join(str(d) for d in facts["input"]["dims"])
+    size = ("fixed: builds at this size only" if facts["fixed_size"] else "dynamic: builds at any size")
+    table.add_row("input", escape(f"{facts['input']['name']} {dims} ({size})"))
+    for output in facts["outputs"]:
+        table.add_row("output", escape(f"{output['name']} {'x'.join(str(d) for d in output['dims'])}"))
+    if facts["external_data"]:
+        table.add_row("external data", escape(", ".join(facts["external_data"])))
+    detector = facts.get("detector")
+    if detector:
+        names = ", ".join(detector["names"][:8]) + (" ..." if len(detector["names"]) > 8 else "")
+        table.add_row("detects", escape(f"{len(detector['names']) or '?'} classes ({names}); decoded as "
+                                        f"{'a YOLO Detect output' if detector['decode'] == 'yolo' else 'NMS rows'}"
+                                        + (f"; imgsz {detector['imgsz'][0]}x{detector['imgsz'][1]}"
+                                           if detector["imgsz"] else "")))
+    fusion = facts["deploy_fusion"]
+    table.add_row("deploy fusion", escape(fusion["summary"]))
+    if fusion["finding"]:
+        table.add_row("", f"[yellow]{escape(fusion['finding'])}[/]")
+    console.print(table)
+
+
+def render_graph_notes(model: dict[str, Any], console: Console = stderr) -> None:
+    """An ONNX file's build: what the deploy fusion did, and which reference it was verified against."""
+    fusion = model.get("deploy_fusion")
+    if fusion is None:
+        return
+    console.print(escape(fusion["summary"]))
+    if fusion["finding"]:
+        console.print(f"[yellow]warning:[/] {escape(fusion['finding'])}")
+    console.print(escape(f"reference: {model['reference']}"))
+
+
 def render_verification(verification: dict[str, Any], accuracy: dict[str, Any] | None = None,
                         console: Console = stderr) -> None:
     """One row per stage (per output, for a multi-output network); with --eval-data, each stage's top-1 and

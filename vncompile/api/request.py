@@ -62,10 +62,26 @@ class ModelSource:
             if self.width != 1.0 or self.act_num is not None:
                 raise InputError("--width and --act-num apply to --model networks; a checkpoint's come from its "
                                  "tensors")
+            if self.is_onnx:
+                self._check_onnx_source()
         if self.act_num is not None and not 0 <= self.act_num <= 8:
             raise InputError(f"--act-num must be between 0 and 8, got {self.act_num}")
         if self.act_learn is not None and not (0.0 <= self.act_learn <= 1.0):
             raise InputError(f"--act-learn must be in [0, 1], got {self.act_learn:g}")
+
+    @property
+    def is_onnx(self) -> bool:
+        """An ONNX file from any exporter (``.onnx``): the graph is the model, and its reference."""
+        return self.checkpoint is not None and Path(self.checkpoint).suffix.lower() == ".onnx"
+
+    def _check_onnx_source(self) -> None:
+        given = [flag for flag, value, default in (
+            ("--model", self.model_name, None), ("--weights", self.weights, "auto"),
+            ("--act-learn", self.act_learn, None), ("--features", self.features, None), ("--prefix", self.prefix, None))
+            if value != default]
+        if given:
+            raise InputError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to an ONNX file: "
+                             "its graph is built as exported (re-export it to change its outputs or weights)")
 
     def identity(self, checkpoint_sha256: str | None) -> dict[str, Any]:
         """What determines the weights: the checkpoint's bytes, or the name and seed."""
@@ -145,9 +161,16 @@ class BuildRequest:
             raise InputError(f"unknown precision '{self.precision}'; choose from {', '.join(PRECISIONS)}")
         if self.simplifier not in SIMPLIFIERS:
             raise InputError(f"unknown simplifier '{self.simplifier}'; choose from {', '.join(SIMPLIFIERS)}")
-        if self.opset not in OPSETS:
+        if self.opset not in OPSETS and not self.source.is_onnx:  # an ONNX file's opset is its own
             raise InputError(f"--opset must be between {OPSETS[0]} and {OPSETS[-1]} (the opsets the ONNX export "
                              f"writes), got {self.opset}")
+
+    def opset_remedy(self, opset: int) -> str:
+        """How to get a graph at ``opset`` or lower: export it so, or, for an ONNX file, re-export it."""
+        if self.source.is_onnx:
+            name = Path(self.source.checkpoint).name  # type: ignore[arg-type]
+            return f"re-export {name} with opset {opset} or lower (Ultralytics: opset={opset})"
+        return f"pass --opset {opset} or lower"
 
     def check_calibration(self) -> None:
         """A build that quantizes a trained checkpoint needs real images: noise says nothing about the ranges its

@@ -37,7 +37,8 @@ FOLD_BN = "fold-batchnorm"
 DROP_LEAKY_RELU = "drop-identity-leaky-relu"
 MERGE_CONVS = "merge-pointwise-convs"
 DEPLOY_FUSION = (FOLD_BN, DROP_LEAKY_RELU, MERGE_CONVS)
-GROUPS["deploy-fusion"] = DEPLOY_FUSION
+DEPLOY_FUSION_GROUP = "deploy-fusion"
+GROUPS[DEPLOY_FUSION_GROUP] = DEPLOY_FUSION
 
 
 class _View:
@@ -273,6 +274,7 @@ class DeployFusionReport:
         """For a manifest: counts, blocks, nodes and convs before/after, and the findings."""
         result = asdict(self)
         result["mid_schedule"] = [{"node": b.node, "alpha": b.alpha} for b in self.mid_schedule]
+        result["summary"], result["finding"] = self.summary(), self.finding()
         return result
 
     def summary(self) -> str:

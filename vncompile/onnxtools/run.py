@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..api.request import InputShape
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def seeded_inputs(shape: InputShape, count: int, seed: int = 1234) -> np.ndarray:
@@ -48,10 +51,19 @@ def output_names(path: Path) -> list[str]:
 
 def run_onnx(path: Path, batches: np.ndarray) -> list[list[np.ndarray]]:
     """Each batch through ONNX Runtime's CPU provider."""
+    return _run(str(path), batches)
+
+
+def run_onnx_model(model: onnx.ModelProto, batches: np.ndarray) -> list[list[np.ndarray]]:
+    """``run_onnx`` of a graph in memory."""
+    return _run(model.SerializeToString(), batches)
+
+
+def _run(model: str | bytes, batches: np.ndarray) -> list[list[np.ndarray]]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     feed = onnx_feed(session)  # the onnxruntime target feeds the same way, so ONNX stages and it agree
     return [[np.asarray(o, dtype=np.float32) for o in session.run(None, feed(b))] for b in batches]

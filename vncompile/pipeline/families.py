@@ -10,6 +10,10 @@ judged. The pipeline asks the family and never branches on the kind of network i
   sides must divide by the deepest output's stride.
 - ``ResNetBaseline``: the ResNet-50 / plain-CNN-50 baselines of the paper's Table 1 (classifier or
   backbone): no act_learn, no tiling.
+- ``ExternalGraph``: an ONNX file from any exporter (``graph_family``): a classifier (one ``[N, classes]``
+  output), a detector (a YOLOv8/YOLO11 Detect output ``[N, 4 + classes, anchors]``, or NMS rows ``[N, K, 6]``),
+  or any other graph, verified output by output. Its sizes come from the graph: a fixed-size graph builds at
+  its own size only.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from dataclasses import dataclass
 
 from ..api.request import InputShape
 from ..core.errors import InputError
+from ..data.detection import DetectorMetadata, ultralytics_metadata
+from ..onnxtools.graph_file import GraphFile
 from ..vanillanet.archs import ModelSpec, has_adaptive_pooling, min_input_size
 from ..vanillanet.features import FeatureMap
 
@@ -30,6 +36,8 @@ class ModelFamily:
     learns_activation: bool = False  # the act_learn leaky ReLU between the 1x1 convs (``--act-learn``)
     series_activation: bool = False  # the series activation, its depthwise kernel 2n+1 (``--act-num``)
     tiles: bool = False  # ``--fit-memory`` can tile the high-resolution stages into strips
+    detector: str | None = None  # how its outputs decode into boxes: "yolo" (Detect head), "nms" (NMS rows), None
+    preprocess: str = "center-crop"  # real images' default preprocessing: "center-crop" (ImageNet) or "letterbox"
 
     def output_names(self, features: tuple[FeatureMap, ...]) -> list[str]:
         """A backbone's outputs say what they are (``stage8_s16``: stage 8's map, 1/16 of the input); else logits."""
@@ -107,3 +115,60 @@ def family_of(spec: ModelSpec, features: tuple[FeatureMap, ...] | list[FeatureMa
     if spec.is_vanillanet:
         return VANILLANET_BACKBONE if features else VANILLANET_CLASSIFIER
     return RESNET_BACKBONE if features else RESNET_CLASSIFIER
+
+
+@dataclass(frozen=True)
+class ExternalGraphFamily(ModelFamily):
+    """A graph vncompile did not export: everything it knows comes from the graph itself."""
+
+    metadata: DetectorMetadata = DetectorMetadata()
+
+    def check_graph_input(self, graph: GraphFile, shape: InputShape, dynamic: bool, given_size: bool = True) -> None:
+        """A fixed-size graph builds at its own size only; channels as declared; --dynamic needs dynamic dims."""
+        fixed = graph.fixed_size
+        if fixed is not None and (shape.height, shape.width) != fixed:
+            raise InputError(
+                f"{graph.path.name} has a fixed input size {fixed[0]}x{fixed[1]} (its reshapes and head were traced "
+                f"at it), so it cannot build at {shape.height}x{shape.width}; drop --size/--sizes, or re-export it "
+                "with dynamic height and width (Ultralytics: yolo export ... dynamic=True; torch.onnx.export: "
+                "dynamic_axes / dynamic_shapes)")
+        if graph.channels is not None and graph.channels != shape.channels:
+            raise InputError(f"{graph.path.name} takes {graph.channels} input channels, not {shape.channels}")
+        batch = graph.input_dims[0]
+        if isinstance(batch, int) and batch != shape.batch:
+            raise InputError(f"{graph.path.name} has a fixed batch of {batch}, not {shape.batch}; drop --batch or "
+                             "re-export with a dynamic batch")
+        if dynamic and fixed is not None:
+            raise InputError(f"--dynamic needs a graph with dynamic height and width; {graph.path.name} is fixed at "
+                             f"{fixed[0]}x{fixed[1]}")
+
+    def output_names(self, features=()) -> list[str]:
+        raise NotImplementedError("an external graph's outputs are its own (GraphFile.output_names)")
+
+
+def _detector_kind(graph: GraphFile, metadata: DetectorMetadata) -> str | None:
+    """"yolo" for a Detect output [N, 4 + classes, anchors] (as many classes as the metadata names, or any number
+    in a graph whose metadata says it detects), "nms" for an Ultralytics detector's NMS rows [N, K, 6]
+    (x1, y1, x2, y2, score, class); None otherwise (its outputs are verified one by one)."""
+    if len(graph.outputs) != 1 or len(graph.outputs[0][1]) != 3:
+        return None
+    channels, last = graph.outputs[0][1][1:]
+    if metadata.names is not None and channels == 4 + len(metadata.names):
+        return "yolo"
+    if metadata.task != "detect":
+        return None
+    if last == 6:
+        return "nms"
+    return "yolo" if isinstance(channels, int) and channels > 4 else None
+
+
+def graph_family(graph: GraphFile) -> ExternalGraphFamily:
+    """What an ONNX file is, from its outputs and Ultralytics' metadata when it has some."""
+    metadata = ultralytics_metadata(graph.metadata)
+    kind = _detector_kind(graph, metadata)
+    if kind is not None:
+        return ExternalGraphFamily("external detector", classifier=False, detector=kind, preprocess="letterbox",
+                                   metadata=metadata)
+    classifier = len(graph.outputs) == 1 and len(graph.outputs[0][1]) == 2
+    return ExternalGraphFamily("external classifier" if classifier else "external graph", classifier=classifier,
+                               metadata=metadata)

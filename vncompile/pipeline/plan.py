@@ -26,16 +26,17 @@ from typing import Any
 
 from .. import __version__
 from ..api.options import DEFAULT_RUNTIME_PROFILE, SYNTHETIC, TargetOptions, flag_of, plain_value, scoped_settings
-from ..api.request import BuildRequest, InputShape, int8_scheme
+from ..api.request import BuildRequest, InputShape, ModelSource, int8_scheme
 from ..api.target import OnnxForm, Target
 from ..api.tolerance import QUANTIZED
 from ..core.errors import InputError
 from ..core.hashing import sha256_file
 from ..core.host import toolchain_versions, total_memory_bytes
 from ..core.schema import convert, settings_of
+from ..onnxtools.graph_file import GraphFile, read_graph_file
 from ..onnxtools.simplify import SIMPLIFIER_PACKAGES
 from ..targets import get_target, own_option_declarations, require_available
-from .families import family_of
+from .families import ExternalGraphFamily, family_of, graph_family
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class BuildPlan:
     reference_key: str
     onnx_key: str
     build_key: str
+    graph: GraphFile | None = None  # an ONNX file given as the model: its structure, read once
+    graph_family: ExternalGraphFamily | None = None  # and what it is (classifier, detector, other graph)
 
     @property
     def precision(self) -> str:
@@ -90,20 +93,35 @@ def resolve(request: BuildRequest) -> BuildPlan:
     own = own_options(target, request.options)
     precision = request.precision or target.default_precision(own)
     request = dataclasses.replace(request, precision=precision)
-    _check(request, target, own)
+    graph = family = None
+    if request.source.is_onnx:
+        graph = read_graph_file(request.source.checkpoint)  # type: ignore[arg-type]
+        family = graph_family(graph)
+        request = _with_graph_opset(request, graph)
+    _check(request, target, own, graph, family)
     form = target.onnx_form(precision)
-    passes = graph_passes(request.options, target)
+    passes = graph_passes(request.options, target, external=graph is not None)
     judge = target if target.plans_memory and request.options.fit_memory is not None else None
     verify_shapes = tuple(request.verify_shapes(target.dynamic_sizes(own)))
     checkpoint = request.source.checkpoint
-    checkpoint_sha256 = sha256_file(Path(checkpoint)) if checkpoint is not None else None
+    checkpoint_sha256 = graph.sha256() if graph is not None else \
+        sha256_file(Path(checkpoint)) if checkpoint is not None else None
     core = toolchain_versions(*SIMPLIFIER_PACKAGES[request.simplifier])
     toolchain = {**core, **toolchain_versions(*target.packages), **target.cache_identity()}
     plan = BuildPlan(request, target, own, form, passes, judge, verify_shapes, checkpoint_sha256, toolchain, "", "",
-                     "")
+                     "", graph, family)
     reference = _reference_key(plan)
     onnx = _onnx_key(plan, reference, core)
     return dataclasses.replace(plan, reference_key=reference, onnx_key=onnx, build_key=_build_key(plan, onnx))
+
+
+def graph_input_shape(source: ModelSource, batch: int = 1) -> InputShape:
+    """An ONNX file's size when none is given: its own (fixed), else the size its exporter recorded (Ultralytics'
+    ``imgsz``), else a detector's 640 or a classifier's 224."""
+    graph = read_graph_file(source.checkpoint)  # type: ignore[arg-type]
+    family = graph_family(graph)
+    height, width = graph.fixed_size or family.metadata.imgsz or ((640, 640) if family.detector else (224, 224))
+    return InputShape(batch, graph.channels or 3, height, width)
 
 
 # ---------------------------------------------------------------------------- options and checks
@@ -130,7 +148,18 @@ def _flag(name: str) -> str:
     return declarations[name].flag or name if name in declarations else name
 
 
-def _check(request: BuildRequest, target: Target, own: Any) -> None:
+def _with_graph_opset(request: BuildRequest, graph: GraphFile) -> BuildRequest:
+    """An ONNX file builds at its own opset: what the targets' checks see."""
+    from ..api.request import DEFAULT_OPSET
+
+    if request.opset not in (DEFAULT_OPSET, graph.opset):
+        raise InputError(f"--opset does not apply to an ONNX file: {graph.path.name} is opset {graph.opset} "
+                         "(re-export it to change that)")
+    return dataclasses.replace(request, opset=graph.opset)
+
+
+def _check(request: BuildRequest, target: Target, own: Any, graph: GraphFile | None = None,
+           family: ExternalGraphFamily | None = None) -> None:
     options = request.options
     if options.keep_fp32 is not None and not any(target.onnx_form(p) == "int8-qdq" for p in target.precisions):
         raise InputError(f"{flag_of(TargetOptions, 'keep_fp32')} does not apply to --target {target.name}: it "
@@ -142,7 +171,15 @@ def _check(request: BuildRequest, target: Target, own: Any) -> None:
         raise InputError(f"{target.name} has no runtime profiles: {target.why_no_runtime_profiles}; "
                          f"drop --runtime-profile {profile}")
     target.check_request(request, own)
-    if request.source.checkpoint is None:  # the architecture is known without reading weights: check sizes now
+    if graph is not None and family is not None:
+        family.check_graph_input(graph, request.shape, request.dynamic)
+        if options.fit_memory is not None:
+            raise InputError("--fit-memory tiles VanillaNet networks vncompile defines; an ONNX file builds as "
+                             "exported")
+        if options.io_dtype != "fp32":
+            raise InputError("--io-dtype applies to networks vncompile exports; an ONNX file keeps its float32 "
+                             "input")
+    elif request.source.checkpoint is None:  # the architecture is known without reading weights: check sizes now
         from ..vanillanet.features import selection
 
         spec = request.source.spec_without_checkpoint()
@@ -150,13 +187,16 @@ def _check(request: BuildRequest, target: Target, own: Any) -> None:
         family_of(spec, features).check_input(spec, request.shape, request.dynamic, total_memory_bytes(), features)
 
 
-def graph_passes(options: TargetOptions, target: Target) -> tuple[str, ...]:
-    """The graph passes a build applies: --graph-passes (``none``: none), else the target's own."""
+def graph_passes(options: TargetOptions, target: Target, external: bool = False) -> tuple[str, ...]:
+    """The graph passes a build applies: --graph-passes (``none``: none), else the target's own, after the exact
+    deploy fusion for an ONNX file (an exporter's training-form VanillaNet blocks fused as switch_to_deploy
+    would)."""
+    from ..onnxtools.deploy_fusion import DEPLOY_FUSION_GROUP
     from ..onnxtools.passes import check_pass_names
 
     chosen = options.graph_passes
     if chosen is None:
-        return target.graph_passes
+        return ((DEPLOY_FUSION_GROUP,) if external else ()) + target.graph_passes
     if chosen == ("none",):
         return ()
     if "none" in chosen:

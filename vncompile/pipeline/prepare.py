@@ -163,6 +163,10 @@ def load_for(plan: BuildPlan):
     from . import stages
 
     request = plan.request
+    if plan.graph is not None:  # an ONNX file: checked when the plan was made
+        from .external import load_external
+
+        return load_external(plan.graph, plan.graph_family, request.shape)
     loaded = stages.load_model(request.source, plan.checkpoint_sha256)
     loaded.family.check_input(loaded.spec, request.shape, request.dynamic, total_memory_bytes(), loaded.features)
     return loaded
@@ -209,11 +213,11 @@ def _simplified(plan: BuildPlan, exported_onnx: Path, simplified_onnx: Path, che
 
 def _run(plan: BuildPlan, directory: Path, cache: BuildCache, work: Path, timings: StageTimings,
          eval_set: EvalSet | None, real: np.ndarray | None) -> dict[str, Any]:
-    from ..data.calibration import calibration_set
-    from ..onnxtools.quantize import layers_to_keep, quantize_qdq
     from . import stages
 
     request, form = plan.request, plan.form
+    if plan.graph is not None:
+        return _run_external(plan, directory, cache, work, timings, eval_set, real)
     with timings.stage("load"):
         loaded = load_for(plan)
     fitted = None
@@ -223,30 +227,12 @@ def _run(plan: BuildPlan, directory: Path, cache: BuildCache, work: Path, timing
             from .fit import fit_memory
 
             exported, fitted = fit_memory(exported, plan)
-    exported_onnx, simplified_onnx, model_onnx = (directory / name for name in FILES)
+    exported_onnx, simplified_onnx = directory / "exported.onnx", directory / "simplified.onnx"
     rewritten = onnx_graph(plan, exported, exported_onnx, simplified_onnx, timings=timings)
-    weight_bits = plan.target.int8_weight_bits
-    if form == "int8-qdq":
-        with timings.stage("quantize"):
-            calibration = calibration_set(request.options, request.shape)
-            quantize_qdq(simplified_onnx, model_onnx, calibration,
-                         layers_to_keep(simplified_onnx, request.options.keep_fp32), weight_bits=weight_bits)
-            # Where int8 departs from fp32, layer by layer, on real images when there are some.
-            probe = calibration if eval_set is None else eval_set.inputs
-            write_layers(layer_errors(simplified_onnx, model_onnx, probe[:LAYER_INPUTS]), directory / LAYERS_CSV)
-    else:  # the same graph: one file under both names (a full-size ONNX is ~100 MB)
-        link_or_copy(simplified_onnx, model_onnx)
-    names = stages.output_names(loaded)
+    _target_form(plan, directory, timings, eval_set)
+    names = loaded.output_names
     classifier = loaded.family.classifier
-    errors: list[StageError] = []
-    if request.verify:
-        with timings.stage("reference"):
-            reference_dir = _reference(plan, loaded, cache, work, real)
-            errors = _onnx_errors(plan, loaded, exported, directory, reference_dir, names, classifier, real)
-    accuracy_section = None
-    if eval_set is not None:
-        with timings.stage("evaluate"):
-            accuracy_section = _stage_accuracy(plan, loaded, exported, directory, classifier, eval_set)
+    errors, accuracy_section = _checked(plan, loaded, exported, directory, cache, work, timings, eval_set, real)
     spec = exported.spec
     record = {
         "cache_key": plan.onnx_key,
@@ -260,21 +246,129 @@ def _run(plan: BuildPlan, directory: Path, cache: BuildCache, work: Path, timing
             else None,
             "fit_memory": fitted,  # --fit-memory: the tiling chosen, its planned peak and extra MACs
             "graph_passes": rewritten,  # each exact rewrite applied, and how many places it changed
-            "int8_scheme": int8_scheme(weight_bits) if form == "int8-qdq" else None,
+            "int8_scheme": int8_scheme(plan.target.int8_weight_bits) if form == "int8-qdq" else None,
         },
+    }
+    return _record(record, loaded, directory, names, classifier, accuracy_section, errors, timings)
+
+
+def _record(record: dict[str, Any], loaded, directory: Path, names: list[str], classifier: bool,
+            accuracy_section: dict[str, Any] | None, errors: list[StageError], timings: StageTimings) -> dict[str, Any]:
+    """The ONNX entry's manifest: ``record`` (its key and model) and what every graph's stages produce."""
+    record.update({
         "classifier": classifier,
         "output_names": names,
         "accuracy": accuracy_section,
-        "outputs": _outputs(loaded, model_onnx),
+        "outputs": _outputs(loaded, directory / "model.onnx"),
         "verification": [e.as_dict() for e in errors],
         "stages": list(timings.records),
         "artifacts": [_artifact(directory, name, role) for name, role in FILES.items()],
-    }
+    })
     extra = {EVAL_REFERENCE: "eval-reference", LAYERS_CSV: "int8-layers"}
     record["artifacts"] += [_artifact(directory, name, role) for name, role in extra.items()
                             if (directory / name).is_file()]
     write_json(directory / "manifest.json", record)
     return record
+
+
+def _target_form(plan: BuildPlan, directory: Path, timings: StageTimings, eval_set: EvalSet | None) -> None:
+    """``model.onnx``, the graph the target compiles: the Q/DQ int8 graph (with its per-layer error table), else
+    the simplified graph itself."""
+    from ..data.calibration import calibration_set
+    from ..onnxtools.quantize import layers_to_keep, quantize_qdq
+
+    request = plan.request
+    simplified_onnx, model_onnx = directory / "simplified.onnx", directory / "model.onnx"
+    if plan.form == "int8-qdq":
+        with timings.stage("quantize"):
+            calibration = calibration_set(request.options, request.shape)
+            quantize_qdq(simplified_onnx, model_onnx, calibration,
+                         layers_to_keep(simplified_onnx, request.options.keep_fp32),
+                         weight_bits=plan.target.int8_weight_bits)
+            # Where int8 departs from fp32, layer by layer, on real images when there are some.
+            probe = calibration if eval_set is None else eval_set.inputs
+            write_layers(layer_errors(simplified_onnx, model_onnx, probe[:LAYER_INPUTS]), directory / LAYERS_CSV)
+    else:  # the same graph: one file under both names (a full-size ONNX is ~100 MB)
+        link_or_copy(simplified_onnx, model_onnx)
+
+
+def _checked(plan: BuildPlan, loaded, exported, directory: Path, cache: BuildCache, work: Path,
+             timings: StageTimings, eval_set: EvalSet | None, real: np.ndarray | None):
+    """The reference, the ONNX stages' errors against it, and the accuracy per stage on labelled images."""
+    errors: list[StageError] = []
+    if plan.request.verify:
+        with timings.stage("reference"):
+            reference_dir = _reference(plan, loaded, cache, work, real)
+            errors = _onnx_errors(plan, loaded, exported, directory, reference_dir, loaded.output_names,
+                                  loaded.family.classifier, real)
+    accuracy_section = None
+    if eval_set is not None:
+        with timings.stage("evaluate"):
+            accuracy_section = _stage_accuracy(plan, loaded, exported, directory, loaded.family.classifier, eval_set)
+    return errors, accuracy_section
+
+
+def _run_external(plan: BuildPlan, directory: Path, cache: BuildCache, work: Path, timings: StageTimings,
+                  eval_set: EvalSet | None, real: np.ndarray | None) -> dict[str, Any]:
+    """The stages of an ONNX file (``external``): the given graph at the build's shape is the export."""
+    from ..onnxtools.deploy_fusion import DEPLOY_FUSION, deploy_fusion_report
+    from ..onnxtools.files import save_onnx
+
+    request = plan.request
+    with timings.stage("load"):
+        loaded = load_for(plan)
+    exported_onnx, simplified_onnx = directory / "exported.onnx", directory / "simplified.onnx"
+    with timings.stage("export"):
+        save_onnx(loaded.at_shape(None if request.dynamic else request.shape), exported_onnx)
+    with timings.stage("simplify"):
+        rewritten = _simplified(plan, exported_onnx, simplified_onnx, check=True)
+        import onnx
+
+        fusion = deploy_fusion_report(loaded.model, onnx.load(str(simplified_onnx), load_external_data=False),
+                                      {name: rewritten.get(name, 0) for name in DEPLOY_FUSION})
+        log.info("%s", fusion.summary())
+        if fusion.finding():
+            log.warning("%s", fusion.finding())
+        if plan.form == "fp16":
+            _to_fp16(simplified_onnx)
+    _target_form(plan, directory, timings, eval_set)
+    errors, accuracy_section = _checked(plan, loaded, loaded, directory, cache, work, timings, eval_set, real)
+    graph = plan.graph
+    assert graph is not None
+    record = {
+        "cache_key": plan.onnx_key,
+        "model": {
+            "name": graph.path.stem, "label": graph.path.name, "width": None, "form": "onnx",
+            "family": loaded.family.name, "act_num": None, "num_classes": _classes(loaded), "act_learn": None,
+            "checkpoint_sha256": plan.checkpoint_sha256, "trained": True, "features": None,
+            "detector": loaded.detector(), "fit_memory": None, "graph_passes": rewritten,
+            "int8_scheme": int8_scheme(plan.target.int8_weight_bits) if plan.form == "int8-qdq" else None,
+            "onnx": loaded.description(), "reference": loaded.reference, "deploy_fusion": fusion.as_dict(),
+        },
+    }
+    return _record(record, loaded, directory, loaded.output_names, loaded.family.classifier, accuracy_section,
+                   errors, timings)
+
+
+def _classes(loaded) -> int | None:
+    """A classifier's or a detector's number of classes, where the graph says it."""
+    dims = loaded.graph.outputs[0][1]
+    if loaded.family.classifier:
+        return dims[-1] if isinstance(dims[-1], int) else None
+    names = loaded.family.metadata.names
+    if names is not None:
+        return len(names)
+    return dims[1] - 4 if loaded.family.detector == "yolo" and isinstance(dims[1], int) else None
+
+
+def _to_fp16(path: Path) -> None:
+    """A float graph in fp16 (weights and compute), its input and outputs kept float32 as an export's are."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from ..onnxtools.files import save_onnx
+
+    save_onnx(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), path)
 
 
 def _artifact(directory: Path, name: str, role: str) -> dict[str, Any]:
@@ -285,10 +379,6 @@ def _artifact(directory: Path, name: str, role: str) -> dict[str, Any]:
 def _reference(plan: BuildPlan, loaded, cache: BuildCache, work: Path, real: np.ndarray | None) -> Path:
     """The float64 reference outputs of the plan's network on the verification inputs, at every verified shape:
     from the cache, or computed once and stored for every build of the same weights, shape and inputs."""
-    import torch
-
-    from . import stages
-
     key = plan.reference_key
     with cache.lock(key):
         if cache.lookup(key, kind="reference") is not None:
@@ -298,7 +388,7 @@ def _reference(plan: BuildPlan, loaded, cache: BuildCache, work: Path, real: np.
         directory.mkdir()
         arrays = {}
         for shape in plan.verify_shapes:
-            outputs = stages.run_torch(loaded.network, verify_inputs(shape, real).batches, dtype=torch.float64)
+            outputs = loaded.float64_outputs(shape, verify_inputs(shape, real).batches)
             for b, batch in enumerate(outputs):
                 for o, output in enumerate(batch):
                     arrays[f"{shape.label}/{b}/{o}"] = output
@@ -311,14 +401,12 @@ def _reference(plan: BuildPlan, loaded, cache: BuildCache, work: Path, real: np.
 def _stage_accuracy(plan: BuildPlan, loaded, exported, directory: Path, classifier: bool,
                     eval_set: EvalSet) -> dict[str, Any]:
     """Top-1/top-5 of the reference and every torch and ONNX stage on the labelled images."""
-    import torch
-
     from . import stages
 
     if not classifier:
         raise InputError("--eval-data measures a classifier's accuracy; this network has no classifier head")
     batches = np.stack(eval_set.batches(plan.request.shape.batch))
-    reference = eval_set.logits(stages.run_torch(loaded.network, batches, dtype=torch.float64))
+    reference = eval_set.logits(loaded.float64_outputs(plan.request.shape, batches))
     if reference.shape[1] <= int(eval_set.labels.max()):
         raise InputError(f"{eval_set.images.root}: labels go up to {int(eval_set.labels.max())} but the network has "
                          f"{reference.shape[1]} classes")

@@ -47,6 +47,14 @@ class LoadedModel:
     def checkpoint_sha256(self) -> str | None:
         return None if self.checkpoint is None else self.checkpoint.sha256
 
+    @property
+    def output_names(self) -> list[str]:
+        return self.family.output_names(self.features)
+
+    def float64_outputs(self, shape: InputShape, batches: np.ndarray) -> list[list[np.ndarray]]:
+        """The reference: the network as loaded (its training form), in float64."""
+        return run_torch(self.network, batches, dtype=torch.float64)
+
 
 # ---------------------------------------------------------------------------- load / fuse
 
@@ -125,17 +133,13 @@ def network_for_export(loaded: LoadedModel) -> LoadedModel:
 # ---------------------------------------------------------------------------- export / run
 
 
-def output_names(loaded: LoadedModel) -> list[str]:
-    return loaded.family.output_names(loaded.features)
-
-
 def export_onnx(loaded: LoadedModel, shape: InputShape, path: Path, *, opset: int, dynamic: bool,
                 compute: str = "fp32", io_dtype: str = "fp32") -> Path:
     """The loaded network exported to ONNX (``onnxtools.export``), its outputs named."""
     if dynamic and has_adaptive_pooling(loaded.spec):  # also checked up front; the exporter would fail obscurely
         raise ExportError(f"{loaded.spec.name} exports only at static sizes (adaptive pooling)")
     return onnxtools_export(loaded.network, shape, path, label=loaded.spec.label,
-                            output_names=output_names(loaded), opset=opset, dynamic=dynamic,
+                            output_names=loaded.output_names, opset=opset, dynamic=dynamic,
                             compute=compute, io_dtype=io_dtype)
 
 

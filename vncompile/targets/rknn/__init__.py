@@ -98,7 +98,7 @@ class RknnTarget(Target):
             raise InputError("rknn compiles static input shapes; drop --dynamic")
         if request.opset > MAX_OPSET:
             raise InputError(f"rknn-toolkit2 reads ONNX opset <= {MAX_OPSET}, not {request.opset}; "
-                             f"pass --opset {MAX_OPSET} or lower")
+                             f"{request.opset_remedy(MAX_OPSET)}")
         if request.options.io_dtype != "fp32":
             raise InputError("--io-dtype applies to fp16 ONNX graphs; rknn takes float32 inputs and converts itself")
 
