@@ -437,8 +437,8 @@ def profile(checkpoints, models, width, act_num, target_list, sizes, features, p
     """
     from .api.request import ModelSource
     from .core.io import refuse_existing
-    from .profiling.profile import (BACKBONE_SIZES, DEFAULT_MODELS, ProfileRequest, backbone_features,
-                                    graph_profile_sizes, profilable_targets)
+    from .pipeline.plan import graph_sizes
+    from .profiling.profile import BACKBONE_SIZES, DEFAULT_MODELS, ProfileRequest, backbone_features, profilable_targets
     from .profiling.reports import is_profile_output
     from .vanillanet.features import parse_features
 
@@ -459,7 +459,7 @@ def profile(checkpoints, models, width, act_num, target_list, sizes, features, p
         memory_limit = memory_limit or config.memory_limit
         if "batch" in given:
             config = dataclasses.replace(config, batch=batch)
-    sizes = graph_profile_sizes(sources, tuple(sizes), given="sizes" in given or config is not None)
+    sizes = graph_sizes(sources, tuple(sizes), "sizes" in given or config is not None, BACKBONE_SIZES)
     targets = _names(target_list) if target_list else profilable_targets()
     from .targets import get_target
 

@@ -159,9 +159,14 @@ def load_ci_config(path: Path) -> CiConfig:
     for model in models:
         for device in devices:
             sizes = document.sizes or device.sizes
+            overridden = False
             for o in overrides:
                 if o.sizes is not None and o.matches(model.label, device.name, None):
-                    sizes = o.sizes
+                    sizes, overridden = o.sizes, True
+            if model.source.is_onnx:  # a fixed-size graph at its own size; other sizes, if set for it, refused
+                from ..pipeline.plan import graph_sizes
+
+                sizes = list(graph_sizes([model.source], tuple(sizes), overridden, detection_sizes=tuple(sizes)))
             # A dynamic device is one build covering all its sizes.
             for size in sizes[:1] if device.dynamic else sizes:
                 # A cell is built for its device on whichever runner takes it: maybe not that device.

@@ -124,6 +124,29 @@ def graph_input_shape(source: ModelSource, batch: int = 1) -> InputShape:
     return InputShape(batch, graph.channels or 3, height, width)
 
 
+def graph_sizes(sources: list[ModelSource], sizes: tuple[int, ...], given: bool,
+                detection_sizes: tuple[int, ...] = (640, 1280)) -> tuple[int, ...]:
+    """The sizes to build ONNX files at (profile, ci): a fixed-size graph at its own size (other sizes, given, are
+    refused in one line); graphs that take any size at the sizes given, else a detector's ``detection_sizes``."""
+    graphs = [read_graph_file(s.checkpoint) for s in sources if s.is_onnx]  # type: ignore[arg-type]
+    if not graphs:
+        return sizes
+    for graph in graphs:
+        fixed = graph.fixed_size
+        if fixed is not None and fixed[0] != fixed[1]:
+            raise InputError(f"{graph.path.name} is fixed at {fixed[0]}x{fixed[1]}; profile takes square sizes: "
+                             "re-export it square or with dynamic height and width")
+    own = sorted({g.fixed_size[0] for g in graphs if g.fixed_size})
+    if given or len(own) > 1 or (own and len(graphs) < len(sources)):
+        for graph in graphs:
+            for size in sizes:
+                graph_family(graph).check_graph_input(graph, InputShape.square(size), dynamic=False)
+        return sizes
+    if own:
+        return (own[0],)
+    return detection_sizes if all(graph_family(g).detector for g in graphs) else sizes
+
+
 # ---------------------------------------------------------------------------- options and checks
 
 

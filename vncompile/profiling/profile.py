@@ -88,31 +88,6 @@ class ProfileRequest:
         return self.device.batch if self.device is not None else self.batch
 
 
-def graph_profile_sizes(sources: list[ModelSource], sizes: tuple[int, ...], given: bool) -> tuple[int, ...]:
-    """The sizes to profile ONNX files at: a fixed-size graph at its own size (other sizes, given, are refused in
-    one line); graphs that take any size at the sizes given, else a detector's 640 and 1280."""
-    from ..onnxtools.graph_file import read_graph_file
-    from ..pipeline.families import graph_family
-
-    graphs = [read_graph_file(s.checkpoint) for s in sources if s.is_onnx]  # type: ignore[arg-type]
-    if not graphs:
-        return sizes
-    for graph in graphs:
-        fixed = graph.fixed_size
-        if fixed is not None and fixed[0] != fixed[1]:
-            raise InputError(f"{graph.path.name} is fixed at {fixed[0]}x{fixed[1]}; profile takes square sizes: "
-                             "re-export it square or with dynamic height and width")
-    own = sorted({g.fixed_size[0] for g in graphs if g.fixed_size})
-    if given or len(own) > 1 or (own and len(graphs) < len(sources)):
-        for graph in graphs:
-            for size in sizes:
-                graph_family(graph).check_graph_input(graph, InputShape.square(size), dynamic=False)
-        return sizes
-    if own:
-        return (own[0],)
-    return BACKBONE_SIZES if all(graph_family(g).detector for g in graphs) else sizes
-
-
 def profilable_targets() -> list[str]:
     """Every target that can run (or plan) here: available, with a device to measure on."""
     from ..targets import get_target, target_names

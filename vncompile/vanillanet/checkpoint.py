@@ -121,6 +121,12 @@ def _read_torch(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         what = found.group(1) if found else "a pickled object"
+        if what.startswith("ultralytics.") or _pickles_ultralytics(path):
+            raise CheckpointError(
+                f"{path}: an Ultralytics checkpoint (it pickles {what}: loading it would run Ultralytics' code, and "
+                "vncompile executes nothing from a file); export it with Ultralytics' own exporter and build the ONNX: "
+                f"yolo export model={path} format=onnx opset=19 dynamic=True (opset <= 19 for rknn), then "
+                f"vncompile build {Path(path).with_suffix('.onnx')}") from None
         raise CheckpointError(
             f"{path}: refusing to load: it pickles {what}, and checkpoints are loaded without "
             "executing pickled code (only tensors, containers, argparse.Namespace, numpy arrays and "
@@ -128,6 +134,17 @@ def _read_torch(path: Path) -> Any:
         ) from None
     except (RuntimeError, EOFError, OSError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint ({type(exc).__name__})") from None
+
+
+def _pickles_ultralytics(path: Path) -> bool:
+    """Whether the checkpoint's pickle names Ultralytics' classes (read as bytes, not unpickled)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+            data = archive.read(name) if name else b""
+    except (zipfile.BadZipFile, OSError):
+        data = Path(path).read_bytes()[:1 << 20]
+    return b"ultralytics.nn" in data
 
 
 # ---------------------------------------------------------------------------- unpacking
