@@ -90,6 +90,11 @@ class TargetOptions:
         TextList("a list of graph pass names, or 'none'"), None, flag="--graph-passes", affects="onnx",
         help="exact ONNX rewrites for int8 NPUs: relu-before-maxpool, stem-space-to-depth (comma-separated), or "
              "none  [default: the target's own choice]")
+    detect_head: str | None = setting(
+        OneOf(("device", "host")), None, flag="--detect-head", affects="onnx",
+        help="an ONNX detector's head after its per-level box and class maps (reshapes, DFL, anchors, sigmoid, "
+             "NMS): on the device, or on the host (ONNX Runtime, float32), the device emitting each map "
+             "separately  [default: host for int8 and for rknn, whose toolkit mis-builds YOLO's DFL; else device]")
     # A target's own options as given (name, value), sorted by name: ``Target.settings`` declares them.
     own: tuple[tuple[str, Any], ...] = ()
     # Not settings: the content hashes of the calibration and evaluation sets, filled in from the paths.

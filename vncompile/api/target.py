@@ -177,6 +177,12 @@ class Target(abc.ABC):
     # cosine to the float64 reference: 8-bit weights 0.9984 with VNNI, 0.9892 (ONNX Runtime) / 0.9915 (OpenVINO) on
     # an AVX2-only CPU (qemu-x86_64 -cpu Haswell); 7-bit weights 0.9973 on both, the same outputs either way.
     int8_weight_bits: ClassVar[int] = 8
+    # The precisions at which an ONNX detector's head runs on the host by default (``--detect-head``): where one
+    # quantized output would carry pixel coordinates and 0..1 scores at one scale and round the scores to zero
+    # (Rockchip's NPUs: ultralytics#13566), each level's box and class maps leave the device separately.
+    host_head_precisions: ClassVar[tuple[str, ...]] = ("int8", "int16")
+    # False: its verification runs the whole graph elsewhere (a deferred bundle on the device), so the head stays on it.
+    runs_host_head: ClassVar[bool] = True
     # Its own options: a frozen dataclass of ``core.schema.setting`` fields, each declaring its flag, help and
     # what it affects (the cache keys). The command line's flags, device configs' validation and the refusal of
     # options another target owns all derive from it; the build hands the values over as an instance.

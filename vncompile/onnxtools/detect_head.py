@@ -9,9 +9,14 @@ two outputs back together for decoding (``data.detection.decode_yolo``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import helper
+
+from .files import save_onnx
 
 
 def split_detect_head(model: onnx.ModelProto) -> tuple[str, str] | None:
@@ -50,3 +55,119 @@ def split_detect_head(model: onnx.ModelProto) -> tuple[str, str] | None:
 def join_detect_head(boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """A split head's outputs ([B, 4, A] and [B, nc, A]) as the Detect output [B, 4 + nc, A]."""
     return np.concatenate([boxes, scores], axis=-2)
+
+
+# ---------------------------------------------------------------------------------------------- host tail
+
+
+@dataclass(frozen=True)
+class HostTail:
+    """A detector cut where its head leaves the feature maps: the device computes up to ``cuts`` (each level's
+    box and class maps, separately), the host the rest (the reshapes, DFL, anchors, sigmoid, concat, any NMS)."""
+
+    cuts: tuple[str, ...]  # the device graph's outputs and the tail's inputs, in order
+    device_nodes: int
+    tail_nodes: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"outputs": list(self.cuts), "device_nodes": self.device_nodes, "tail_nodes": self.tail_nodes,
+                "file": HEAD_TAIL, "runs_on": "the host CPU (ONNX Runtime, float32), after the device graph"}
+
+
+HEAD_TAIL = "head_tail.onnx"
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
+
+
+def _head_cuts(model: onnx.ModelProto) -> list[str]:
+    """The tensors where the head leaves the maps: 4-D NCHW inputs (H*W > 1) of the first Reshape/Flatten on each
+    path to the outputs, those downstream of another left out, and a per-level Concat of box and class maps
+    along the channels taken apart (one int8 scale per map: box distributions and class logits differ)."""
+    graph = model.graph
+    shapes = {v.name: _dims(v) for v in (*graph.value_info, *graph.input, *graph.output)}
+    producer = {name: node for node in graph.node for name in node.output}
+    constants = {t.name for t in graph.initializer}
+
+    def spatial(name: str) -> bool:
+        dims = shapes.get(name, [])
+        return (len(dims) == 4 and all(isinstance(d, int) for d in dims) and dims[2] * dims[3] > 1  # type: ignore
+                and name not in constants and name in producer)
+
+    candidates = [node.input[0] for node in graph.node
+                  if node.op_type in ("Reshape", "Flatten") and spatial(node.input[0])]
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def downstream(start: str) -> set[str]:
+        seen, stack = set(), [start]
+        while stack:
+            for node in readers.get(stack.pop(), []):
+                for out in node.output:
+                    if out not in seen:
+                        seen.add(out)
+                        stack.append(out)
+        return seen
+
+    below = set().union(*(downstream(c) for c in candidates)) if candidates else set()
+    cuts: list[str] = []
+    for name in dict.fromkeys(c for c in candidates if c not in below):
+        node = producer[name]
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), None)
+        if node.op_type == "Concat" and axis in (1, -3) and all(spatial(i) for i in node.input):
+            cuts += list(node.input)
+        else:
+            cuts.append(name)
+    return list(dict.fromkeys(cuts))
+
+
+def cut_host_tail(path: Path, device_path: Path, tail_path: Path) -> HostTail | None:
+    """The graph at ``path`` cut into the device graph (``device_path``) and the host tail (``tail_path``); None
+    (nothing written) when its head does not leave feature maps through reshapes."""
+    from onnx.utils import Extractor
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)), data_prop=True)
+    cuts = _head_cuts(model)
+    if not cuts:
+        return None
+    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    outputs = [o.name for o in model.graph.output]
+    extractor = Extractor(model)
+    device, tail = extractor.extract_model(inputs, cuts), extractor.extract_model(cuts, outputs)
+    if not tail.graph.node or any(n.op_type == "Conv" and not _is_fixed_conv(n, tail) for n in tail.graph.node):
+        return None  # the cut would leave learned layers on the host: not a head this understands
+    for part in (device, tail):
+        part.metadata_props.extend(model.metadata_props)
+    save_onnx(device, device_path)
+    save_onnx(tail, tail_path)
+    return HostTail(tuple(cuts), len(device.graph.node), len(tail.graph.node))
+
+
+def _is_fixed_conv(node: onnx.NodeProto, tail: onnx.ModelProto) -> bool:
+    """The DFL's conv (weights 0..reg_max-1, the expectation of a distribution): decoding, not a learned layer."""
+    weights = {t.name: t for t in tail.graph.initializer}
+    if node.input[1] not in weights:
+        return False
+    from onnx import numpy_helper
+
+    values = numpy_helper.to_array(weights[node.input[1]]).ravel()
+    return values.size > 1 and np.allclose(values, np.arange(values.size))
+
+
+def run_with_tail(tail_path: Path):
+    """A function from the device graph's outputs (in ``cuts`` order) to the whole graph's."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(tail_path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(device_outputs: list[np.ndarray]) -> list[np.ndarray]:
+        feed = {name: np.asarray(value, np.float32) for name, value in zip(names, device_outputs, strict=True)}
+        return [np.asarray(o, np.float32) for o in session.run(None, feed)]
+
+    return run

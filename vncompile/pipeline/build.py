@@ -23,13 +23,14 @@ from ..api.target import Artifact, CompileContext, CompileResult, MemoryFigure, 
 from ..core.errors import OutputExists, VerificationError
 from ..core.io import atomic_directory, refuse_foreign, work_directory, write_json
 from ..data.evaluation import EvalSet, load_eval_set
+from ..onnxtools.detect_head import HEAD_TAIL
 from ..onnxtools.layers import LAYERS_CSV, describe_layers, read_layers, worst_layers
 from .accuracy import accuracy as accuracy_of
 from .accuracy import top1_drop
 from .cache import BuildCache, copy_tree, reading
 from .manifest import default_output_dir, figures, intact, is_bundle, new_manifest, read_manifest
 from .plan import BuildPlan, resolve
-from .prepare import PREPARE_STAGES, PreparedOnnx, prepare, real_images, verify_inputs
+from .prepare import PREPARE_STAGES, PreparedOnnx, prepare, real_images, verify_inputs, with_host_tail
 from .timing import SilentReporter, StageReporter, StageTimings
 from .verify import Verification, compare, summarize
 
@@ -147,6 +148,9 @@ def _run(plan: BuildPlan, target: Target, cache: BuildCache, work: Path, bundle:
             if prepared.layers_csv is not None:  # the int8 graph's per-layer report travels with the bundle
                 shutil.copyfile(prepared.layers_csv, bundle / LAYERS_CSV)
                 extra.append(Artifact(LAYERS_CSV, "int8-layers"))
+            if prepared.host_tail is not None:  # the detector's head, run on the host after the artifact
+                shutil.copyfile(prepared.host_tail, bundle / HEAD_TAIL)
+                extra.append(Artifact(HEAD_TAIL, "head-tail"))
             with timings.stage("compile"):
                 result = target.compile(CompileContext(bundle / "model.onnx", bundle, request, log, _calibration(plan),
                                                        plan.own, _reference_io(plan, prepared, real)))
@@ -264,13 +268,14 @@ def _verify(plan: BuildPlan, target: Target, prepared: PreparedOnnx, bundle: Pat
                 for shape in plan.verify_shapes:
                     at = f" @{shape.size_label}" if request.dynamic else ""
                     inputs = verify_inputs(shape, real)
-                    outputs = [session.run(batch) for batch in inputs.batches]
+                    outputs = with_host_tail(bundle, [session.run(batch) for batch in inputs.batches])
                     errors.append(compare(f"{target.name} {device}{at}", request.precision,
                                           inputs.judged(request.precision, prepared.reference(shape)),
                                           inputs.judged(request.precision, outputs), prepared.output_names,
                                           tolerances[request.precision], prepared.classifier))
             if eval_set is not None and section is not None:
-                logits = eval_set.logits([session.run(b) for b in eval_set.batches(request.shape.batch)])
+                logits = eval_set.logits(with_host_tail(bundle, [session.run(b)
+                                                                 for b in eval_set.batches(request.shape.batch)]))
                 section["target"] = accuracy_of(logits, eval_set.labels, prepared.reference_top1())
     return summarize(errors, tolerances), section
 

@@ -55,6 +55,7 @@ class BuildPlan:
     build_key: str
     graph: GraphFile | None = None  # an ONNX file given as the model: its structure, read once
     graph_family: ExternalGraphFamily | None = None  # and what it is (classifier, detector, other graph)
+    host_head: bool = False  # a detector whose head runs on the host after the device graph (--detect-head)
 
     @property
     def precision(self) -> str:
@@ -109,7 +110,7 @@ def resolve(request: BuildRequest) -> BuildPlan:
     core = toolchain_versions(*SIMPLIFIER_PACKAGES[request.simplifier])
     toolchain = {**core, **toolchain_versions(*target.packages), **target.cache_identity()}
     plan = BuildPlan(request, target, own, form, passes, judge, verify_shapes, checkpoint_sha256, toolchain, "", "",
-                     "", graph, family)
+                     "", graph, family, _host_head(request, target, family))
     reference = _reference_key(plan)
     onnx = _onnx_key(plan, reference, core)
     return dataclasses.replace(plan, reference_key=reference, onnx_key=onnx, build_key=_build_key(plan, onnx))
@@ -169,6 +170,21 @@ def own_options(target: Target, options: TargetOptions) -> Any:
 def _flag(name: str) -> str:
     declarations = own_option_declarations()
     return declarations[name].flag or name if name in declarations else name
+
+
+def _host_head(request: BuildRequest, target: Target, family: ExternalGraphFamily | None) -> bool:
+    """Whether an ONNX detector's head runs on the host: --detect-head, else the target's choice at the precision."""
+    chosen = request.options.detect_head
+    if chosen is None:
+        return bool(family and family.detector and target.runs_host_head
+                    and request.precision in target.host_head_precisions)
+    if family is None or family.detector is None:
+        raise InputError("--detect-head applies to ONNX detectors (a YOLO Detect output or NMS rows); "
+                         "this model is not one")
+    if chosen == "host" and not target.runs_host_head:
+        raise InputError(f"--detect-head host does not apply to --target {target.name}: its verification runs the "
+                         "whole graph on the device")
+    return chosen == "host"
 
 
 def _with_graph_opset(request: BuildRequest, graph: GraphFile) -> BuildRequest:
@@ -280,7 +296,7 @@ def _onnx_key(plan: BuildPlan, reference_key: str, core: dict[str, str | None]) 
                     "opset": request.opset, "simplifier": request.simplifier, "verify": request.verify,
                     "tolerance": [[p, t.as_dict()] for p, t in request.tolerance],
                     "int8_scheme": int8_scheme(plan.target.int8_weight_bits) if plan.quantizes_graph else None,
-                    "fit": fit,
+                    "fit": fit, "host_head": plan.host_head,
                     **_declared(plan, "onnx"), "toolchain": core})
 
 

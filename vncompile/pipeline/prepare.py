@@ -22,6 +22,7 @@ from ..core.errors import InputError, VerificationError
 from ..core.hashing import sha256_file
 from ..core.io import link_or_copy, write_json
 from ..data.evaluation import EvalSet
+from ..onnxtools.detect_head import HEAD_TAIL
 from ..onnxtools.layers import LAYERS_CSV, layer_errors, write_layers
 from ..onnxtools.order import depth_first_order
 from ..onnxtools.run import run_onnx, seeded_inputs
@@ -39,6 +40,7 @@ PREPARE_STAGES = ["load", "fuse", "export", "simplify", "quantize"]  # then "ref
 FILES = {"exported.onnx": "onnx-exported", "simplified.onnx": "onnx-simplified", "model.onnx": "onnx"}
 REFERENCE = "reference.npz"  # in the reference's own cache entry: "{shape}/{batch}/{output}" -> float64 outputs
 EVAL_REFERENCE = "eval_reference.npz"  # the reference's top-1 per evaluation image: the targets' agreement
+DEVICE_GRAPH = "device.onnx"  # a detector whose head runs on the host: the graph up to its per-level maps
 LAYER_INPUTS = 16  # images the per-layer int8 analysis runs (each a full pass through two graphs)
 
 
@@ -106,6 +108,12 @@ class PreparedOnnx:
     def reference_top1(self) -> np.ndarray:
         with np.load(self.directory / EVAL_REFERENCE) as npz:
             return npz["top1"]
+
+    @property
+    def host_tail(self) -> Path | None:
+        """A detector's head run on the host after the device graph (``onnxtools.detect_head``)."""
+        path = self.directory / HEAD_TAIL
+        return path if path.is_file() else None
 
     @property
     def layers_csv(self) -> Path | None:
@@ -264,21 +272,23 @@ def _record(record: dict[str, Any], loaded, directory: Path, names: list[str], c
         "stages": list(timings.records),
         "artifacts": [_artifact(directory, name, role) for name, role in FILES.items()],
     })
-    extra = {EVAL_REFERENCE: "eval-reference", LAYERS_CSV: "int8-layers"}
+    extra = {EVAL_REFERENCE: "eval-reference", LAYERS_CSV: "int8-layers", DEVICE_GRAPH: "onnx-device",
+             HEAD_TAIL: "head-tail"}
     record["artifacts"] += [_artifact(directory, name, role) for name, role in extra.items()
                             if (directory / name).is_file()]
     write_json(directory / "manifest.json", record)
     return record
 
 
-def _target_form(plan: BuildPlan, directory: Path, timings: StageTimings, eval_set: EvalSet | None) -> None:
-    """``model.onnx``, the graph the target compiles: the Q/DQ int8 graph (with its per-layer error table), else
-    the simplified graph itself."""
+def _target_form(plan: BuildPlan, directory: Path, timings: StageTimings, eval_set: EvalSet | None,
+                 source: str = "simplified.onnx") -> None:
+    """``model.onnx``, the graph the target compiles, from ``source`` (the simplified graph, or a detector's device
+    graph): its Q/DQ int8 form (with its per-layer error table), else ``source`` itself."""
     from ..data.calibration import calibration_set
     from ..onnxtools.quantize import layers_to_keep, quantize_qdq
 
     request = plan.request
-    simplified_onnx, model_onnx = directory / "simplified.onnx", directory / "model.onnx"
+    simplified_onnx, model_onnx = directory / source, directory / "model.onnx"
     if plan.form == "int8-qdq":
         with timings.stage("quantize"):
             calibration = calibration_set(request.options, request.shape)
@@ -331,7 +341,17 @@ def _run_external(plan: BuildPlan, directory: Path, cache: BuildCache, work: Pat
             log.warning("%s", fusion.finding())
         if plan.form == "fp16":
             _to_fp16(simplified_onnx)
-    _target_form(plan, directory, timings, eval_set)
+        host_tail = None
+        if plan.host_head:
+            from ..onnxtools.detect_head import cut_host_tail
+
+            host_tail = cut_host_tail(simplified_onnx, directory / DEVICE_GRAPH, directory / HEAD_TAIL)
+            if host_tail is None:
+                log.warning("the detector's head could not be cut at its feature maps: it stays on the device")
+            else:
+                log.info("head on the host: the device graph ends at %d maps (%s); %d nodes run on the host",
+                         len(host_tail.cuts), ", ".join(host_tail.cuts), host_tail.tail_nodes)
+    _target_form(plan, directory, timings, eval_set, DEVICE_GRAPH if host_tail else "simplified.onnx")
     errors, accuracy_section = _checked(plan, loaded, loaded, directory, cache, work, timings, eval_set, real)
     graph = plan.graph
     assert graph is not None
@@ -344,6 +364,7 @@ def _run_external(plan: BuildPlan, directory: Path, cache: BuildCache, work: Pat
             "detector": loaded.detector(), "fit_memory": None, "graph_passes": rewritten,
             "int8_scheme": int8_scheme(plan.target.int8_weight_bits) if plan.form == "int8-qdq" else None,
             "onnx": loaded.description(), "reference": loaded.reference, "deploy_fusion": fusion.as_dict(),
+            "host_tail": None if host_tail is None else host_tail.as_dict(),
         },
     }
     return _record(record, loaded, directory, loaded.output_names, loaded.family.classifier, accuracy_section,
@@ -369,6 +390,22 @@ def _to_fp16(path: Path) -> None:
     from ..onnxtools.files import save_onnx
 
     save_onnx(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), path)
+
+
+def with_host_tail(directory: Path, outputs: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """The whole graph's outputs from the device graph's: through the head's host tail when the build has one."""
+    tail = directory / HEAD_TAIL
+    if not tail.is_file():
+        return outputs
+    from ..onnxtools.detect_head import run_with_tail
+
+    run = run_with_tail(tail)
+    return [run(batch) for batch in outputs]
+
+
+def run_target_graph(directory: Path, batches: np.ndarray) -> list[list[np.ndarray]]:
+    """``model.onnx`` (and the host tail after it) on ONNX Runtime: the whole graph's outputs."""
+    return with_host_tail(directory, run_onnx(directory / "model.onnx", batches))
 
 
 def _artifact(directory: Path, name: str, role: str) -> dict[str, Any]:
@@ -422,7 +459,7 @@ def _stage_accuracy(plan: BuildPlan, loaded, exported, directory: Path, classifi
     runs["onnx exported"] = run_onnx(directory / "exported.onnx", batches)
     runs["onnx simplified"] = run_onnx(directory / "simplified.onnx", batches)
     if plan.quantizes_graph:
-        runs["onnx int8 qdq"] = run_onnx(directory / "model.onnx", batches)
+        runs["onnx int8 qdq"] = run_target_graph(directory, batches)
     for stage, outputs in runs.items():
         section[stage] = accuracy(eval_set.logits(outputs), eval_set.labels, top1)
     return section
@@ -468,7 +505,7 @@ def _onnx_errors(plan: BuildPlan, loaded, exported, directory: Path, reference_d
             for name, stage in (("exported.onnx", "onnx exported"), ("simplified.onnx", "onnx simplified")):
                 check(f"{stage}{at}", onnx_precision, run_onnx(directory / name, inputs.batches))
             if plan.quantizes_graph:
-                check(f"onnx int8 qdq{at}", "int8", run_onnx(directory / "model.onnx", inputs.batches))
+                check(f"onnx int8 qdq{at}", "int8", run_target_graph(directory, inputs.batches))
     return errors
 
 

@@ -63,6 +63,7 @@ class CoreMlTarget(Target):
     name = "coreml"
     description = "Apple Core ML ML Program (.mlpackage) for iPhone/iPad/Mac; verified on the device (deferred)"
     precisions = ("fp16", "fp32", "int8")
+    runs_host_head = False  # its verification is deferred to a Mac, on the whole graph
     devices = ("Apple device",)  # where Core ML may run it there: --compute-units
     packages = ("coremltools",)
     quantizes = False  # int8 is weight-only, from the weights alone: no calibration

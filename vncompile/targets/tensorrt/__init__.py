@@ -55,6 +55,7 @@ class TensorRTTarget(Target):
     why_no_runtime_profiles = "its memory is the engine's, planned when it is built"
     own_options = TensorRTOptions
     precisions = ("fp32", "fp16", "int8")
+    runs_host_head = False  # a deferred bundle is verified whole on the device
     devices = ("GPU",)
     packages = ("tensorrt",)
 
