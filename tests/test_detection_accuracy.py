@@ -20,11 +20,13 @@ from vncompile.api.request import InputShape
 from vncompile.console import render_verification
 from vncompile.core.errors import InputError, VerificationError
 from vncompile.data.calibration import calibration_set, with_data_hashes
+from vncompile.data.detection import DecodeSettings
 from vncompile.data.evaluation import load_eval_set
 from vncompile.onnxtools.detect_head import split_detect_head
 from vncompile.onnxtools.run import run_onnx
 from vncompile.pipeline.detection_accuracy import (
     check_map_drop,
+    decode_settings_of,
     detection_section,
     detections,
     load_detection_eval,
@@ -176,3 +178,12 @@ def test_preprocessing_that_makes_no_sense_is_refused(run_cli):
     assert result.code != 0 and "--std: center-crop settings" in one_line_error(result)
     with pytest.raises(InputError, match=r"cannot read detections from the outputs a \[1, 5, 10\], b \[1, 7\]"):
         detections([np.zeros((1, 5, 10)), np.zeros((1, 7))], ["a", "b"])
+
+
+def test_decoding_settings_come_from_the_options(run_cli):
+    options = TargetOptions(conf=0.25, iou=0.5, max_det=100)
+    assert decode_settings_of(options).as_dict() == {**DecodeSettings().as_dict(), "conf": 0.25, "iou": 0.5,
+                                                     "max_det": 100}
+    for value, message in (("1", "--conf must be below 1, got 1"), ("nan", "'--conf': must be a number in [0, 1)")):
+        result = run_cli("build", "--model", "vanillanet_5", "--target", "analytic", "--conf", value)
+        assert result.code == 2 and message in one_line_error(result), result.err
