@@ -75,7 +75,8 @@ def vncompile_root() -> Path:
 # The second value of every declared option, for the key test below: a new option without one fails it.
 OTHER_VALUES = {
     "device": "CPU", "calibration": "synthetic", "calibration_size": 64, "keep_fp32": ("auto",),
-    "eval_data": Path("eval"), "max_top1_drop": 2.0, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+    "eval_data": Path("eval"), "max_top1_drop": 2.0, "max_map_drop": 2.0, "conf": 0.25, "iou": 0.5, "max_det": 100,
+    "preprocess": "letterbox", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
     "crop_pct": 1.0, "io_dtype": "fp16", "fit_memory": 4096.0, "runtime_profile": "latency",
     "graph_passes": ("relu-before-maxpool",),
     "platform": "rk3576", "quant_algorithm": "mmse", "board": "abc123", "soc": "SM8750",

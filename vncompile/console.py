@@ -127,23 +127,35 @@ def render_graph_notes(model: dict[str, Any], console: Console = stderr) -> None
     console.print(escape(f"reference: {model['reference']}"))
 
 
+def _accuracy_columns(accuracy: dict[str, Any]) -> tuple[str, list[str], Any]:
+    """What the table shows of the labelled images: a classifier's top-1 and agreement with the reference, a
+    detector's mAP50-95 and mAP50 (each stage's figures, in percent)."""
+    reference = accuracy["reference"]
+    if "map50_95" in reference:
+        caption = (f"images: {accuracy['images']} labelled, {accuracy['objects']} objects, reference mAP50-95 "
+                   f"{reference['map50_95']:.2f}%, mAP50 {reference['map50']:.2f}%")
+        return caption, ["mAP50-95", "mAP50"], lambda f: [f"{f['map50_95']:.2f}%", f"{f['map50']:.2f}%"]
+    caption = (f"images: {accuracy['images']} labelled, reference top-1 {reference['top1']:.2f}%, top-5 "
+               f"{reference['top5']:.2f}%")
+    return caption, ["top-1 images", "agreement"], lambda f: [f"{f['top1']:.2f}%", f"{f.get('agreement', 100):.1f}%"]
+
+
 def render_verification(verification: dict[str, Any], accuracy: dict[str, Any] | None = None,
                         console: Console = stderr) -> None:
-    """One row per stage (per output, for a multi-output network); with --eval-data, each stage's top-1 and
-    agreement on the labelled images beside its numerical error."""
+    """One row per stage (per output, for a multi-output network); with --eval-data, each stage's accuracy on the
+    labelled images beside its numerical error (top-1 and agreement, or a detector's mAP50-95 and mAP50)."""
     if verification.get("skipped") and accuracy is None:
         console.print("verification skipped (--no-verify)")
         return
     tolerance = "; ".join(f"{p} {', '.join(f'{k} {v:g}' for k, v in t.items())}"
                           for p, t in verification["tolerance"].items())
     caption = f"tolerance: {tolerance}" if tolerance else ""
-    if accuracy is not None:
-        caption += (f"{'; ' if caption else ''}images: {accuracy['images']} labelled, reference top-1 "
-                    f"{accuracy['reference']['top1']:.2f}%, top-5 {accuracy['reference']['top5']:.2f}%")
-    table = Table(title="verification against the float64 reference", caption=caption)
     columns = ["stage", "output", "precision", "max abs", "rel", "cosine", "top-1 agree", ""]
     if accuracy is not None:
-        columns[-1:-1] = ["top-1 images", "agreement"]
+        images, figures, cells_of = _accuracy_columns(accuracy)
+        caption += f"{'; ' if caption else ''}{images}"
+        columns[-1:-1] = figures
+    table = Table(title="verification against the float64 reference", caption=caption)
     for column in columns:
         table.add_column(column, justify="left" if column in ("stage", "output", "precision") else "right")
     target_stage = verification["stages"][-1]["stage"] if verification["stages"] else None
@@ -156,7 +168,7 @@ def render_verification(verification: dict[str, Any], accuracy: dict[str, Any] |
             if accuracy is not None:
                 key = "target" if stage["stage"] == target_stage and "target" in accuracy else stage["stage"]
                 found = accuracy.get(key) if i == 0 else None
-                cells += ["-", "-"] if not found else [f"{found['top1']:.2f}%", f"{found.get('agreement', 100):.1f}%"]
+                cells += ["-", "-"] if not found else cells_of(found)
             table.add_row(*cells, verdict)
     console.print(table)
 

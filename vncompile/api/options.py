@@ -14,6 +14,7 @@ from ..core.schema import (
     Kind,
     MemorySize,
     NonNegativeNumber,
+    Number,
     OneOf,
     PathKind,
     PositiveInt,
@@ -31,6 +32,9 @@ DEFAULT_CALIBRATION_SIZE = 256
 # a profile means for it); targets whose memory is fixed at compile time accept only the default.
 RUNTIME_PROFILES = ("latency", "balanced", "memory")
 DEFAULT_RUNTIME_PROFILE = "balanced"
+# How images become inputs (data.preprocess): ImageNet evaluation's center crop, or Ultralytics' letterbox.
+PREPROCESS_KINDS = ("center-crop", "letterbox")
+CENTER_CROP_SETTINGS = ("mean", "std", "crop_pct")  # what the center crop takes and the letterbox does not
 
 
 class CalibrationKind(Kind):
@@ -64,10 +68,27 @@ class TargetOptions:
              "(comma-separated node names from layers.csv), or 'auto' (the stem and the classifier)")
     eval_data: Path | None = setting(
         PathKind("a directory path"), None, flag="--eval-data", affects="reference",
-        help="labelled images (ImageFolder, or a folder with labels.txt/.csv): top-1/top-5 of every stage")
+        help="labelled images: classifiers, ImageFolder or a folder with labels.txt/.csv (top-1/top-5 of every "
+             "stage); detectors, a YOLO-layout folder (images/, labels/) or a COCO json (mAP50-95, mAP50)")
     max_top1_drop: float = setting(NonNegativeNumber("a number of points >= 0"), 1.0, flag="--max-top1-drop",
                                    help="with --eval-data: fail when the target's top-1 is this many points below "
                                         "the reference's  [default: 1]")
+    max_map_drop: float = setting(NonNegativeNumber("a number of points >= 0"), 1.0, flag="--max-map-drop",
+                                  help="with --eval-data on a detector: fail when the target's mAP50-95 is this many "
+                                       "points below the reference's  [default: 1]")
+    conf: float = setting(Number("a number in [0, 1)", low=0, high=1), 0.001, flag="--conf", affects="onnx",
+                          help="detector mAP: the score a detection needs to count  [default: 0.001, Ultralytics "
+                               "val's]")
+    iou: float = setting(UnitFraction(), 0.7, flag="--iou", affects="onnx",
+                         help="detector mAP: NMS drops a box overlapping a better one of its class by more than "
+                              "this IoU  [default: 0.7]")
+    max_det: int = setting(PositiveInt(), 300, flag="--max-det", affects="onnx",
+                           help="detector mAP: detections kept per image  [default: 300]")
+    preprocess: str | None = setting(
+        OneOf(PREPROCESS_KINDS), None, flag="--preprocess", affects="reference",
+        help="how images become inputs: center-crop (ImageNet evaluation: resize, crop, --mean/--std) or "
+             "letterbox (Ultralytics val: fit keeping the aspect, pad 114, RGB, /255)  [default: letterbox for "
+             "detectors, else center-crop]")
     mean: tuple[float, float, float] | None = setting(
         FloatTriple("three numbers, e.g. 0.485,0.456,0.406"), None, flag="--mean", affects="reference",
         help="preprocessing mean per RGB channel  [default: ImageNet's]")
@@ -104,6 +125,19 @@ class TargetOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "own", tuple(sorted((name, _frozen(v)) for name, v in dict(self.own).items()
                                                      if v is not None)))
+        given = [flag_of(TargetOptions, name) for name in CENTER_CROP_SETTINGS if getattr(self, name) is not None]
+        if self.preprocess == "letterbox" and given:
+            raise InputError(f"{' and '.join(given)}: center-crop settings, but the preprocessing is letterbox "
+                             "(Ultralytics val: pad 114, RGB, /255, no mean or std); drop them, or choose "
+                             "--preprocess center-crop")
+        if self.conf >= 1:  # a threshold no score passes: no detection, mAP 0 whatever the target
+            raise InputError(f"--conf must be below 1, got {self.conf:g}")
+
+    def with_default_preprocess(self, kind: str) -> TargetOptions:
+        """These options with ``kind`` (the model family's default: letterbox for detectors) where --preprocess is
+        not given: resolved once, so the keys, calibration, evaluation and the bundle's record see one value (an
+        explicit --mean with a detector's default letterbox is refused here)."""
+        return self if self.preprocess is not None else dataclasses.replace(self, preprocess=kind)
 
     def own_values(self) -> dict[str, Any]:
         return dict(self.own)
@@ -121,8 +155,11 @@ class TargetOptions:
         return getattr(self, name)
 
     def preprocessing(self) -> dict[str, Any]:
-        """The preprocessing the options ask for, as ``data.preprocess.Preprocessing`` fields (defaults omitted)."""
-        return {k: v for k, v in (("mean", self.mean), ("std", self.std), ("crop_pct", self.crop_pct)) if v is not None}
+        """The preprocessing the options ask for (``data.preprocess.preprocessing_from`` makes it): ``kind``
+        letterbox, or the center crop's fields (defaults omitted; no --preprocess: the center crop)."""
+        if self.preprocess == "letterbox":
+            return {"kind": "letterbox"}
+        return {name: getattr(self, name) for name in CENTER_CROP_SETTINGS if getattr(self, name) is not None}
 
     def to_json(self) -> dict[str, Any]:
         declared = settings_of(type(self))

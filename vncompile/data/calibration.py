@@ -1,5 +1,6 @@
-"""Calibration inputs for int8: real images (any layout below a directory) or .npy arrays, preprocessed
-like evaluation images; or a seeded synthetic set, for random weights or when asked for on purpose."""
+"""Calibration inputs for int8: real images (any layout below a directory: a YOLO set's images/ too) or .npy
+arrays, preprocessed like evaluation images (a detector's letterboxed as its mAP is measured); or a seeded
+synthetic set, for random weights or when asked for on purpose."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ import numpy as np
 from ..api.options import SYNTHETIC, TargetOptions
 from ..api.request import InputShape
 from ..core.errors import InputError
+from .detection import is_detection_set, load_detection_set
 from .images import content_sha256, find_images, labelled_images
-from .preprocess import Preprocessing
+from .preprocess import ImageTransform, preprocessing_from
 
 SAMPLE_SEED = 4321  # which images of a large set calibrate, reproducibly
 SYNTHETIC_COUNT = 16
 
 
-def preprocessing_of(options: TargetOptions) -> Preprocessing:
-    return Preprocessing(**options.preprocessing())
+def preprocessing_of(options: TargetOptions) -> ImageTransform:
+    """The transform the options name (--preprocess, --mean, ...): evaluation and calibration both use it."""
+    return preprocessing_from(options.preprocessing())
 
 
 def with_data_hashes(options: TargetOptions) -> TargetOptions:
@@ -32,7 +35,10 @@ def with_data_hashes(options: TargetOptions) -> TargetOptions:
     if options.calibration is not None and options.calibration != SYNTHETIC:
         root = Path(options.calibration)
         changes["calibration_sha256"] = content_sha256(root, find_images(root, arrays=True))
-    if options.eval_data is not None:
+    if options.eval_data is not None and is_detection_set(options.eval_data):
+        boxes = load_detection_set(options.eval_data)
+        changes["eval_sha256"] = content_sha256(boxes.root, boxes.paths, boxes.label_bytes())
+    elif options.eval_data is not None:
         images = labelled_images(options.eval_data)
         changes["eval_sha256"] = content_sha256(images.root, images.paths, json.dumps(images.labels).encode())
     return dataclasses.replace(options, **changes)
@@ -47,14 +53,14 @@ def sample(files: list[Path], count: int) -> list[Path]:
 
 
 def calibration_samples(source: Path | str | None, shape: InputShape, count: int = SYNTHETIC_COUNT, *,
-                        preprocessing: Preprocessing | None = None) -> np.ndarray:
+                        preprocessing: ImageTransform | None = None) -> np.ndarray:
     """(N, C, H, W) float32 calibration inputs: up to ``count`` images or .npy arrays from a directory, or
     the seeded synthetic set (``None`` or ``synthetic``)."""
     if source is None or source == SYNTHETIC:
         rng = np.random.default_rng(SAMPLE_SEED)
         return rng.standard_normal((min(count, SYNTHETIC_COUNT), *shape.as_tuple()[1:]), dtype=np.float32)
     files = sample(find_images(Path(source), arrays=True), count)
-    preprocessing = preprocessing or Preprocessing()
+    preprocessing = preprocessing or preprocessing_from({})
     return np.stack([_sample(p, shape, preprocessing) for p in files]).astype(np.float32)
 
 
@@ -64,7 +70,7 @@ def calibration_set(options: TargetOptions, shape: InputShape) -> np.ndarray:
                                preprocessing=preprocessing_of(options))
 
 
-def _sample(path: Path, shape: InputShape, preprocessing: Preprocessing) -> np.ndarray:
+def _sample(path: Path, shape: InputShape, preprocessing: ImageTransform) -> np.ndarray:
     if path.suffix.lower() == ".npy":
         return read_calibration_array(path, shape.as_tuple()[1:])
     return preprocessing.load(path, shape.height, shape.width)

@@ -6,9 +6,7 @@
   ``data.yaml``'s ``names`` when present) or a COCO json (``images``, ``annotations`` with ``bbox`` as
   x, y, w, h in pixels, ``categories``: class index i is the i-th category in id order, as Ultralytics
   maps COCO's 80 categories). Boxes are kept as x1, y1, x2, y2 in the original image's pixels.
-- Preprocessing (``Letterbox``) as Ultralytics validates an exported model: the image resized keeping
-  its aspect ratio so that it fits the input (long side to the input's), bilinear when enlarging and
-  area-averaging when shrinking, centred, padded with 114, RGB, scaled to [0, 1], NCHW float32. Its
+- Preprocessing: ``Letterbox`` (``data.preprocess``), as Ultralytics validates an exported model; its
   ``Geometry`` maps boxes back to the original image.
 - Decoding: the YOLOv8/YOLO11 Detect output ``[B, 4 + nc, A]`` (cx, cy, w, h in input pixels, then per
   class scores), filtered and suppressed as Ultralytics' val does (``DecodeSettings``: confidence 0.001,
@@ -33,8 +31,9 @@ import numpy as np
 
 from ..core.errors import InputError
 from .images import IMAGE_SUFFIXES, find_images
+from .preprocess import Geometry, Letterbox
 
-PAD_VALUE = 114
+__all__ = ["Geometry", "Letterbox"]  # Ultralytics' preprocessing lives with the others; read here too
 
 
 @dataclass(frozen=True)
@@ -51,6 +50,15 @@ class DetectionSet:
     @property
     def objects(self) -> int:
         return sum(len(c) for c in self.classes)
+
+    def label_bytes(self) -> bytes:
+        """What the labels say (boxes, classes, crowd flags, names), as bytes: with the images' own bytes, the
+        set's content hash (a changed label is a different build)."""
+        parts = [json.dumps(self.names).encode()]
+        for boxes, classes, crowd in zip(self.boxes, self.classes, self.crowd, strict=True):
+            parts += [np.ascontiguousarray(boxes, np.float64).tobytes(), np.asarray(classes, np.int64).tobytes(),
+                      np.asarray(crowd, bool).tobytes(), b"\0"]
+        return b"".join(parts)
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -201,76 +209,45 @@ def _nonempty(dataset: DetectionSet) -> DetectionSet:
     return dataset
 
 
+def _coco_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.json")) + sorted(directory.glob("annotations/*.json"))
+
+
+def _detection_source(path: Path) -> tuple[str, Path] | None:
+    """Which kind of detection set ``path`` is, and the file or folder it is read from; None: not one."""
+    if path.is_file() and path.suffix == ".json":
+        return "coco", path
+    if not path.is_dir():
+        return None
+    if (path / "images").is_dir() and (path / "labels").is_dir():
+        return "yolo", path
+    candidates = _coco_files(path)
+    return ("coco", candidates[0]) if len(candidates) == 1 else None
+
+
+def is_detection_set(path: Path) -> bool:
+    """Whether ``path`` is laid out as a detection set (YOLO or COCO), not as labelled classification images."""
+    return _detection_source(Path(path)) is not None
+
+
 def load_detection_set(path: Path, num_classes: int | None = None) -> DetectionSet:
     """A detection set: a COCO json file, a folder with images/ and labels/ (YOLO), or a folder with one COCO
     json (at its top or in annotations/)."""
     path = Path(path)
-    if path.is_file() and path.suffix == ".json":
-        return read_coco_set(path, num_classes)
-    if not path.is_dir():
+    source = _detection_source(path)
+    if source is not None:
+        kind, where = source
+        return read_yolo_set(where, num_classes) if kind == "yolo" else read_coco_set(where, num_classes)
+    if not path.exists():
         raise InputError(f"{path}: no such detection set (a folder, or a COCO .json)")
-    if (path / "images").is_dir() and (path / "labels").is_dir():
-        return read_yolo_set(path, num_classes)
-    candidates = sorted(path.glob("*.json")) + sorted(path.glob("annotations/*.json"))
-    if len(candidates) == 1:
-        return read_coco_set(candidates[0], num_classes)
+    if path.is_file():
+        raise InputError(f"{path}: not a detection set: a COCO .json file, or a folder with images/ and labels/")
+    candidates = _coco_files(path)
+    folders = [d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    found = (f" (found {len(candidates)} json files: give one)" if candidates
+             else " (found class folders: labels for a classifier, no boxes)" if folders else "")
     raise InputError(f"{path}: not a detection set: expected images/ and labels/ (YOLO layout) or one COCO json"
-                     + (f" (found {len(candidates)} json files: give one)" if candidates else ""))
-
-
-# ---------------------------------------------------------------------------------------------- letterbox
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where the original image lies in the letterboxed input."""
-
-    size: tuple[int, int]  # original width, height
-    scale: tuple[float, float]  # resized / original, along x and y
-    pad: tuple[int, int]  # left, top: padding before the image
-
-    def to_original(self, boxes: np.ndarray) -> np.ndarray:
-        """x1, y1, x2, y2 boxes in input pixels -> in the original image's, clipped to it."""
-        boxes = np.array(boxes, np.float64).reshape(-1, 4)
-        boxes[:, [0, 2]] = np.clip((boxes[:, [0, 2]] - self.pad[0]) / self.scale[0], 0, self.size[0])
-        boxes[:, [1, 3]] = np.clip((boxes[:, [1, 3]] - self.pad[1]) / self.scale[1], 0, self.size[1])
-        return boxes
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """Ultralytics' validation preprocessing for an exported detector (see the module)."""
-
-    pad_value: int = PAD_VALUE
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"kind": "letterbox", **asdict(self), "scale": "[0, 1]", "channels": "RGB"}
-
-    def load_with_geometry(self, path: Path, height: int, width: int) -> tuple[np.ndarray, Geometry]:
-        """One image file -> ((3, height, width) float32 in [0, 1], where the image lies in it)."""
-        from PIL import Image
-
-        try:
-            with Image.open(path) as opened:
-                image = opened.convert("RGB")
-        except OSError as exc:
-            raise InputError(f"{path}: not a readable image ({exc})") from None
-        w0, h0 = image.size
-        ratio = min(width / w0, height / h0)
-        w, h = min(math.ceil(w0 * ratio), width), min(math.ceil(h0 * ratio), height)
-        if (w, h) != (w0, h0):
-            image = image.resize((w, h), Image.BILINEAR if ratio > 1 else Image.BOX)
-        left, top = (width - w) // 2, (height - h) // 2
-        canvas = Image.new("RGB", (width, height), (self.pad_value,) * 3)
-        canvas.paste(image, (left, top))
-        array = np.asarray(canvas, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
-        return np.ascontiguousarray(array), Geometry((w0, h0), (w / w0, h / h0), (left, top))
-
-    def load(self, path: Path, height: int, width: int) -> np.ndarray:
-        return self.load_with_geometry(path, height, width)[0]
-
-    def load_many(self, paths: list[Path], height: int, width: int) -> np.ndarray:
-        return np.stack([self.load(p, height, width) for p in paths]).astype(np.float32)
+                     + found)
 
 
 # ---------------------------------------------------------------------------------------------- decoding

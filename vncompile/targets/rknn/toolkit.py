@@ -26,7 +26,7 @@ from ...api.target import facts
 from ...core.errors import VerificationError, VncompileError
 from ...core.schema import Text, setting
 from ...data.calibration import calibration_samples
-from ...data.preprocess import Preprocessing
+from ...data.preprocess import preprocessing_from
 from ...toolchains import Worker, WorkerReply, WorkerRequestFailed
 from .compiler_output import CompilerReport, parse_layer_table, parse_memory_plan
 from .platforms import DEFAULT_PLATFORM
@@ -141,7 +141,7 @@ def recorded_calibration(manifest: dict[str, Any]) -> np.ndarray:
     recorded = facts(manifest)["calibration"]
     directory = None if recorded["directory"] is None else Path(recorded["directory"])
     samples = calibration_samples(directory, InputShape(*manifest["input_shape"]), recorded["samples"],
-                                  preprocessing=Preprocessing(**recorded.get("preprocessing", {})))
+                                  preprocessing=preprocessing_from(recorded.get("preprocessing", {})))
     digest = hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
     if digest != recorded["sha256"]:
         raise VerificationError(f"the calibration set {directory or '(synthetic)'} changed since the build; the "
