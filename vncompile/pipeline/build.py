@@ -22,15 +22,16 @@ from ..api.request import BuildRequest
 from ..api.target import Artifact, CompileContext, CompileResult, MemoryFigure, ReferenceIO, Target
 from ..core.errors import OutputExists, VerificationError
 from ..core.io import atomic_directory, refuse_foreign, work_directory, write_json
-from ..data.evaluation import EvalSet, load_eval_set
+from ..data.evaluation import EvalSet
 from ..onnxtools.detect_head import HEAD_TAIL
 from ..onnxtools.layers import LAYERS_CSV, describe_layers, read_layers, worst_layers
 from .accuracy import accuracy as accuracy_of
-from .accuracy import top1_drop
+from .accuracy import check_drop, top1_drop
 from .cache import BuildCache, copy_tree, reading
+from .detection_accuracy import DetectionEval, check_map_drop, map_of
 from .manifest import default_output_dir, figures, intact, is_bundle, new_manifest, read_manifest
 from .plan import BuildPlan, resolve
-from .prepare import PREPARE_STAGES, PreparedOnnx, prepare, real_images, verify_inputs, with_host_tail
+from .prepare import PREPARE_STAGES, PreparedOnnx, load_evaluation, prepare, real_images, verify_inputs, with_host_tail
 from .timing import SilentReporter, StageReporter, StageTimings
 from .verify import Verification, compare, summarize
 
@@ -139,7 +140,7 @@ def _run(plan: BuildPlan, target: Target, cache: BuildCache, work: Path, bundle:
     try:
         with _build_log(bundle / "build.log"):
             log.info("request: %s", request)
-            eval_set = load_eval_set(request.options, request.shape)
+            eval_set = load_evaluation(plan)
             real = real_images(plan, eval_set) if request.verify else None
             prepared = prepare(plan, cache, work, timings, eval_set, real)
             after_prepare = len(timings.records)
@@ -227,20 +228,21 @@ def _with_layers(line: str, prepared: PreparedOnnx, verification: Verification) 
 
 
 def _check_accuracy(plan: BuildPlan, accuracy: dict[str, Any] | None, prepared: PreparedOnnx) -> None:
-    """A target more than --max-top1-drop points of top-1 below the reference fails, like a verification."""
+    """A target more than --max-top1-drop points of top-1 (a detector: --max-map-drop points of mAP50-95) below the
+    reference fails, like a verification."""
     if accuracy is None or "target" not in accuracy:
         return
     request, target = plan.request, plan.target.name
-    drop = top1_drop(accuracy, "target")
+    options, what = request.options, f"{target} {request.precision}"
+    hint = _worst_layers(prepared) if request.precision == "int8" else ""
+    if "map50_95" in accuracy["reference"]:
+        log.info("mAP50-95 on %d images: reference %.2f%%, %s %.2f%%", accuracy["images"],
+                 accuracy["reference"]["map50_95"], what, accuracy["target"]["map50_95"])
+        check_map_drop(accuracy, "target", options.max_map_drop, what, options.eval_data, hint)
+        return
     log.info("accuracy on %d images: reference top-1 %.2f%%, %s top-1 %.2f%% (drop %.2f points)", accuracy["images"],
-             accuracy["reference"]["top1"], target, accuracy["target"]["top1"], drop)
-    if drop > request.options.max_top1_drop:
-        hint = _worst_layers(prepared) if request.precision == "int8" else ""
-        raise VerificationError(
-            f"{target} {request.precision} top-1 on {accuracy['images']} images of {request.options.eval_data} is "
-            f"{accuracy['target']['top1']:.2f}%, {drop:.2f} points below the reference's "
-            f"{accuracy['reference']['top1']:.2f}% (allowed: --max-top1-drop {request.options.max_top1_drop:g})"
-            f"{hint}")
+             accuracy["reference"]["top1"], target, accuracy["target"]["top1"], top1_drop(accuracy, "target"))
+    check_drop(accuracy, "target", "top1", options.max_top1_drop, what, options.eval_data, hint)
 
 
 def _estimated_memory(plan: BuildPlan, bundle: Path) -> MemoryFigure | None:
@@ -274,9 +276,12 @@ def _verify(plan: BuildPlan, target: Target, prepared: PreparedOnnx, bundle: Pat
                                           inputs.judged(request.precision, outputs), prepared.output_names,
                                           tolerances[request.precision], prepared.classifier))
             if eval_set is not None and section is not None:
-                logits = eval_set.logits(with_host_tail(bundle, [session.run(b)
-                                                                 for b in eval_set.batches(request.shape.batch)]))
-                section["target"] = accuracy_of(logits, eval_set.labels, prepared.reference_top1())
+                outputs = with_host_tail(bundle, [session.run(b) for b in eval_set.batches(request.shape.batch)])
+                if isinstance(eval_set, DetectionEval):
+                    section["target"] = map_of(eval_set, outputs, prepared.output_names)
+                else:
+                    section["target"] = accuracy_of(eval_set.logits(outputs), eval_set.labels,
+                                                    prepared.reference_top1())
     return summarize(errors, tolerances), section
 
 

@@ -122,6 +122,7 @@ class ExternalGraphFamily(ModelFamily):
     """A graph vncompile did not export: everything it knows comes from the graph itself."""
 
     metadata: DetectorMetadata = DetectorMetadata()
+    classes: int | None = None  # a classifier's or a detector's classes, where the graph says
 
     def check_graph_input(self, graph: GraphFile, shape: InputShape, dynamic: bool, given_size: bool = True) -> None:
         """A fixed-size graph builds at its own size only; channels as declared; --dynamic needs dynamic dims."""
@@ -166,9 +167,13 @@ def graph_family(graph: GraphFile) -> ExternalGraphFamily:
     """What an ONNX file is, from its outputs and Ultralytics' metadata when it has some."""
     metadata = ultralytics_metadata(graph.metadata)
     kind = _detector_kind(graph, metadata)
+    last = graph.outputs[0][1]
     if kind is not None:
+        channels = last[1] if kind == "yolo" and isinstance(last[1], int) else None
+        classes = len(metadata.names) if metadata.names else None if channels is None else channels - 4
         return ExternalGraphFamily("external detector", classifier=False, detector=kind, preprocess="letterbox",
-                                   metadata=metadata)
-    classifier = len(graph.outputs) == 1 and len(graph.outputs[0][1]) == 2
+                                   metadata=metadata, classes=classes)
+    classifier = len(graph.outputs) == 1 and len(last) == 2
     return ExternalGraphFamily("external classifier" if classifier else "external graph", classifier=classifier,
-                               metadata=metadata)
+                               metadata=metadata,
+                               classes=last[-1] if classifier and isinstance(last[-1], int) else None)

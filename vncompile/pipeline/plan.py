@@ -99,6 +99,9 @@ def resolve(request: BuildRequest) -> BuildPlan:
         graph = read_graph_file(request.source.checkpoint)  # type: ignore[arg-type]
         family = graph_family(graph)
         request = _with_graph_opset(request, graph)
+    # Real images' preprocessing, resolved once: what the keys, calibration and evaluation all see.
+    options = request.options.with_default_preprocess(family.preprocess if family else "center-crop")
+    request = dataclasses.replace(request, options=options)
     _check(request, target, own, graph, family)
     form = target.onnx_form(precision)
     passes = graph_passes(request.options, target, external=graph is not None)

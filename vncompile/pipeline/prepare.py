@@ -68,6 +68,18 @@ def verify_inputs(shape: InputShape, real: np.ndarray | None = None) -> VerifyIn
     return VerifyInputs(np.concatenate([noise, images]), count)
 
 
+def load_evaluation(plan: BuildPlan):
+    """--eval-data as the model is judged: a detector's set (mAP), else a classifier's labelled images (top-1)."""
+    from ..data.evaluation import load_eval_set
+
+    family = plan.graph_family
+    if family is not None and family.detector:
+        from .detection_accuracy import load_detection_eval
+
+        return load_detection_eval(plan.options, plan.request.shape, family.classes)
+    return load_eval_set(plan.options, plan.request.shape)
+
+
 def real_images(plan: BuildPlan, eval_set: EvalSet | None) -> np.ndarray | None:
     """A few real images for verification: the evaluation set's, else a quantized build's real calibration set's."""
     from ..data.calibration import calibration_samples, preprocessing_of
@@ -359,7 +371,7 @@ def _run_external(plan: BuildPlan, directory: Path, cache: BuildCache, work: Pat
         "cache_key": plan.onnx_key,
         "model": {
             "name": graph.path.stem, "label": graph.path.name, "width": None, "form": "onnx",
-            "family": loaded.family.name, "act_num": None, "num_classes": _classes(loaded), "act_learn": None,
+            "family": loaded.family.name, "act_num": None, "num_classes": loaded.family.classes, "act_learn": None,
             "checkpoint_sha256": plan.checkpoint_sha256, "trained": True, "features": None,
             "detector": loaded.detector(), "fit_memory": None, "graph_passes": rewritten,
             "int8_scheme": int8_scheme(plan.target.int8_weight_bits) if plan.form == "int8-qdq" else None,
@@ -369,17 +381,6 @@ def _run_external(plan: BuildPlan, directory: Path, cache: BuildCache, work: Pat
     }
     return _record(record, loaded, directory, loaded.output_names, loaded.family.classifier, accuracy_section,
                    errors, timings)
-
-
-def _classes(loaded) -> int | None:
-    """A classifier's or a detector's number of classes, where the graph says it."""
-    dims = loaded.graph.outputs[0][1]
-    if loaded.family.classifier:
-        return dims[-1] if isinstance(dims[-1], int) else None
-    names = loaded.family.metadata.names
-    if names is not None:
-        return len(names)
-    return dims[1] - 4 if loaded.family.detector == "yolo" and isinstance(dims[1], int) else None
 
 
 def _to_fp16(path: Path) -> None:
@@ -437,9 +438,19 @@ def _reference(plan: BuildPlan, loaded, cache: BuildCache, work: Path, real: np.
 
 def _stage_accuracy(plan: BuildPlan, loaded, exported, directory: Path, classifier: bool,
                     eval_set: EvalSet) -> dict[str, Any]:
-    """Top-1/top-5 of the reference and every torch and ONNX stage on the labelled images."""
+    """Top-1/top-5 (a detector: mAP50-95/mAP50) of the reference and every torch and ONNX stage on the labelled
+    images."""
     from . import stages
+    from .detection_accuracy import DetectionEval, detection_section
 
+    if isinstance(eval_set, DetectionEval):
+        batches = np.stack(eval_set.batches(plan.request.shape.batch))
+        runs = {"reference": loaded.float64_outputs(plan.request.shape, batches),
+                "onnx exported": run_onnx(directory / "exported.onnx", batches),
+                "onnx simplified": run_onnx(directory / "simplified.onnx", batches)}
+        if plan.quantizes_graph:
+            runs["onnx int8 qdq"] = run_target_graph(directory, batches)
+        return detection_section(eval_set, runs, loaded.output_names)
     if not classifier:
         raise InputError("--eval-data measures a classifier's accuracy; this network has no classifier head")
     batches = np.stack(eval_set.batches(plan.request.shape.batch))

@@ -51,8 +51,8 @@ class RknnTarget(Target):
     why_no_runtime_profiles = "its memory is the compiler's static plan"
     own_options = RknnOptions
     precisions = ("fp16", "int8")
-    # rknn-toolkit2 2.5.0 fails to build YOLOv8/YOLO11's DFL (softmax, then a fixed conv, then a reshape) at any
-    # precision (IndexError in its conv-reshape-split fusion rule): the head runs on the host for every detector.
+    # fp16 too: rknn-toolkit2 2.5.0 fails to build a YOLOv8/YOLO11 DFL (softmax, a fixed conv, a reshape) without
+    # quantization (IndexError in its conv-reshape-split fusion rule), so a detector's head runs on the host.
     host_head_precisions = ("fp16", "int8")
     devices = ("simulator",)
 
