@@ -82,7 +82,8 @@ OTHER_VALUES = {
     "platform": "rk3576", "quant_algorithm": "mmse", "board": "abc123", "soc": "SM8750",
     "accelerator": "ethos-u85-256", "system_config": "Ethos_U65_Mid_End", "memory_mode": "Dedicated_Sram_384KB",
     "allow_cpu_ops": ("all",), "workspace_mb": 64, "profile_sizes": (64, 96, 128), "timing_cache": Path("t.cache"),
-    "input_layout": "nchw", "threads": 2, "minimum_deployment_target": "iOS17", "compute_units": "CPU_AND_NE",
+    "detect_head": "host", "input_layout": "nchw", "threads": 2, "minimum_deployment_target": "iOS17",
+    "compute_units": "CPU_AND_NE",
 }
 # A request each option is valid for: the target that reads it, and what else it needs.
 OWNERS = {"soc": ("qnn", "int8"), "platform": ("rknn", "int8"), "quant_algorithm": ("rknn", "int8"),
@@ -110,8 +111,12 @@ def test_changing_each_declared_option_moves_exactly_the_keys_it_declares():
                       "nothing": set()}
     source = ModelSource(model_name="vanillanet_5", width=NARROW)
 
+    detector = ModelSource(checkpoint=Path(__file__).parent / "data" / "detector" / "detector_train_form.onnx")
+
     def keys(target, precision, options, dynamic):
-        plan = resolve(BuildRequest(source, target, precision, shape=InputShape(1, 3, 64, 64), dynamic=dynamic,
+        # --detect-head applies to ONNX detectors: the committed test detector, at its own size
+        model, size = (detector, 128) if options.detect_head or name == "detect_head" else (source, 64)
+        plan = resolve(BuildRequest(model, target, precision, shape=InputShape(1, 3, size, size), dynamic=dynamic,
                                     options=options))
         return {"reference": plan.reference_key, "onnx": plan.onnx_key, "build": plan.build_key}
 

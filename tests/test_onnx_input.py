@@ -212,3 +212,41 @@ def test_a_ci_matrix_takes_an_onnx_path_at_its_own_size(tmp_path):
                       "devices: [intel-cpu-openvino-fp32]\n")
     cells = load_ci_config(config).cells
     assert {c.size for c in cells} == {128} and all(c.request.source.is_onnx for c in cells)
+
+
+VAL = DETECTOR.parent / "val"
+
+
+def test_an_int8_detector_is_judged_by_map_with_its_head_on_the_host(run_cli, tmp_path):
+    """ONNX Runtime int8: calibrated on the letterboxed images, the head after the per-level maps left in float on
+    the host, mAP50-95/mAP50 per stage and on the target."""
+    result = run_cli("build", DETECTOR, "--target", "onnxruntime", "--precision", "int8", "--calibration", VAL,
+                     "--eval-data", VAL, "-o", tmp_path / "out")
+    assert result.code == 0, result.err
+    built = manifest(tmp_path / "out")
+    tail = built["model"]["host_tail"]
+    assert len(tail["outputs"]) == 6  # three levels, box and class maps apart
+    assert "head_tail.onnx" in {a["path"] for a in built["artifacts"]}
+    accuracy = built["accuracy"]
+    assert accuracy["images"] == 48 and accuracy["preprocessing"]["kind"] == "letterbox"
+    assert (accuracy["decode"]["conf"], accuracy["decode"]["iou"], accuracy["decode"]["max_det"]) == (0.001, 0.7, 300)
+    assert set(accuracy) >= {"reference", "onnx exported", "onnx simplified", "onnx int8 qdq", "target"}
+    assert accuracy["reference"]["map50"] >= 50
+    assert accuracy["reference"]["map50_95"] - accuracy["target"]["map50_95"] <= 1.0  # --max-map-drop's default
+    assert "mAP50" in result.err
+
+
+def test_detect_head_applies_to_detectors_only(run_cli, tmp_path, dynamic_vanillanet):
+    result = run_cli("build", dynamic_vanillanet, "--target", "onnxruntime", "--detect-head", "host",
+                     "-o", tmp_path / "out")
+    assert result.code == 2 and "--detect-head applies to ONNX detectors" in one_line_error(result)
+
+
+def test_rknn_int8_runs_a_detectors_head_on_the_host_and_keeps_its_map(run_cli, tmp_path, rknn_toolchain):
+    result = run_cli("build", DETECTOR, "--target", "rknn", "--precision", "int8", "--calibration", VAL,
+                     "--eval-data", VAL, "-o", tmp_path / "out")
+    assert result.code == 0, result.err
+    built = manifest(tmp_path / "out")
+    assert built["model"]["host_tail"] is not None
+    accuracy = built["accuracy"]
+    assert accuracy["reference"]["map50_95"] - accuracy["target"]["map50_95"] <= 1.0
