@@ -9,6 +9,7 @@ Host names resolve to nothing, so a page that tries to reach outside fails here 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -67,10 +68,8 @@ class Chromium:
         self.close()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):  # already gone: nothing to close
             self._send("Browser.close")
-        except (OSError, RuntimeError, TimeoutError):
-            pass
         try:
             self._process.wait(timeout=10)
         except subprocess.TimeoutExpired:

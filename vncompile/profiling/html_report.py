@@ -40,6 +40,7 @@ table { border-collapse: collapse; margin: 8px 0 18px; }
 th, td { padding: 3px 10px; border-bottom: 1px solid #e4e4e4; text-align: right; vertical-align: top; }
 th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; white-space: nowrap; }
 table.facts td, table.cells td, table.cells th, table.peaks td, table.peaks th { text-align: left; }
+table.layers td:nth-child(-n+3), table.layers th:nth-child(-n+3) { text-align: left; }
 tr.italic td { font-style: italic; color: #555; }
 caption { caption-side: bottom; text-align: left; font-size: 12px; color: #555; font-style: italic; padding-top: 3px; }
 .swatch { display: inline-block; width: 11px; height: 11px; border-radius: 2px; margin-right: 6px; }
