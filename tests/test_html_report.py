@@ -193,13 +193,18 @@ def test_the_report_escapes_what_it_shows_and_names_missing_files(profile_dir, t
     assert "../../etc/passwd: outside the profile directory, not read" in html
 
 
-@pytest.mark.parametrize("make", ["empty", "absent", "other json"])
-def test_report_of_a_directory_that_is_no_profile_is_one_line(tmp_path, run_cli, make):
+@pytest.mark.parametrize("make,message", [
+    ("empty", "is not a profile output"), ("absent", "is not a profile output"),
+    ("other json", "is not a profile output"), ("old schema", "has schema 1; this vncompile reads schema 2"),
+    ("cut short", "profile.json is not a whole profile (KeyError: 'settings')")])
+def test_report_of_a_directory_that_is_no_profile_is_one_line(tmp_path, run_cli, make, message):
     directory = tmp_path / "dir"
     if make != "absent":
         directory.mkdir()
-    if make == "other json":
-        (directory / "profile.json").write_text('{"bundles": []}')
+    documents = {"other json": {"bundles": []}, "old schema": {"schema": 1, "rows": []},
+                 "cut short": {"schema": 2, "rows": [], "machine": {}}}
+    if make in documents:
+        (directory / "profile.json").write_text(json.dumps(documents[make]))
     result = run_cli("report", directory)
-    assert result.code == 2 and f"{directory} is not a profile output" in one_line_error(result)
+    assert result.code == 2 and message in one_line_error(result)
     assert not (directory / "report.html").exists()

@@ -171,7 +171,7 @@ def _metric_points(by_size: dict[int, dict[str, Any]], metric: str, per: float) 
 def _size_charts_section(doc: dict[str, Any], colours: dict[str, str]) -> str:
     """Memory and latency against input size, a chart per target and metric, a line per model."""
     out = ['<h2 id="sizes">Memory and latency against input size</h2>', '<div class="charts">']
-    sizes = [float(s) for s in doc["settings"]["sizes"]]
+    sizes = sorted(float(s) for s in doc["settings"]["sizes"])
     for target, models in blocks(doc).items():
         rows = [r for by_size in models.values() for r in by_size.values()]
         largest = max((r["memory"]["max_kb"] for r in rows if r["memory"]), default=0.0)
@@ -367,7 +367,11 @@ def write_report(directory: Path) -> Path:
     if doc["schema"] != PROFILE_SCHEMA:
         raise InputError(f"{directory}/profile.json has schema {doc['schema']}; this vncompile reads schema "
                          f"{PROFILE_SCHEMA}: run the profile again")
+    try:
+        page = to_html(doc, directory)
+    except (KeyError, TypeError, ValueError) as exc:  # edited by hand, or cut short: not a profile we can read
+        raise InputError(f"{directory}/profile.json is not a whole profile ({type(exc).__name__}: {exc})") from None
     path = directory / REPORT
     with atomic_file(path, force=True, what="report") as tmp:
-        tmp.write_text(to_html(doc, directory))
+        tmp.write_text(page)
     return path
