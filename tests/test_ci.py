@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -194,6 +195,11 @@ def test_a_failing_cell_fails_the_run_but_not_the_others(tmp_path, run_cli):
     result = run_cli("ci", path, "--jobs", "2", "-o", tmp_path / "dist")  # two builds at a time, one cache
     assert result.code == 1
     assert "1 of 2 cells failed" in one_line_error(result) and "bf16" in one_line_error(result)
+    progress = [re.fullmatch(r"\[(\d)/2\] (\S+)  \d+\.\d s(  failed: .*)?", line)  # no terminal: a line per cell
+                for line in result.err.splitlines() if line.startswith("[")]
+    assert sorted(m[1] for m in progress) == ["1", "2"]  # counted in the order they end
+    assert {m[2]: bool(m[3]) for m in progress} == {"v5-narrow/x86-onnxruntime-fp32/96": True,
+                                                   "v5-narrow/intel-cpu-openvino-fp32/96": False}
     index = json.loads((tmp_path / "dist" / "index.json").read_text())
     status = {b["device"]: b["status"] for b in index["bundles"]}
     assert status == {"x86-onnxruntime-fp32": "failed", "intel-cpu-openvino-fp32": "ok"}

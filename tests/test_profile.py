@@ -7,6 +7,7 @@ import importlib
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,9 @@ def test_memory_limit_marks_rows_oom(run_cli):
     rows = result.json()["rows"]
     assert [r["status"] for r in rows] == ["oom", "oom"]
     assert result.code == 0  # oom rows are findings, not failures
+    progress = [line for line in result.err.splitlines() if line.startswith("[")]  # no terminal: a line per cell
+    assert [re.sub(r"\d+\.\d s", "T s", line) for line in progress] == [
+        "[1/2] vanillanet_5-w0.0625 · analytic · 64  T s  oom", "[2/2] vanillanet_5-w0.0625 · analytic · 96  T s  oom"]
     assert "over the 1,024 KB limit" in rows[0]["reason"]
     generous = run_cli("profile", "--models", "vanillanet_5", "--targets", "analytic", "--memory-limit", "1GB",
                        "--format", "json", *QUICK).json()
@@ -123,7 +127,7 @@ def test_every_output_format_and_the_output_directory(tmp_path, run_cli):
     assert table.code == 0, table.err
     assert "paper, Table 1" in table.out and "vs resnet50" in table.out
     assert sorted(p.name for p in out.iterdir()) == ["latency.png", "memory.png", "profile.csv", "profile.json",
-                                                     "profile.md"]
+                                                     "profile.md", "report.html"]
     doc = json.loads((out / "profile.json").read_text())
     check_schema(doc)
     assert len(doc["rows"]) == 3 * 2 * 2

@@ -424,7 +424,7 @@ def targets(as_json) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table",
               show_default=True, help="what to print on stdout")
 @click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False),
-              help="write profile.json/.csv/.md and memory.png/latency.png here")
+              help="write profile.json/.csv/.md, memory.png/latency.png and report.html here")
 @click.option("--force", is_flag=True, help="replace an existing output directory")
 @click.option("--no-verify", is_flag=True, help="measure the cells' builds without verifying them (faster)")
 @target_options
@@ -439,7 +439,7 @@ def profile(checkpoints, models, width, act_num, target_list, sizes, features, p
     from .core.io import refuse_existing
     from .pipeline.plan import graph_sizes
     from .profiling.profile import BACKBONE_SIZES, DEFAULT_MODELS, ProfileRequest, backbone_features, profilable_targets
-    from .profiling.reports import is_profile_output
+    from .profiling.reports import cell_label, is_profile_output
     from .vanillanet.features import parse_features
 
     names = _names(models) if models else ([] if checkpoints else list(DEFAULT_MODELS))
@@ -477,7 +477,7 @@ def profile(checkpoints, models, width, act_num, target_list, sizes, features, p
     if failed:
         first = failed[0]
         raise VncompileError(f"{len(failed)} of {len(document['rows'])} profile cells failed; first: "
-                             f"{first['model']} · {first['target']} · {first['size']}: {first['reason']}")
+                             f"{cell_label(first['model'], first['target'], first['size'])}: {first['reason']}")
 
 
 def _names(text: str) -> list[str]:
@@ -486,23 +486,17 @@ def _names(text: str) -> list[str]:
 
 def _run_profile(request, fmt: str, output: Path | None, force: bool) -> dict[str, Any]:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .console import render_profile, stderr
+    from .console import CellProgress, render_profile, stderr
     from .profiling import reports
     from .profiling.profile import run_profile
 
-    cells = request.cells()
-    with Progress(TextColumn("[bold]profile"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=stderr, transient=True) as progress:
-        task = progress.add_task("", total=len(cells))
+    with CellProgress("profile", len(request.cells())) as progress:
 
-        def advance(row):
-            status = "" if row["status"] == "ok" else f" [{row['status']}]"
-            progress.console.print(f"{row['model']} · {row['target']} · {row['size']}{status}", markup=False)
-            progress.advance(task)
+        def finished(row):
+            progress.finished(reports.cell_label(row["model"], row["target"], row["size"]), row["status"])
 
-        document = run_profile(request, on_row=advance)
+        document = run_profile(request, on_row=finished, on_start=progress.started)
     if fmt == "table":
         render_profile(document, Console())
     elif fmt == "json":
@@ -517,6 +511,19 @@ def _run_profile(request, fmt: str, output: Path | None, force: bool) -> dict[st
             stderr.print(f"[yellow]{note}[/]")
         stderr.print(f"wrote {', '.join(f'{output}/{name}' for name in written)}")
     return document
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+def report(directory) -> None:
+    """Write report.html for a profile directory (profile -o DIR): the page every profile writes, again.
+
+    Reads DIR/profile.json and the per-layer files beside it; renders nothing new, measures nothing.
+    """
+    from .console import stderr
+    from .profiling.html_report import write_report
+
+    stderr.print(f"wrote {write_report(directory)}")
 
 
 # ---------------------------------------------------------------- ci
@@ -541,7 +548,7 @@ def ci(config, output, shard, runner, cell, jobs, timeout, emit_matrix, cells_pe
     """Build a matrix of models x devices x sizes into publishable bundles (configs/ci.yaml)."""
     from .ci import run as ci_run
     from .ci.matrix import github_matrix, load_ci_config, select
-    from .console import stderr
+    from .console import CellProgress, stderr
 
     if merge_dirs:
         results = ci_run.merge(list(merge_dirs), output, force=force)
@@ -555,12 +562,13 @@ def ci(config, output, shard, runner, cell, jobs, timeout, emit_matrix, cells_pe
         click.echo(json.dumps(github_matrix(cells, cells_per_job)))
         return
     stderr.print(f"building {len(cells)} cells with {jobs} job(s) -> {output}")
+    with CellProgress("ci", len(cells), parallel=min(jobs, max(1, len(cells)))) as progress:
 
-    def report(result):
-        note = f" ({result.reason})" if result.reason else ""
-        stderr.print(f"{result.status:>8}  {result.id}  {result.seconds:.1f} s{note}", markup=False)
+        def finished(result):
+            progress.finished(result.id, result.status, note=result.reason, seconds=result.seconds)
 
-    results = ci_run.run_ci(cells, output, jobs=jobs, force=force, timeout_s=timeout, on_result=report)
+        results = ci_run.run_ci(cells, output, jobs=jobs, force=force, timeout_s=timeout, on_result=finished,
+                                on_start=lambda cell: progress.started(cell.id))
     _fail_on_failed_cells(results)
 
 

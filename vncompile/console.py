@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
-from .profiling.reports import blocks, paper_rows, peak_notes, sources, table_rows
+from .profiling.reports import blocks, cell_label, paper_rows, peak_notes, sources, table_rows
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -51,6 +62,102 @@ class RichStageReporter:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def seconds_left(finished: Sequence[float], remaining: int, running_for: Sequence[float] = (),
+                 parallel: int = 1) -> float | None:
+    """The time a run of cells has left: every cell not finished takes the mean time of the finished ones (a cell
+    served from the cache took its few seconds, and counts as that fast), less what the ``running_for`` cells
+    have run already; ``parallel`` run at once. None until a cell has finished: nothing to go by."""
+    if remaining <= 0:
+        return 0.0
+    if not finished:
+        return None
+    mean = sum(finished) / len(finished)
+    running = sum(max(mean - elapsed, 0.0) for elapsed in running_for)
+    queued = max(remaining - len(running_for), 0)
+    return (running + queued * mean) / max(parallel, 1)
+
+
+def duration_text(seconds: float) -> str:
+    """A duration for people: '4.2 s', '3 min 12 s', '1 h 02 min'."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class _TimeLeftColumn(ProgressColumn):
+    def __init__(self, left: Callable[[], float | None]) -> None:
+        super().__init__()
+        self._left = left
+
+    def render(self, task: Any) -> Text:
+        left = self._left()
+        return Text("estimating time left" if left is None else f"~{duration_text(left)} left", style="cyan")
+
+
+class CellProgress:
+    """Progress over a run of cells (``profile``, ``ci``). On a terminal: a bar with the cells done / total, the
+    time elapsed, an estimate of the time left (``seconds_left``) and the cell(s) running, above it a line per
+    finished cell. Elsewhere (a CI log, a pipe) only those lines, one per finished cell with its time: nothing
+    that redraws. Cells may start and finish on several threads (``ci --jobs``)."""
+
+    def __init__(self, title: str, total: int, *, parallel: int = 1, console: Console = stderr,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self._title, self._total, self._parallel = title, total, parallel
+        self._console, self._clock = console, clock
+        self._lock = threading.Lock()
+        self._running: dict[str, float] = {}  # label -> when it started
+        self._seconds: list[float] = []
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    def __enter__(self) -> CellProgress:
+        if self._console.is_terminal:
+            self._progress = Progress(TextColumn(f"[bold]{escape(self._title)}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), _TimeLeftColumn(self.left),
+                                      TextColumn("{task.description}"), console=self._console, transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task("", total=self._total)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def left(self) -> float | None:
+        with self._lock:
+            now = self._clock()
+            return seconds_left(self._seconds, self._total - len(self._seconds),
+                                [now - start for start in self._running.values()], self._parallel)
+
+    def started(self, label: str) -> None:
+        with self._lock:
+            self._running[label] = self._clock()
+            running = ", ".join(self._running)
+        if self._progress is not None:
+            self._progress.update(self._task, description=escape(running))
+
+    def finished(self, label: str, status: str = "ok", note: str | None = None,
+                 seconds: float | None = None) -> None:
+        """``label`` has finished; ``seconds`` where the caller timed it (else the time since ``started``)."""
+        with self._lock:
+            start = self._running.pop(label, None)
+            if seconds is None:
+                seconds = 0.0 if start is None else self._clock() - start
+            self._seconds.append(seconds)
+            done, running = len(self._seconds), ", ".join(self._running)
+        outcome = "" if status == "ok" else f"  {status}" + (f": {note}" if note else "")
+        line = f"[{done}/{self._total}] {label}  {duration_text(seconds)}{outcome}"
+        if self._progress is None:
+            self._console.print(line, markup=False, highlight=False, soft_wrap=True)
+            return
+        self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        self._progress.update(self._task, completed=done, description=escape(running))
 
 
 def render_description(facts: dict[str, Any], console: Console = stderr) -> None:
@@ -207,5 +314,5 @@ def render_profile(doc: dict[str, Any], console: Console) -> None:
         console.print(f"[dim]peak:[/] {escape(line)}")
     for row in doc["rows"]:
         if row["reason"]:
-            console.print(f"[yellow]{escape(row['model'])} · {row['target']} · {row['size']}:[/] "
+            console.print(f"[yellow]{escape(cell_label(row['model'], row['target'], row['size']))}:[/] "
                           f"{escape(row['reason'])}")

@@ -70,8 +70,10 @@ def _result(cell: Cell, status: str, seconds: float, reason: str | None = None,
 
 
 def build_cells(cells: list[Cell], dist: Path, *, jobs: int = 1, timeout_s: float = 3600.0,
-                on_result: Callable[[CellResult], None] | None = None) -> list[CellResult]:
-    """Build every cell (``jobs`` at a time) and copy each bundle into ``dist``; failures are results too."""
+                on_result: Callable[[CellResult], None] | None = None,
+                on_start: Callable[[Cell], None] | None = None) -> list[CellResult]:
+    """Build every cell (``jobs`` at a time) and copy each bundle into ``dist``; failures are results too.
+    ``on_start`` hears each cell as a worker takes it up, ``on_result`` its result (the progress display)."""
     if jobs < 1:
         raise InputError(f"--jobs must be a positive integer, got {jobs}")
     workers: queue.Queue[BuildWorker] = queue.Queue()
@@ -83,6 +85,8 @@ def build_cells(cells: list[Cell], dist: Path, *, jobs: int = 1, timeout_s: floa
 
     def build_one(cell: Cell) -> CellResult:
         worker = workers.get()
+        if on_start is not None:
+            on_start(cell)
         start = time.perf_counter()
         try:
             manifest, directory = worker.build(cell.request)
@@ -148,12 +152,13 @@ def is_ci_output(directory: Path) -> bool:
 
 
 def run_ci(cells: list[Cell], out: Path, *, jobs: int = 1, force: bool = False, timeout_s: float = 3600.0,
-           on_result: Callable[[CellResult], None] | None = None) -> list[CellResult]:
+           on_result: Callable[[CellResult], None] | None = None,
+           on_start: Callable[[Cell], None] | None = None) -> list[CellResult]:
     """Build ``cells`` into ``out`` (written atomically) and write the index, summary and JUnit."""
     if not cells:
         raise InputError("the selection has no cells to build")
     with atomic_directory(out, is_ci_output, force=force) as tmp:
-        results = build_cells(cells, tmp, jobs=jobs, timeout_s=timeout_s, on_result=on_result)
+        results = build_cells(cells, tmp, jobs=jobs, timeout_s=timeout_s, on_result=on_result, on_start=on_start)
         write_reports(results, tmp)
     return results
 

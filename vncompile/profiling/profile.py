@@ -29,11 +29,11 @@ from ..pipeline.cache import BuildCache, reading
 from ..pipeline.manifest import primary_artifact
 from ..vanillanet.archs import VARIANTS
 from .measure import measure
+from .reports import PROFILE_SCHEMA, cell_label
 
 DEFAULT_MODELS = ("vanillanet_5", "resnet50", "plain_cnn_50")
 DEFAULT_SIZES = (256, 384, 512)
 BACKBONE_SIZES = (640, 1280)  # detection inputs (YOLO's 640, and twice that)
-PROFILE_SCHEMA = 2
 
 
 @dataclass(frozen=True)
@@ -201,9 +201,10 @@ def _fit_note(fit: dict[str, Any], limit: float) -> str:
     return f"fits with --fit-memory {limit:,.0f}KB: {peak} ({how})"
 
 
-def run_profile(request: ProfileRequest,
-                on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Every cell of the matrix, in order; the profile document (``profile.json``)."""
+def run_profile(request: ProfileRequest, on_row: Callable[[dict[str, Any]], None] | None = None,
+                on_start: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every cell of the matrix, in order; the profile document (``profile.json``). ``on_start`` hears each cell's
+    label (``cell_label``) as it starts, ``on_row`` its row as it ends: the progress display."""
     from ..targets import get_target
 
     targets = {name: get_target(name) for name in request.targets}  # looked up once: the cells take the objects
@@ -212,6 +213,8 @@ def run_profile(request: ProfileRequest,
     # The builds are measured where the cache keeps them: in use for the whole run.
     with BuildCache().in_use(), BuildWorker(timeout_s=request.timeout_s) as builder:
         for source, target, size in request.cells():
+            if on_start is not None:
+                on_start(cell_label(_label(source), target, size))
             row = profile_cell(source, targets[target], size, request, builder)
             rows.append(row)
             if on_row is not None:

@@ -15,6 +15,7 @@ from typing import Any
 from ..core.io import atomic_directory, holds_document, write_json
 from ..core.units import KB_PER
 
+PROFILE_SCHEMA = 2  # profile.json's layout: what ``vncompile report`` reads back
 BASELINE = "resnet50"
 CSV_COLUMNS = ["model", "target", "precision", "size", "batch", "status", "reason",
                "latency_median_ms", "latency_mean_ms", "latency_p90_ms", "latency_p99_ms", "latency_min_ms",
@@ -22,6 +23,11 @@ CSV_COLUMNS = ["model", "target", "precision", "size", "batch", "status", "reaso
                "memory_max_kb", "memory_weights_kb", "memory_activations_kb", "memory_source", "top1",
                "artifact_sha256"]
 # (memory in KB = 1024 bytes, ``core.units``)
+
+
+def cell_label(model: str, target: str, size: int) -> str:
+    """How a profile cell is named to people: in progress lines, notes and errors alike."""
+    return f"{model} · {target} · {size}"
 
 
 def blocks(doc: dict[str, Any]) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
@@ -99,7 +105,7 @@ def sources(models: dict[str, dict[int, dict[str, Any]]]) -> str:
 def peak_notes(doc: dict[str, Any]) -> list[str]:
     """What a plan says is alive at its peak (the analytic plan names the tensors): where memory goes.
     For a backbone that is often its own earlier outputs, which must outlive the rest of the network."""
-    return [f"{r['model']} · {r['target']} · {r['size']}: {r['memory']['detail']}" for r in doc["rows"]
+    return [f"{cell_label(r['model'], r['target'], r['size'])}: {r['memory']['detail']}" for r in doc["rows"]
             if r["memory"] and r["memory"]["source"] != "measured" and r["memory"].get("detail")]
 
 
@@ -135,7 +141,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
     peaks = peak_notes(doc)
     if peaks:
         out += ["", "## At the memory peak", "", *(f"- {line}" for line in peaks)]
-    reasons = [f"- {r['model']} · {r['target']} · {r['size']}: {r['reason']}" for r in doc["rows"] if r["reason"]]
+    reasons = [f"- {cell_label(r['model'], r['target'], r['size'])}: {r['reason']}" for r in doc["rows"] if r["reason"]]
     if reasons:
         out += ["", "## Notes", "", *reasons]
     return "\n".join(out) + "\n"
@@ -196,7 +202,10 @@ def is_profile_output(directory: Path) -> bool:
 
 
 def write_profile(doc: dict[str, Any], directory: Path, force: bool = False) -> tuple[list[str], list[str]]:
-    """profile.json, .csv, .md and the plots, into ``directory`` atomically: (the files written, notes)."""
+    """profile.json, .csv, .md, the plots and report.html, into ``directory`` atomically: (the files written,
+    notes). The report is written last: it reads the per-layer files the rows name, already in place."""
+    from .html_report import REPORT, to_html  # the page renders this module's tables: imported where it is used
+
     notes, written = [], ["profile.json", "profile.csv", "profile.md"]
     with atomic_directory(directory, is_profile_output, force=force) as tmp:
         write_json(tmp / "profile.json", doc)
@@ -206,4 +215,6 @@ def write_profile(doc: dict[str, Any], directory: Path, force: bool = False) -> 
             written += write_plots(doc, tmp)
         except ImportError:
             notes.append("plots skipped: matplotlib is not installed (pip install 'vncompile[plot]')")
+        (tmp / REPORT).write_text(to_html(doc, tmp))
+        written.append(REPORT)
     return written, notes
