@@ -5,7 +5,9 @@
 For the committed test detector (``tests/data/detector``: VanillaNet-5 backbone, YOLO-style head, output
 ``[1, 4 + 3, 336]``), deploy-fused as a build fuses it: the graph as is (the head's boxes, up to 128 pixels, and
 sigmoid scores, 0..1, leave in one Concat) and with the head split by ``onnxtools.detect_head.split_detect_head``
-(two outputs, each quantized with its own scale). Each is converted to rknn int8 by rknn-toolkit2 (in its own
+(two outputs, each quantized with its own scale), and cut where the head leaves the feature maps
+(``onnxtools.detect_head.cut_host_tail``: each level's box and class maps apart, the rest run on the host).
+Each is converted to rknn int8 by rknn-toolkit2 (in its own
 environment, through vncompile's worker; calibrated on the set's letterboxed images), run on the toolkit's x86
 simulator over the letterboxed validation set, decoded as Ultralytics val does and scored by pycocotools. ONNX
 Runtime fp32 of the same graph is the reference. Prints mAP50-95 and mAP50 (percent, measured) side by side,
@@ -22,6 +24,7 @@ import argparse
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,7 @@ from vncompile.api.request import InputShape
 from vncompile.data.calibration import calibration_samples
 from vncompile.data.preprocess import Letterbox
 from vncompile.onnxtools.deploy_fusion import fuse_for_deploy
-from vncompile.onnxtools.detect_head import split_detect_head
+from vncompile.onnxtools.detect_head import cut_host_tail, run_with_tail, split_detect_head
 from vncompile.onnxtools.run import run_onnx
 from vncompile.pipeline.detection_accuracy import load_detection_eval, map_of
 from vncompile.targets.rknn.simulator import RknnSimulatorSession
@@ -44,17 +47,26 @@ SHAPE = InputShape(1, 3, 128, 128)
 log = logging.getLogger("vncompile")
 
 
-def graphs(directory: Path) -> dict[str, tuple[Path, list[str]]]:
-    """The deploy-fused detector, concatenated and split: each file and its output names."""
+def _same(outputs: list[np.ndarray]) -> list[np.ndarray]:
+    return outputs
+
+
+def graphs(directory: Path) -> dict[str, tuple[Path, list[str], Callable]]:
+    """The deploy-fused detector, concatenated, split, and cut for the host tail: each file, its output names and
+    what makes a run's outputs the whole graph's (the tail on ONNX Runtime, float32, for the last)."""
     model = onnx.load(str(DETECTOR / "detector_train_form.onnx"))
     fuse_for_deploy(model)
     concatenated = directory / "concatenated.onnx"
     onnx.save(model, str(concatenated))
+    device, tail = directory / "device.onnx", directory / "tail.onnx"
+    cut = cut_host_tail(concatenated, device, tail)
+    assert cut is not None, "the test detector's head leaves its maps through reshapes"
     names = split_detect_head(model)
     assert names is not None, "the test detector ends in the Detect Concat"
     split = directory / "split.onnx"
     onnx.save(model, str(split))
-    return {"concatenated": (concatenated, ["output"]), "split": (split, list(names))}
+    return {"concatenated": (concatenated, ["output"], _same), "split": (split, list(names), _same),
+            "host tail": (device, ["output"], run_with_tail(tail))}
 
 
 def rknn_int8_run(onnx_path: Path, settings: RknnSettings, calibration: np.ndarray,
@@ -92,11 +104,11 @@ def main() -> None:
     settings = RknnSettings(args.platform, "int8", args.quant_algorithm)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for head, (path, names) in graphs(Path(tmp)).items():
-            reference = run_onnx(path, batches)
+        for head, (path, names, whole) in graphs(Path(tmp)).items():
+            reference = [whole(outputs) for outputs in run_onnx(path, batches)]
             rows.append((head, "onnxruntime fp32", map_of(evaluation, reference, names), zero_scores(reference), 0.0))
             started = time.perf_counter()
-            runs = rknn_int8_run(path, settings, calibration, batches)
+            runs = [whole(outputs) for outputs in rknn_int8_run(path, settings, calibration, batches)]
             rows.append((head, f"rknn int8 {args.platform} (simulator)", map_of(evaluation, runs, names),
                          zero_scores(runs), time.perf_counter() - started))
     print(f"test detector, {len(evaluation.dataset.paths)} images ({evaluation.dataset.objects} objects), letterboxed "
