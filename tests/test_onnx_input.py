@@ -250,3 +250,16 @@ def test_rknn_int8_runs_a_detectors_head_on_the_host_and_keeps_its_map(run_cli, 
     assert built["model"]["host_tail"] is not None
     accuracy = built["accuracy"]
     assert accuracy["reference"]["map50_95"] - accuracy["target"]["map50_95"] <= 1.0
+
+
+def test_an_op_no_reference_runs_is_one_line(run_cli, tmp_path):
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Mystery", ["x"], ["y"], domain="com.example")], "g", [x], [y])
+    path = tmp_path / "custom.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                      helper.make_opsetid("com.example", 1)]), str(path))
+    result = run_cli("build", path, "--target", "onnxruntime", "-o", tmp_path / "out")
+    assert result.code == 2
+    line = one_line_error(result)
+    assert "no reference can run this graph" in line and "Mystery" in line

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from ..api.request import InputShape
+from ..core.errors import InputError
 from ..onnxtools.graph_file import GraphFile, at_input_shape, load_graph
 from .families import ExternalGraphFamily
 
@@ -101,10 +102,26 @@ def load_external(graph: GraphFile, family: ExternalGraphFamily, shape: InputSha
         loaded._rebuilt(shape.as_tuple())
     except ValueError as exc:
         first = str(exc).split(";")[0]
+        _check_onnx_runtime_runs(loaded.at_shape(shape), graph, first)
         log.warning("the float64 rebuild cannot run %s (%s): the reference is ONNX Runtime's fp32 run of the given "
                     "graph", graph.path.name, first)
         return LoadedGraph(graph, family, model, f"onnxruntime fp32 (the float64 rebuild does not take it: {first})")
     return loaded
+
+
+def _check_onnx_runtime_runs(model: onnx.ModelProto, graph: GraphFile, rebuild_failure: str) -> None:
+    """The fallback reference must load: else no reference can run the graph (one line, naming both reasons)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types (NotImplemented, Fail, InvalidGraph)
+        reason = " ".join(str(exc).split())[:300]
+        raise InputError(f"{graph.path.name}: no reference can run this graph: the float64 rebuild does not take "
+                         f"{rebuild_failure.removeprefix('the graph has ')}, and ONNX Runtime refuses it "
+                         f"({reason})") from None
 
 
 def describe_graph(graph: GraphFile, family: ExternalGraphFamily) -> dict:
