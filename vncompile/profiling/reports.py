@@ -14,6 +14,7 @@ from typing import Any
 
 from ..core.io import atomic_directory, holds_document, write_json
 from ..core.units import KB_PER
+from .layer_files import ProfileFiles
 
 BASELINE = "resnet50"
 CSV_COLUMNS = ["model", "target", "precision", "size", "batch", "status", "reason",
@@ -195,10 +196,14 @@ def is_profile_output(directory: Path) -> bool:
     return holds_document(directory, "profile.json", "schema", "rows")
 
 
-def write_profile(doc: dict[str, Any], directory: Path, force: bool = False) -> tuple[list[str], list[str]]:
-    """profile.json, .csv, .md and the plots, into ``directory`` atomically: (the files written, notes)."""
+def write_profile(doc: dict[str, Any], directory: Path, force: bool = False,
+                  files: ProfileFiles | None = None) -> tuple[list[str], list[str]]:
+    """profile.json, .csv, .md, the plots and the rows' per-layer tables and timelines (``files``), into
+    ``directory`` atomically: (the files written, notes)."""
     notes, written = [], ["profile.json", "profile.csv", "profile.md"]
     with atomic_directory(directory, is_profile_output, force=force) as tmp:
+        if files is not None:
+            written += files.write(tmp)
         write_json(tmp / "profile.json", doc)
         (tmp / "profile.csv").write_text(to_csv(doc))
         (tmp / "profile.md").write_text(to_markdown(doc))
