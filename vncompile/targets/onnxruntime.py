@@ -36,6 +36,7 @@ from .bundle_loader import loader_artifact
 PROVIDERS = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider"}
 OPTIMIZED_MODEL = "model.optimized.onnx"
 KERNEL_TIME = "_kernel_time"  # the profiler's event for one node's run: "<node>_kernel_time"
+NCHWC = "_nchwc"  # what the layout pass appends to the output name of a node it rewrites
 # The profiler's element types, in vncompile's precision names where there is one.
 ELEMENT_PRECISION = {"float": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
@@ -139,14 +140,25 @@ class OnnxRuntimeTarget(Target):
             for _ in range(runs + 1):
                 session.run(None, feed)
             trace = json.loads(Path(session.end_profiling()).read_text())
-        return trace_layers(trace, Blocks.of_build(build_dir))
+        return trace_layers(trace, Blocks.of_build(build_dir), _producers(build_dir / OPTIMIZED_MODEL))
 
 
-def trace_layers(trace: list[dict[str, Any]], blocks: Blocks) -> list[LayerRecord]:
+def _producers(model: Path) -> dict[str, str]:
+    """Each tensor of the saved graph -> the node that writes it: the layout pass names the nodes it rewrites after
+    their output (``relu_5_nchwc``), which for a fused Conv+ReLU is the ReLU's tensor, not the conv's node."""
+    import onnx
+
+    return {output: node.name for node in onnx.load(str(model), load_external_data=False).graph.node
+            for output in node.output if node.name}
+
+
+def trace_layers(trace: list[dict[str, Any]], blocks: Blocks,
+                 producers: dict[str, str] | None = None) -> list[LayerRecord]:
     """Per node, in the order the first run ran them: the median kernel time over the runs after the first (the
     warm-up; a median, as a profile's latency is, since one descheduled run would swamp a mean), the bytes of its
     output, the provider that ran it and its output's element type. The names are the session's nodes: the saved
-    graph's, or one its layout pass derived (``conv2d_2_nchwc``)."""
+    graph's, or one its layout pass derived (``conv2d_2_nchwc``: the node writing ``conv2d_2``, by ``producers``)."""
+    producers = producers or {}
     samples: dict[str, list[float]] = {}
     details: dict[str, dict[str, Any]] = {}
     for event in trace:
@@ -160,8 +172,9 @@ def trace_layers(trace: list[dict[str, Any]], blocks: Blocks) -> list[LayerRecor
         timed = times[1:] or times
         outputs = args.get("output_type_shape") or [{}]
         element = next(iter(outputs[0]), None)
+        node = producers.get(name.removesuffix(NCHWC), name)
         records.append(LayerRecord(
-            name, blocks.of(name), args.get("op_name", ""), "measured", time_ms=float(np.median(timed)),
+            name, blocks.of(node), args.get("op_name", ""), "measured", time_ms=float(np.median(timed)),
             memory_bytes=int(args["output_size"]) if "output_size" in args else None, exec_type=args.get("provider"),
             precision=ELEMENT_PRECISION.get(element, element)))
     return records
