@@ -31,8 +31,8 @@ from ..toolchains.worker import describe_exit, last_line
 def measure(target: str, directory: Path, manifest: dict[str, Any], *, warmup: int, runs: int,
             timeout_s: float, figures: bool = True, layers: bool = False) -> dict[str, Any]:
     """One isolated measurement: ``{"memory": ..., "latency": ...}`` in the manifest's form (``figures``), and with
-    ``layers`` ``"layers"``: the per-layer records as dicts, or None where the target reports none; a crash,
-    hang or bad reply is one line."""
+    ``layers`` ``"layers"``: the per-layer records, or None where the target reports none (or its profile failed:
+    ``"layers_error"`` says why); a crash, hang or bad reply is one line."""
     with tempfile.TemporaryDirectory(prefix="vncompile-measure-") as tmp:
         result_path = Path(tmp) / "result.json"
         payload = json.dumps({"target": target, "directory": str(directory), "manifest": manifest,
@@ -141,7 +141,11 @@ def main() -> None:
     if request["figures"]:
         result = measure_here(target, directory, manifest, request["warmup"], request["runs"])
     if request["layers"]:
-        result["layers"] = layers_here(target, directory, manifest, request["runs"])
+        try:
+            result["layers"] = layers_here(target, directory, manifest, request["runs"])
+        except Exception as exc:  # noqa: BLE001 - the figures stand without it; the reason travels as one line
+            result["layers"] = None
+            result["layers_error"] = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
     Path(request["result_path"]).write_text(json.dumps(result))
 
 

@@ -161,7 +161,7 @@ def profile_cell(source: ModelSource, target: Target, size: int, request: Profil
         return row
     row["latency"], row["memory"] = result["latency"], result["memory"]
     if request.layers:
-        _add_layers(row, target.name, result["layers"], files)
+        _add_layers(row, target.name, result, files)
     memory = result["memory"]
     row["status"] = "ok"
     limit = request.memory_limit_kb
@@ -187,16 +187,20 @@ def build_layer_profile(directory: Path, manifest: dict[str, Any], *, runs: int 
     directory as ``layer_profile.csv``; None where its target reports none."""
     result = measure(manifest["target"]["name"], directory, manifest, warmup=0, runs=runs, timeout_s=timeout_s,
                      figures=False, layers=True)
+    if result.get("layers_error"):
+        raise VncompileError(f"the per-layer profile failed: {result['layers_error']}")
     records = result["layers"]
     if records is not None:
         write_layers(records, directory / LAYER_PROFILE)
     return records
 
 
-def _add_layers(row: dict[str, Any], target: str, records: list[LayerRecord] | None,
-                files: ProfileFiles | None) -> None:
+def _add_layers(row: dict[str, Any], target: str, result: dict[str, Any], files: ProfileFiles | None) -> None:
+    """The row's per-layer table, or a note saying why it has none (a failed one costs the row nothing else)."""
+    records: list[LayerRecord] | None = result["layers"]
     if records is None:
-        row["layers_note"] = f"{target} reports no per-layer figures"
+        error = result.get("layers_error")
+        row["layers_note"] = f"per-layer profile failed: {error}" if error else f"{target} reports no per-layer figures"
         return
     row["layers"] = layers_path(row["model"], target, row["precision"], row["size"])
     if files is not None:
