@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import NARROW, one_line_error
 from vncompile.core.errors import VncompileError
+from vncompile.profiling.layer_files import read_layers
 from vncompile.targets.ethos_u.vela import MEMORY_MODES, SYSTEM_CONFIGS, VelaSettings, cpu_operations
 
 
@@ -26,7 +27,7 @@ def build(run_cli, out, *args):
 
 
 def test_int8_tflite_verifies_and_vela_plans_it_with_and_without_the_passes(run_cli, tmp_path, ethos_u_toolchain):
-    default = build(run_cli, tmp_path / "passes")
+    default = build(run_cli, tmp_path / "passes", "--layers")
     plain = build(run_cli, tmp_path / "none", "--graph-passes", "none", "--accelerator", "ethos-u55-128")
     for manifest, out in ((default, tmp_path / "passes"), (plain, tmp_path / "none")):
         roles = {a["role"]: a for a in manifest["artifacts"]}
@@ -49,6 +50,12 @@ def test_int8_tflite_verifies_and_vela_plans_it_with_and_without_the_passes(run_
     layers = list(csv.DictReader((tmp_path / "none" / "vela_per_layer.csv").open()))
     assert sum(row["Original Operator"] == "Conv2D" for row in layers) > 64  # the stem, one conv per pixel
     assert default["target"]["facts"]["vela"]["cycles"] < plain["target"]["facts"]["vela"]["cycles"]
+    # --layers: vela's per-layer rows, each lined up with the network's block (the stem's space-to-depth too)
+    records = read_layers(tmp_path / "passes" / "layer_profile.csv")
+    assert sum(r.cycles for r in records) == pytest.approx(default["target"]["facts"]["vela"]["cycles"], rel=0.01)
+    assert {r.source for r in records} == {"compiler"} and all(r.block for r in records)
+    assert records[0].block == "stem.0" and records[-1].block == "cls.2"
+    assert {"stages.0.conv", "stages.0.pool", "stages.2.act"} <= {r.block for r in records}
 
 
 def test_a_residual_network_runs_wholly_on_the_npu(run_cli, tmp_path, ethos_u_toolchain):

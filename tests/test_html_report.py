@@ -169,7 +169,10 @@ def test_the_report_renders_the_profile_in_a_real_browser(profile_dir, tmp_path,
     check_loads_alone(page, plain.as_uri())
     text = " ".join(re.sub(r"<[^>]+>", " ", page.dom).split())
     assert "No per-layer data in this profile: run vncompile profile --layers" in text
-    assert "No memory timeline in this profile: run vncompile profile --layers" in text
+    # Every profile plans its timelines: the peak of each model and size, named, from the profile's own files
+    peaks = Tables(page.dom).find(**{"class": "peaks"})
+    assert {(r[0], r[2]) for r in peaks} >= {(m, str(s)) for m in {r["model"] for r in doc["rows"]}
+                                              for s in sizes}
 
 
 def test_the_browser_check_catches_errors_and_outside_requests(tmp_path, browser):

@@ -127,10 +127,13 @@ def test_every_output_format_and_the_output_directory(tmp_path, run_cli):
     assert table.code == 0, table.err
     assert "paper, Table 1" in table.out and "vs resnet50" in table.out
     assert sorted(p.name for p in out.iterdir()) == ["latency.png", "memory.png", "profile.csv", "profile.json",
-                                                     "profile.md", "report.html"]
+                                                     "profile.md", "report.html", "timeline"]
     doc = json.loads((out / "profile.json").read_text())
     check_schema(doc)
     assert len(doc["rows"]) == 3 * 2 * 2
+    # the memory timeline of every model at every size, shared by the targets; no --layers: no per-layer tables
+    assert len({row["timeline"] for row in doc["rows"]}) == 3 * 2 == len(list((out / "timeline").iterdir()))
+    assert all(row["layers"] is None for row in doc["rows"])
     assert json.loads(run_cli(*args, "--format", "json").out)["rows"][0]["model"] == doc["rows"][0]["model"]
     rows = list(csv.DictReader(io.StringIO(run_cli(*args, "--format", "csv").out)))
     assert len(rows) == 12 and {"memory_max_kb", "latency_median_ms", "memory_source"} <= set(rows[0])

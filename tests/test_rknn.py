@@ -87,6 +87,19 @@ def test_fp16_build_verifies_on_the_simulator_with_the_compilers_plan(rknn_build
     assert np.array_equal(first[0], second[0])
 
 
+def test_build_layers_is_the_compilers_table_named_by_the_network(rknn_build):
+    from vncompile.profiling.layer_files import read_layers
+
+    out, manifest = rknn_build("--precision", "fp16", "--size", "64", "--layers")
+    records = read_layers(out / "layer_profile.csv")
+    assert {r.source for r in records} == {"compiler"} and all(r.time_ms is None for r in records)
+    assert sum(r.cycles for r in records) == manifest["target"]["facts"]["npu_cycles"]
+    by_block = {r.block: r for r in records}
+    assert {"stem.0", "stages.0.conv", "stages.0.pool", "stages.2.act", "cls.2"} <= set(by_block)
+    assert by_block["stem.0"].op == "ConvRelu" and by_block["stem.0"].exec_type == "NPU"  # the fused stem conv
+    assert by_block["stages.0.conv"].precision == "fp16" and by_block["stages.0.conv"].memory_bytes > 0
+
+
 def test_int8_build_quantizes_with_the_calibration_set(rknn_build, tmp_path):
     calibration = tmp_path / "calibration"
     calibration.mkdir()

@@ -302,8 +302,11 @@ def _device_config(kwargs: dict[str, Any]):
 @click.option("--force", is_flag=True, help="replace an existing, different output")
 @click.option("--no-verify", is_flag=True, help="skip verification (a failed one fails the build)")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest on stdout and nothing else there")
+@click.option("--layers", is_flag=True, help="profile each layer as the target reports it: layer_profile.csv in the "
+                                             "output, the top 5 by time and by memory on the console")
 def build(checkpoint, model_name, width, act_num, weights, features, prefix, target, precision, size, input_shape,
-          batch, dynamic, opset, simplifier, tolerance, act_learn, output, force, no_verify, as_json, **kwargs) -> None:
+          batch, dynamic, opset, simplifier, tolerance, act_learn, output, force, no_verify, as_json, layers,
+          **kwargs) -> None:
     """Checkpoint (or --model) -> fused -> ONNX -> simplified -> target artifact, verified.
 
     \b
@@ -345,7 +348,9 @@ def build(checkpoint, model_name, width, act_num, weights, features, prefix, tar
         shape = input_shape or (InputShape.square(size, batch) if size is not None else
                                 graph_input_shape(source, batch) if source.is_onnx else InputShape.square(224, batch))
         request = BuildRequest(source, shape=shape, dynamic=dynamic, **typed)
-    _run_build(run_build, request, output, force, as_json)
+    outcome = _run_build(run_build, request, output, force, as_json)
+    if layers:
+        _build_layers(outcome.out_dir, outcome.manifest)
 
 
 def _given() -> set[str]:
@@ -356,7 +361,7 @@ def _given() -> set[str]:
     return {name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
 
 
-def _run_build(run_build, request, output, force, as_json) -> None:
+def _run_build(run_build, request, output, force, as_json):
     from rich.markup import escape
 
     from .console import RichStageReporter, render_graph_notes, render_verification, stderr
@@ -375,6 +380,26 @@ def _run_build(run_build, request, output, force, as_json) -> None:
         stderr.print(f"[bold]{manifest['status']}[/] -> {outcome.out_dir}")
     if as_json:
         _print_json(manifest)
+    return outcome
+
+
+def _build_layers(out_dir: Path, manifest: dict[str, Any]) -> None:
+    """``build --layers``: the build's per-layer profile into its directory, and its top layers."""
+    from .console import render_top_layers, stderr
+    from .profiling.layer_files import LAYER_PROFILE
+    from .profiling.profile import build_layer_profile
+
+    target = manifest["target"]
+    title = f"{manifest['model']['label']} · {target['name']} · {target['precision']}"
+    if manifest["status"] != "ok":
+        stderr.print(f"[yellow]no per-layer profile:[/] a {manifest['status']} build runs nothing here")
+        return
+    records = build_layer_profile(out_dir, manifest)
+    if records is None:
+        stderr.print(f"{title}: {target['name']} reports no per-layer figures")
+        return
+    render_top_layers(title, records)
+    stderr.print(f"wrote {out_dir / LAYER_PROFILE}")
 
 
 @cli.command()
@@ -427,10 +452,12 @@ def targets(as_json) -> None:
               help="write profile.json/.csv/.md, memory.png/latency.png and report.html here")
 @click.option("--force", is_flag=True, help="replace an existing output directory")
 @click.option("--no-verify", is_flag=True, help="measure the cells' builds without verifying them (faster)")
+@click.option("--layers", is_flag=True, help="each cell's per-layer profile as its target reports it: "
+                                             "layers/*.csv in the output, the top 5 by time and by memory")
 @target_options
 @tolerance_option
 def profile(checkpoints, models, width, act_num, target_list, sizes, features, precision, batch, warmup, runs,
-            memory_limit, timeout, fmt, output, force, no_verify, tolerance, **kwargs) -> None:
+            memory_limit, timeout, fmt, output, force, no_verify, layers, tolerance, **kwargs) -> None:
     """Max memory and latency per model, target and input size (the paper's Table 1, for your models).
 
     Exits 1 when any cell failed to build or measure (after writing the reports); oom rows are findings.
@@ -471,6 +498,7 @@ def profile(checkpoints, models, width, act_num, target_list, sizes, features, p
         models=tuple(sources), targets=tuple(targets), sizes=tuple(sizes), precision=precision, batch=batch,
         warmup=warmup, runs=runs, timeout_s=timeout, options=options, memory_limit_kb=memory_limit,
         tolerance=tuple(tolerance) or (config.tolerance if config else ()), device=config, verify=not no_verify,
+        layers=layers,
     )
     document = _run_profile(request, fmt, output, force)
     failed = [r for r in document["rows"] if r["status"] == "error"]
@@ -487,8 +515,9 @@ def _names(text: str) -> list[str]:
 def _run_profile(request, fmt: str, output: Path | None, force: bool) -> dict[str, Any]:
     from rich.console import Console
 
-    from .console import CellProgress, render_profile, stderr
+    from .console import CellProgress, render_profile, render_profile_layers, stderr
     from .profiling import reports
+    from .profiling.layer_files import ProfileFiles
     from .profiling.profile import run_profile
 
     with CellProgress("profile", len(request.cells())) as progress:
@@ -496,7 +525,8 @@ def _run_profile(request, fmt: str, output: Path | None, force: bool) -> dict[st
         def finished(row):
             progress.finished(reports.cell_label(row["model"], row["target"], row["size"]), row["status"])
 
-        document = run_profile(request, on_row=finished, on_start=progress.started)
+        files = ProfileFiles()
+        document = run_profile(request, on_row=finished, on_start=progress.started, files=files)
     if fmt == "table":
         render_profile(document, Console())
     elif fmt == "json":
@@ -505,8 +535,9 @@ def _run_profile(request, fmt: str, output: Path | None, force: bool) -> dict[st
         click.echo(reports.to_csv(document), nl=False)
     else:
         click.echo(reports.to_markdown(document), nl=False)
+    render_profile_layers(document, files, Console() if fmt == "table" else stderr)
     if output is not None:
-        written, notes = reports.write_profile(document, output, force=force)
+        written, notes = reports.write_profile(document, output, force=force, files=files)
         for note in notes:
             stderr.print(f"[yellow]{note}[/]")
         stderr.print(f"wrote {', '.join(f'{output}/{name}' for name in written)}")

@@ -22,6 +22,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from .api.target import LayerRecord
+from .profiling.layer_files import ProfileFiles, top_layers
 from .profiling.reports import blocks, cell_label, paper_rows, peak_notes, sources, table_rows
 
 stderr = Console(stderr=True, highlight=False)
@@ -316,3 +318,41 @@ def render_profile(doc: dict[str, Any], console: Console) -> None:
         if row["reason"]:
             console.print(f"[yellow]{escape(cell_label(row['model'], row['target'], row['size']))}:[/] "
                           f"{escape(row['reason'])}")
+
+
+def _layer_figure(record: LayerRecord, by: str) -> float:
+    if by == "memory":
+        return record.memory_bytes or 0
+    return (record.time_ms if record.time_ms is not None else record.cycles) or 0
+
+
+def render_top_layers(title: str, records: list[LayerRecord], console: Console = stderr) -> None:
+    """The layers with the most time (cycles where the reporter times none) and the most memory, with their share
+    of the whole and the figure's source."""
+    for by in ("time", "memory"):
+        top = top_layers(records, by)
+        if not top:
+            console.print(f"[dim]{escape(title)}: no per-layer {by} figures[/]")
+            continue
+        unit = "bytes" if by == "memory" else "ms" if top[0].time_ms is not None else "cycles"
+        total = sum(_layer_figure(r, by) for r in records) or 1
+        table = Table(title=f"{title} · top {len(top)} by {'time' if unit == 'ms' else unit}",
+                      caption=f"{top[0].source} (README: what each target reports per layer)")
+        for column in ("block", "layer", "op", unit, "share"):
+            table.add_column(column, justify="right" if column in (unit, "share") else "left")
+        for record in top:
+            value = _layer_figure(record, by)
+            text = f"{value:.3f}" if unit == "ms" else f"{value:,.0f}"
+            table.add_row(escape(record.block or "-"), escape(record.name), escape(record.op), text,
+                          f"{100 * value / total:.1f}%")
+        console.print(table)
+
+
+def render_profile_layers(doc: dict[str, Any], files: ProfileFiles, console: Console = stderr) -> None:
+    """Every measured cell's top layers, and the cells whose target reports none."""
+    for row in doc["rows"]:
+        title = f"{row['model']} · {row['target']} · {row['precision']} · {row['size']}"
+        if row.get("layers") in files.layers:
+            render_top_layers(title, files.layers[row["layers"]], console)
+        elif row.get("layers_note"):
+            console.print(f"[dim]{escape(title)}: {escape(row['layers_note'])}[/]")

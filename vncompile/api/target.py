@@ -13,7 +13,9 @@ The contract, typed:
 - every memory figure says where it comes from (``measured`` / ``compiler`` / ``estimated``),
   in KB (``core.units``: 1 KB = 1024 bytes);
 - a ``Session`` is a context manager and is closed after use; runtimes that time or
-  measure themselves (CUDA events, device memory) override ``time_runs`` / ``device_memory``.
+  measure themselves (CUDA events, device memory) override ``time_runs`` / ``device_memory``;
+- ``layer_profile`` gives what the runtime or compiler itself reports per layer (``LayerRecord``), each
+  row labelled with the network's own name for it (``onnxtools.blocks``) and its source.
 """
 
 from __future__ import annotations
@@ -99,6 +101,26 @@ class LatencyFigure:
         return {"median_ms": float(np.median(ordered)), "mean_ms": float(np.mean(ordered)),
                 "p90_ms": percentile(90), "p99_ms": percentile(99), "min_ms": ordered[0], "max_ms": ordered[-1],
                 "runs": n, "source": self.source, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """One layer as a runtime or compiler reports it; None where it reports no such figure. What each figure is
+    depends on the reporter (README, "Per-layer profiles"): a runtime's measured mean time, a compiler's cycles,
+    the bytes it attributes to the layer."""
+
+    name: str  # the reporter's own name for the layer (a runtime's node, a compiler's op)
+    block: str  # the network's name for it (``stages.0.conv``; an external graph's node name); "" when unknown
+    op: str
+    source: MemorySource
+    time_ms: float | None = None
+    memory_bytes: int | None = None
+    cycles: int | None = None
+    exec_type: str | None = None  # the kernel, engine or placement that ran it (``brgconv_avx512_1x1_f32``, NPU)
+    precision: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class Session(abc.ABC):
@@ -230,6 +252,12 @@ class Target(abc.ABC):
 
     def estimated_latency(self, build_dir: Path, manifest: dict[str, Any]) -> LatencyFigure | None:
         """A latency the toolchain estimates without running (e.g. from NPU cycle counts)."""
+        return None
+
+    def layer_profile(self, build_dir: Path, manifest: dict[str, Any], x: np.ndarray,
+                      runs: int) -> list[LayerRecord] | None:
+        """Per-layer figures as the runtime or compiler reports them, in execution order (a runtime times ``runs``
+        runs of ``x`` after one warm-up); None: it reports none. Called in the measuring process, like ``load``."""
         return None
 
     plans_memory: ClassVar[bool] = False  # True: ``planned_memory`` asks the compiler itself

@@ -16,7 +16,8 @@ order. While an op runs, its inputs and outputs are all live. Two figures:
   that a later, larger tensor cannot use are why an arena exceeds the peak of live bytes.
 
 A residual block keeps its input alive across the whole block for the final add;
-the plan's ``live_at_peak`` shows exactly that tensor beside the block's own maps.
+the plan's ``live_at_peak`` shows exactly that tensor beside the block's own maps. ``memory_timeline``
+gives the live bytes step by step, the peak marked: where across the network the memory goes.
 """
 
 from __future__ import annotations
@@ -120,6 +121,12 @@ class PlannedOp:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     fused: tuple[str, ...] = ()  # op types folded in, e.g. ("Add", "Relu")
+    op_type: str = ""  # the node's own
+
+    @property
+    def op(self) -> str:
+        """What runs, as one word: ``Conv+Add+Relu``."""
+        return "+".join((self.op_type, *self.fused))
 
 
 def fused_ops(graph: onnx.GraphProto, weights: set[str]) -> list[PlannedOp]:
@@ -161,7 +168,8 @@ def fused_ops(graph: onnx.GraphProto, weights: set[str]) -> list[PlannedOp]:
             outputs = list(user.output)
         for name in outputs:
             produced_at[name] = len(ops)
-        ops.append(PlannedOp(node.name or node.op_type, tuple(inputs), tuple(o for o in outputs if o), tuple(fused)))
+        ops.append(PlannedOp(node.name or node.op_type, tuple(inputs), tuple(o for o in outputs if o), tuple(fused),
+                             node.op_type))
     return ops
 
 
@@ -233,20 +241,56 @@ def _free(holes: list[tuple[int, int]], start: int, end: int) -> list[tuple[int,
     return merged
 
 
-def plan_memory(model: onnx.ModelProto | str | Path, precision: str | None = None) -> MemoryPlan:
-    """The memory plan of a static-shape graph; ``precision`` re-sizes its float tensors (activations and
-    weights each at the precision's element size)."""
+def _lifetimes(model: onnx.ModelProto | str | Path,
+               precision: str | None) -> tuple[list[TensorLife], int, list[PlannedOp]]:
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
     element_bytes = ELEMENT_BYTES[precision] if precision else None
-    lives, weight_bytes, ops = tensor_lifetimes(model, element_bytes, WEIGHT_BYTES[precision] if precision else None)
-    steps = max((t.last for t in lives), default=0) + 1
-    live_bytes = [0] * steps
+    return tensor_lifetimes(model, element_bytes, WEIGHT_BYTES[precision] if precision else None)
+
+
+def _live_bytes(lives: list[TensorLife]) -> list[int]:
+    """The bytes live at each step."""
+    live_bytes = [0] * (max((t.last for t in lives), default=0) + 1)
     for t in lives:
         for step in range(t.first, t.last + 1):
             live_bytes[step] += t.bytes
+    return live_bytes
+
+
+def _live_at(lives: list[TensorLife], step: int) -> list[tuple[str, int]]:
+    return sorted(((t.name, t.bytes) for t in lives if t.first <= step <= t.last), key=lambda x: -x[1])
+
+
+def plan_memory(model: onnx.ModelProto | str | Path, precision: str | None = None) -> MemoryPlan:
+    """The memory plan of a static-shape graph; ``precision`` re-sizes its float tensors (activations and
+    weights each at the precision's element size)."""
+    lives, weight_bytes, ops = _lifetimes(model, precision)
+    live_bytes = _live_bytes(lives)
     peak_step = int(np.argmax(live_bytes)) if lives else 0
-    live = sorted(((t.name, t.bytes) for t in lives if t.first <= peak_step <= t.last), key=lambda x: -x[1])
     peak_node = ops[peak_step].name if ops else ""
     arena_bytes, _ = best_fit_arena(lives)
-    return MemoryPlan(weight_bytes, max(live_bytes, default=0), arena_bytes, peak_step, peak_node, live, steps)
+    return MemoryPlan(weight_bytes, max(live_bytes, default=0), arena_bytes, peak_step, peak_node,
+                      _live_at(lives, peak_step), len(live_bytes))
+
+
+@dataclass(frozen=True)
+class TimelineStep:
+    """One op of the plan: the bytes live while it runs; at the peak, which tensors they are."""
+
+    step: int
+    node: str
+    op: str  # with what it absorbed: Conv+Relu
+    live_bytes: int
+    is_peak: bool
+    live_at_peak: tuple[tuple[str, int], ...] = ()  # (tensor, bytes), largest first; the peak step's only
+
+
+def memory_timeline(model: onnx.ModelProto | str | Path, precision: str | None = None) -> list[TimelineStep]:
+    """The plan step by step (``plan_memory``'s ops and lifetimes): live bytes per op, the first peak marked."""
+    lives, _, ops = _lifetimes(model, precision)
+    live_bytes = _live_bytes(lives)
+    peak_step = int(np.argmax(live_bytes)) if lives else 0
+    return [TimelineStep(step, op.name, op.op, live_bytes[step], step == peak_step,
+                         tuple(_live_at(lives, step)) if step == peak_step else ())
+            for step, op in enumerate(ops)]

@@ -23,6 +23,7 @@ from ..api.target import Artifact, CompileContext, CompileResult, MemoryFigure, 
 from ..core.errors import OutputExists, VerificationError
 from ..core.io import atomic_directory, refuse_foreign, work_directory, write_json
 from ..data.evaluation import EvalSet
+from ..onnxtools.blocks import BLOCKS_FILE, network_blocks
 from ..onnxtools.detect_head import HEAD_TAIL
 from ..onnxtools.layers import LAYERS_CSV, describe_layers, read_layers, worst_layers
 from .accuracy import accuracy as accuracy_of
@@ -145,6 +146,8 @@ def _run(plan: BuildPlan, target: Target, cache: BuildCache, work: Path, bundle:
             prepared = prepare(plan, cache, work, timings, eval_set, real)
             after_prepare = len(timings.records)
             shutil.copyfile(prepared.onnx_path, bundle / "model.onnx")
+            # The network's names for the compiled graph's nodes, for per-layer profiles (a report, not an artifact)
+            write_json(bundle / BLOCKS_FILE, network_blocks(prepared.exported_path, bundle / "model.onnx"))
             extra = []
             if prepared.layers_csv is not None:  # the int8 graph's per-layer report travels with the bundle
                 shutil.copyfile(prepared.layers_csv, bundle / LAYERS_CSV)

@@ -106,6 +106,11 @@ class PreparedOnnx:
         return self.directory / "model.onnx"
 
     @property
+    def exported_path(self) -> Path:
+        """The graph as torch.onnx exported it, with each node's module scopes (``onnxtools.blocks``)."""
+        return self.directory / "exported.onnx"
+
+    @property
     def model(self) -> dict[str, Any]:
         return self.record["model"]
 

@@ -13,7 +13,7 @@ directory; a profile without them gets the section's how-to instead.
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import json
 from collections.abc import Callable
 from html import escape
@@ -23,6 +23,7 @@ from typing import Any
 from ..core.errors import InputError
 from ..core.io import atomic_file
 from ..core.units import KB_PER, kb
+from . import layer_files
 from .reports import PROFILE_SCHEMA, blocks, cell_label, is_profile_output, paper_rows, peak_notes, sources, table_rows
 from .svg_charts import PALETTE, Series, line_chart
 
@@ -56,31 +57,17 @@ code { background: #f4f4f4; padding: 1px 4px; border-radius: 3px; }
 
 
 # ---------------------------------------------------------------- the per-layer files (profile --layers)
-# One function each, so the layers work's own readers can take their place.
-
-
-def _number(text: str, kind: type) -> Any:
-    return None if text.strip() == "" else kind(float(text)) if kind is int else kind(text)
 
 
 def read_layers(path: Path) -> list[dict[str, Any]]:
-    """``layers/<cell>.csv``: a row per layer in execution order; an empty cell is an unknown figure."""
-    with open(path, newline="") as f:
-        return [{**row, "order": int(row["order"]), "time_ms": _number(row["time_ms"], float),
-                 "memory_bytes": _number(row["memory_bytes"], int), "cycles": _number(row["cycles"], int)}
-                for row in csv.DictReader(f)]
+    """``layers/<cell>.csv`` (``layer_files``), a dict per layer in execution order: an unknown figure is None."""
+    return [{"order": i, **record.as_dict()} for i, record in enumerate(layer_files.read_layers(path))]
 
 
 def read_timeline(path: Path) -> list[dict[str, Any]]:
-    """``timeline/<model>-<precision>-<size>.csv``: live bytes at each step; the peak row names what is live."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        row["step"], row["live_bytes"] = int(row["step"]), int(row["live_bytes"])
-        row["is_peak"] = row["is_peak"].strip().lower() in ("1", "true", "yes")
-        row["live_at_peak"] = [(name, int(size)) for name, _, size in
-                               (item.rpartition(":") for item in (row.get("live_at_peak") or "").split(";") if item)]
-    return rows
+    """``timeline/<model>-<precision>-<size>.csv`` (``layer_files``): live bytes at each step; the peak row names
+    what is live."""
+    return [dataclasses.asdict(row) for row in layer_files.read_timeline(path)]
 
 
 def _linked(directory: Path, row: dict[str, Any], key: str,
@@ -209,8 +196,9 @@ def _timeline_section(doc: dict[str, Any], directory: Path, colours: dict[str, s
         elif steps:
             cells.setdefault((row["precision"] or "-", row["size"]), {})[row["model"]] = steps
     if not cells:
-        out.append(_how_to("No memory timeline in this profile: run <code>vncompile profile --layers</code> to record "
-                           "every tensor's lifetime (the analytic plan) and what is live at the peak."))
+        out.append(_how_to("No memory timeline in this profile (no cell built an ONNX graph to plan, or the profile "
+                           "predates timelines): run <code>vncompile profile</code> again to record every tensor's "
+                           "lifetime (the analytic plan) and what is live at the peak."))
     else:
         out.append('<p class="source">source: estimated (the analytic plan: each tensor live from the step that '
                    'writes it to its last reader; x is the position in the network, hover a point for its node)'

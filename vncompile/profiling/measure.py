@@ -4,8 +4,9 @@
 The parent writes a JSON request on stdin and reads the JSON result from the file the
 request names (not stdout, which runtimes may write to). One process per cell, so a
 crash, hang or out-of-memory kill costs one row, and memory is measured from a clean
-baseline: the peak resident set above the RSS after the runtime is imported. Nothing
-here imports torch.
+baseline: the peak resident set above the RSS after the runtime is imported. With
+``layers``, the target's per-layer profile (``Target.layer_profile``) is taken in the same
+process after the figures, so its profiler costs them nothing. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..api.target import LatencyFigure, MemoryFigure, Session, Target
+from ..api.target import LatencyFigure, LayerRecord, MemoryFigure, Session, Target
 from ..core.errors import VncompileError
 from ..core.host import proc_kb
 from ..core.units import kb
@@ -28,13 +29,15 @@ from ..toolchains.worker import describe_exit, last_line
 
 
 def measure(target: str, directory: Path, manifest: dict[str, Any], *, warmup: int, runs: int,
-            timeout_s: float) -> dict[str, Any]:
-    """One isolated measurement: ``{"memory": ..., "latency": ...}`` in the manifest's form; a crash,
-    hang or bad reply is one line."""
+            timeout_s: float, figures: bool = True, layers: bool = False) -> dict[str, Any]:
+    """One isolated measurement: ``{"memory": ..., "latency": ...}`` in the manifest's form (``figures``), and with
+    ``layers`` ``"layers"``: the per-layer records, or None where the target reports none (or its profile failed:
+    ``"layers_error"`` says why); a crash, hang or bad reply is one line."""
     with tempfile.TemporaryDirectory(prefix="vncompile-measure-") as tmp:
         result_path = Path(tmp) / "result.json"
         payload = json.dumps({"target": target, "directory": str(directory), "manifest": manifest,
-                              "warmup": warmup, "runs": runs, "result_path": str(result_path)})
+                              "warmup": warmup, "runs": runs, "figures": figures, "layers": layers,
+                              "result_path": str(result_path)})
         try:
             process = subprocess.run([sys.executable, "-m", "vncompile.profiling.measure"], input=payload,
                                      capture_output=True, text=True, timeout=timeout_s)
@@ -43,9 +46,12 @@ def measure(target: str, directory: Path, manifest: dict[str, Any], *, warmup: i
         if process.returncode != 0:
             raise VncompileError(f"worker {describe_exit(process.returncode)}: {last_line(process.stderr)}")
         try:
-            return json.loads(result_path.read_text())
+            result = json.loads(result_path.read_text())
         except (OSError, ValueError):
             raise VncompileError("worker gave no readable result") from None
+    if result.get("layers") is not None:
+        result["layers"] = [LayerRecord(**record) for record in result["layers"]]
+    return result
 
 
 # ---------------------------------------------------------------------------- the child
@@ -77,6 +83,11 @@ def _onnx_weight_kb(model: Path) -> float:
     return kb(total)
 
 
+def _input(manifest: dict[str, Any]) -> np.ndarray:
+    """What a build is measured on: seeded noise of its input shape."""
+    return np.random.default_rng(0).standard_normal(manifest["input_shape"], dtype=np.float32)
+
+
 def _wall_clock(session: Session, x: np.ndarray, warmup: int, runs: int) -> LatencyFigure:
     for _ in range(warmup):
         session.run(x)
@@ -96,7 +107,7 @@ def measure_here(target: Target, directory: Path, manifest: dict[str, Any], warm
     if target.executes and (memory is None or wants_latency) and manifest["status"] == "ok":
         baseline = reset_peak_rss()
         with target.load(directory, manifest) as session:
-            x = np.random.default_rng(0).standard_normal(manifest["input_shape"], dtype=np.float32)
+            x = _input(manifest)
             if wants_latency:
                 latency = session.time_runs(x, warmup, runs) or _wall_clock(session, x, warmup, runs)
             if memory is None:
@@ -111,14 +122,30 @@ def measure_here(target: Target, directory: Path, manifest: dict[str, Any], warm
             "memory": None if memory is None else memory.as_dict()}
 
 
+def layers_here(target: Target, directory: Path, manifest: dict[str, Any], runs: int) -> list[dict[str, Any]] | None:
+    """The target's per-layer records on the same input the figures are measured on."""
+    if manifest["status"] != "ok":
+        return None
+    records = target.layer_profile(directory, manifest, _input(manifest), runs)
+    return None if records is None else [record.as_dict() for record in records]
+
+
 def main() -> None:
     from ..targets import get_target
 
     request = json.loads(sys.stdin.read())
     target = get_target(request["target"])
     target.availability()  # imports the runtime, so the baseline excludes its libraries
-    result = measure_here(target, Path(request["directory"]), request["manifest"], request["warmup"],
-                          request["runs"])
+    directory, manifest = Path(request["directory"]), request["manifest"]
+    result: dict[str, Any] = {}
+    if request["figures"]:
+        result = measure_here(target, directory, manifest, request["warmup"], request["runs"])
+    if request["layers"]:
+        try:
+            result["layers"] = layers_here(target, directory, manifest, request["runs"])
+        except Exception as exc:  # noqa: BLE001 - the figures stand without it; the reason travels as one line
+            result["layers"] = None
+            result["layers_error"] = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
     Path(request["result_path"]).write_text(json.dumps(result))
 
 

@@ -3,7 +3,9 @@
 Each cell is built through the same pipeline and cache as ``build`` (in a build
 worker process) and measured in a process of its own (``measure``), both under
 a timeout: a build failure, crash, hang or out-of-memory kill is one failed row with
-its one-line reason, never the end of the profile.
+its one-line reason, never the end of the profile. With ``layers``, that process also
+takes the target's per-layer profile; every (model, precision, size) gets its memory
+timeline from the analytic plan of its ONNX (``layer_files``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from .. import __version__
 from ..api.options import DEFAULT_RUNTIME_PROFILE, TargetOptions
 from ..api.request import BuildRequest, InputShape, ModelSource
-from ..api.target import Target
+from ..api.target import LayerRecord, Target
 from ..api.tolerance import Tolerance
 from ..core.errors import InputError, VncompileError
 from ..core.host import machine_info, toolchain_versions
@@ -28,12 +30,14 @@ from ..pipeline.build_process import BuildWorker
 from ..pipeline.cache import BuildCache, reading
 from ..pipeline.manifest import primary_artifact
 from ..vanillanet.archs import VARIANTS
+from .layer_files import LAYER_PROFILE, ProfileFiles, layers_path, memory_timeline, timeline_path, write_layers
 from .measure import measure
 from .reports import PROFILE_SCHEMA, cell_label
 
 DEFAULT_MODELS = ("vanillanet_5", "resnet50", "plain_cnn_50")
 DEFAULT_SIZES = (256, 384, 512)
 BACKBONE_SIZES = (640, 1280)  # detection inputs (YOLO's 640, and twice that)
+LAYER_RUNS = 20  # timed runs of a build's per-layer profile (``build --layers``), after one warm-up
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class ProfileRequest:
     verify: bool = True  # False: measure unverified builds (random weights at detection sizes: the float64
     # reference of every cell costs more than its measurement)
     device: DeviceConfig | None = None  # --device CONFIG.yaml: its dynamic, batch and options too
+    layers: bool = False  # each cell's per-layer profile too (``Target.layer_profile``)
 
     def cells(self) -> list[tuple[ModelSource, str, int]]:
         return [(m, t, s) for m in self.models for t in self.targets for s in self.sizes]
@@ -105,7 +110,7 @@ def _row(source: ModelSource, target: str, size: int, request: ProfileRequest) -
     return {
         "model": _label(source), "network": source.model_name, "target": target, "precision": request.precision,
         "size": size, "batch": request.batch_size, "status": "error", "reason": None, "latency": None,
-        "memory": None, "artifact_sha256": None, "top1": None, "fit_memory": None,
+        "memory": None, "artifact_sha256": None, "top1": None, "fit_memory": None, "layers": None, "timeline": None,
     }
 
 
@@ -124,8 +129,9 @@ def backbone_features(model_name: str | None, features: str) -> str:
 
 
 def profile_cell(source: ModelSource, target: Target, size: int, request: ProfileRequest,
-                 builder: BuildWorker) -> dict[str, Any]:
-    """Build one cell (or take it from the cache) and measure it, each in a child process: one row."""
+                 builder: BuildWorker, files: ProfileFiles | None = None) -> dict[str, Any]:
+    """Build one cell (or take it from the cache) and measure it, each in a child process: one row; its
+    per-layer table and timeline into ``files``."""
     from ..pipeline.plan import resolve
 
     row = _row(source, target.name, size, request)
@@ -141,6 +147,8 @@ def profile_cell(source: ModelSource, target: Target, size: int, request: Profil
     row["fit_memory"] = manifest["model"].get("fit_memory")  # --fit-memory: the tiling, its peaks and extra MACs
     accuracy = manifest.get("accuracy") or {}
     row["top1"] = accuracy.get("target", {}).get("top1")  # with --eval-data: the artifact's top-1 on the images
+    if files is not None:
+        _add_timeline(row, directory, files)
     if manifest["status"] != "ok":
         row["reason"] = f"{manifest['status']}: {manifest.get('notice') or 'nothing to run here'}"
         if manifest["status"] == "deferred" and manifest["memory"] is not None:  # what the build knows unrun
@@ -152,6 +160,8 @@ def profile_cell(source: ModelSource, target: Target, size: int, request: Profil
         row["reason"] = str(exc)
         return row
     row["latency"], row["memory"] = result["latency"], result["memory"]
+    if request.layers:
+        _add_layers(row, target.name, result, files)
     memory = result["memory"]
     row["status"] = "ok"
     limit = request.memory_limit_kb
@@ -168,7 +178,45 @@ def _measure(target: str, directory: Path, manifest: dict[str, Any], request: Pr
     """Measure a build where the cache keeps it, read-locked so no other process evicts it meanwhile."""
     with reading(directory):
         return measure(target, directory, manifest, warmup=request.warmup, runs=request.runs,
-                       timeout_s=request.timeout_s)
+                       timeout_s=request.timeout_s, layers=request.layers)
+
+
+def build_layer_profile(directory: Path, manifest: dict[str, Any], *, runs: int = LAYER_RUNS,
+                        timeout_s: float = 900.0) -> list[LayerRecord] | None:
+    """A build's per-layer profile, taken in a process of its own as a profile's is, written into the build
+    directory as ``layer_profile.csv``; None where its target reports none."""
+    result = measure(manifest["target"]["name"], directory, manifest, warmup=0, runs=runs, timeout_s=timeout_s,
+                     figures=False, layers=True)
+    if result.get("layers_error"):
+        raise VncompileError(f"the per-layer profile failed: {result['layers_error']}")
+    records = result["layers"]
+    if records is not None:
+        write_layers(records, directory / LAYER_PROFILE)
+    return records
+
+
+def _add_layers(row: dict[str, Any], target: str, result: dict[str, Any], files: ProfileFiles | None) -> None:
+    """The row's per-layer table, or a note saying why it has none (a failed one costs the row nothing else)."""
+    records: list[LayerRecord] | None = result["layers"]
+    if records is None:
+        error = result.get("layers_error")
+        row["layers_note"] = f"per-layer profile failed: {error}" if error else f"{target} reports no per-layer figures"
+        return
+    row["layers"] = layers_path(row["model"], target, row["precision"], row["size"])
+    if files is not None:
+        files.layers[row["layers"]] = records
+
+
+def _add_timeline(row: dict[str, Any], directory: Path, files: ProfileFiles) -> None:
+    """The cell's memory timeline: one per (model, precision, size), planned from the first such cell's ONNX."""
+    path = timeline_path(row["model"], row["precision"], row["size"])
+    if path not in files.timelines:
+        try:
+            with reading(directory):
+                files.timelines[path] = memory_timeline(directory / "model.onnx", row["precision"], directory)
+        except VncompileError:  # a dynamic graph has no static plan
+            return
+    row["timeline"] = path
 
 
 def _tiled_to_fit(source: ModelSource, target: Target, size: int, precision: str, request: ProfileRequest,
@@ -202,9 +250,11 @@ def _fit_note(fit: dict[str, Any], limit: float) -> str:
 
 
 def run_profile(request: ProfileRequest, on_row: Callable[[dict[str, Any]], None] | None = None,
-                on_start: Callable[[str], None] | None = None) -> dict[str, Any]:
+                on_start: Callable[[str], None] | None = None,
+                files: ProfileFiles | None = None) -> dict[str, Any]:
     """Every cell of the matrix, in order; the profile document (``profile.json``). ``on_start`` hears each cell's
-    label (``cell_label``) as it starts, ``on_row`` its row as it ends: the progress display."""
+    label (``cell_label``) as it starts, ``on_row`` its row as it ends: the progress display. The per-layer tables
+    and timelines its rows name go into ``files`` (``write_profile`` writes them)."""
     from ..targets import get_target
 
     targets = {name: get_target(name) for name in request.targets}  # looked up once: the cells take the objects
@@ -215,7 +265,7 @@ def run_profile(request: ProfileRequest, on_row: Callable[[dict[str, Any]], None
         for source, target, size in request.cells():
             if on_start is not None:
                 on_start(cell_label(_label(source), target, size))
-            row = profile_cell(source, targets[target], size, request, builder)
+            row = profile_cell(source, targets[target], size, request, builder, files)
             rows.append(row)
             if on_row is not None:
                 on_row(row)
@@ -230,7 +280,8 @@ def run_profile(request: ProfileRequest, on_row: Callable[[dict[str, Any]], None
                      "precision": request.precision or "each target's default",
                      "batch": request.batch_size, "device": request.device.name if request.device else None,
                      "runtime_profile": request.options.runtime_profile,
-                     "warmup": request.warmup, "runs": request.runs, "memory_limit_kb": request.memory_limit_kb},
+                     "warmup": request.warmup, "runs": request.runs, "memory_limit_kb": request.memory_limit_kb,
+                     "layers": request.layers},
         "rows": rows,
         "paper_table1": paper_table1(),
     }

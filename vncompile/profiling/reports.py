@@ -14,6 +14,7 @@ from typing import Any
 
 from ..core.io import atomic_directory, holds_document, write_json
 from ..core.units import KB_PER
+from .layer_files import ProfileFiles
 
 PROFILE_SCHEMA = 2  # profile.json's layout: what ``vncompile report`` reads back
 BASELINE = "resnet50"
@@ -201,13 +202,17 @@ def is_profile_output(directory: Path) -> bool:
     return holds_document(directory, "profile.json", "schema", "rows")
 
 
-def write_profile(doc: dict[str, Any], directory: Path, force: bool = False) -> tuple[list[str], list[str]]:
-    """profile.json, .csv, .md, the plots and report.html, into ``directory`` atomically: (the files written,
-    notes). The report is written last: it reads the per-layer files the rows name, already in place."""
+def write_profile(doc: dict[str, Any], directory: Path, force: bool = False,
+                  files: ProfileFiles | None = None) -> tuple[list[str], list[str]]:
+    """profile.json, .csv, .md, the plots, the rows' per-layer tables and timelines (``files``) and report.html,
+    into ``directory`` atomically: (the files written, notes). The report is written last: it reads the per-layer
+    files the rows name, already in place."""
     from .html_report import REPORT, to_html  # the page renders this module's tables: imported where it is used
 
     notes, written = [], ["profile.json", "profile.csv", "profile.md"]
     with atomic_directory(directory, is_profile_output, force=force) as tmp:
+        if files is not None:
+            written += files.write(tmp)
         write_json(tmp / "profile.json", doc)
         (tmp / "profile.csv").write_text(to_csv(doc))
         (tmp / "profile.md").write_text(to_markdown(doc))

@@ -2,7 +2,8 @@
 
 Portable and instant: no runtime, no device. It plans the fp32 graph at the element
 size of the requested precision (what a compiler for that precision would lay out)
-and writes the plan, with the tensors live at its peak, as ``memory_plan.json``.
+and writes the plan, with the tensors live at its peak, as ``memory_plan.json``. Per layer, it gives
+the bytes live while each op runs (``memory_timeline``).
 """
 
 from __future__ import annotations
@@ -11,10 +12,22 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import __version__
-from ..api.target import Artifact, Availability, CompileContext, CompileResult, MemoryFigure, Session, Target
+from ..api.target import (
+    Artifact,
+    Availability,
+    CompileContext,
+    CompileResult,
+    LayerRecord,
+    MemoryFigure,
+    Session,
+    Target,
+)
 from ..core.io import write_json
 from ..core.units import kb
+from ..onnxtools.blocks import Blocks
 
 PLAN_FILE = "memory_plan.json"
 
@@ -55,3 +68,13 @@ class AnalyticTarget(Target):
         from ..onnxtools.memory_plan import MemoryPlan
 
         return MemoryPlan(**document).figure()
+
+    def layer_profile(self, build_dir: Path, manifest: dict[str, Any], x: np.ndarray,
+                      runs: int) -> list[LayerRecord]:
+        """Each planned op (a Conv with what it absorbed) and the bytes live while it runs."""
+        from ..onnxtools.memory_plan import memory_timeline
+
+        blocks = Blocks.of_build(build_dir)
+        return [LayerRecord(step.node, blocks.of(step.node), step.op, "estimated", memory_bytes=step.live_bytes,
+                            precision=manifest["target"]["precision"])
+                for step in memory_timeline(build_dir / "model.onnx", manifest["target"]["precision"])]

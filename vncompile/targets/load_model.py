@@ -26,8 +26,9 @@ class PrecisionNotHonoured(RuntimeError):
     """OpenVINO compiled for another inference precision than the one the manifest pins."""
 
 
-def onnxruntime_session(model: Path, target: dict[str, Any]) -> Any:
-    """An ``onnxruntime.InferenceSession`` over ``model`` with the manifest ``target`` section's settings."""
+def onnxruntime_session(model: Path, target: dict[str, Any], profile_prefix: str | None = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` over ``model`` with the manifest ``target`` section's settings;
+    ``profile_prefix``: with ONNX Runtime's profiler on, its trace written at that prefix."""
     import onnxruntime as ort
 
     facts = target["facts"]
@@ -37,19 +38,24 @@ def onnxruntime_session(model: Path, target: dict[str, Any]) -> Any:
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, settings["graph_optimization_level"])
     options.enable_cpu_mem_arena = settings["enable_cpu_mem_arena"]
     options.enable_mem_pattern = settings["enable_mem_pattern"]
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(str(model), options, providers=[facts["provider"]])
 
 
-def openvino_compiled_model(model: Path, target: dict[str, Any]) -> Any:
+def openvino_compiled_model(model: Path, target: dict[str, Any], perf_count: bool = False) -> Any:
     """An ``openvino.CompiledModel`` of the IR ``model`` with the manifest ``target`` section's settings; raises
-    ``PrecisionNotHonoured`` where the device would compute another precision than the pinned one."""
+    ``PrecisionNotHonoured`` where the device would compute another precision than the pinned one.
+    ``perf_count``: with OpenVINO's per-layer performance counters on."""
     import openvino as ov
 
     settings = target["facts"]["session_settings"]
     core = ov.Core()
     if settings["core_properties"]:
         core.set_property(settings["core_properties"])
-    compiled = core.compile_model(str(model), target["device"], settings["compile_properties"])
+    properties = {**settings["compile_properties"], **({"PERF_COUNT": True} if perf_count else {})}
+    compiled = core.compile_model(str(model), target["device"], properties)
     pinned = settings["compile_properties"]["INFERENCE_PRECISION_HINT"]
     effective = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
     if effective != pinned:

@@ -9,12 +9,15 @@ machine that wrote it, and its node names differ from run to run, which would
 break byte-identical builds.
 
 How the session is loaded is the runtime profile's (``SESSION_SETTINGS``), recorded in the
-manifest and applied by the bundle's ``load_model.py``, which ``load`` goes through too.
+manifest and applied by the bundle's ``load_model.py``, which ``load`` goes through too, and so does
+``layer_profile``, with ONNX Runtime's profiler on: its trace's per-node kernel times.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,14 +26,19 @@ import numpy as np
 
 from ..api.options import RUNTIME_PROFILES
 from ..api.request import BuildRequest
-from ..api.target import Artifact, Availability, CompileContext, CompileResult, Session, Target
+from ..api.target import Artifact, Availability, CompileContext, CompileResult, LayerRecord, Session, Target
 from ..core.errors import InputError
 from ..core.host import package_version
+from ..onnxtools.blocks import Blocks
 from ..onnxtools.run import onnx_feed
 from .bundle_loader import loader_artifact
 
 PROVIDERS = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider"}
 OPTIMIZED_MODEL = "model.optimized.onnx"
+KERNEL_TIME = "_kernel_time"  # the profiler's event for one node's run: "<node>_kernel_time"
+NCHWC = "_nchwc"  # what the layout pass appends to the output name of a node it rewrites
+# The profiler's element types, in vncompile's precision names where there is one.
+ELEMENT_PRECISION = {"float": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 @dataclass(frozen=True)
@@ -119,3 +127,54 @@ class OnnxRuntimeTarget(Target):
         from .load_model import onnxruntime_session
 
         return OnnxRuntimeSession(onnxruntime_session(build_dir / OPTIMIZED_MODEL, manifest["target"]))
+
+    def layer_profile(self, build_dir: Path, manifest: dict[str, Any], x: np.ndarray,
+                      runs: int) -> list[LayerRecord]:
+        """ONNX Runtime's profiler over ``runs`` runs after one warm-up, the session loaded as ``load`` does."""
+        from .load_model import onnxruntime_session
+
+        with tempfile.TemporaryDirectory(prefix="vncompile-ort-profile-") as tmp:
+            session = onnxruntime_session(build_dir / OPTIMIZED_MODEL, manifest["target"],
+                                          profile_prefix=str(Path(tmp) / "trace"))
+            feed = onnx_feed(session)(x)
+            for _ in range(runs + 1):
+                session.run(None, feed)
+            trace = json.loads(Path(session.end_profiling()).read_text())
+        return trace_layers(trace, Blocks.of_build(build_dir), _producers(build_dir / OPTIMIZED_MODEL))
+
+
+def _producers(model: Path) -> dict[str, str]:
+    """Each tensor of the saved graph -> the node that writes it: the layout pass names the nodes it rewrites after
+    their output (``relu_5_nchwc``), which for a fused Conv+ReLU is the ReLU's tensor, not the conv's node."""
+    import onnx
+
+    return {output: node.name for node in onnx.load(str(model), load_external_data=False).graph.node
+            for output in node.output if node.name}
+
+
+def trace_layers(trace: list[dict[str, Any]], blocks: Blocks,
+                 producers: dict[str, str] | None = None) -> list[LayerRecord]:
+    """Per node, in the order the first run ran them: the median kernel time over the runs after the first (the
+    warm-up; a median, as a profile's latency is, since one descheduled run would swamp a mean), the bytes of its
+    output, the provider that ran it and its output's element type. The names are the session's nodes: the saved
+    graph's, or one its layout pass derived (``conv2d_2_nchwc``: the node writing ``conv2d_2``, by ``producers``)."""
+    producers = producers or {}
+    samples: dict[str, list[float]] = {}
+    details: dict[str, dict[str, Any]] = {}
+    for event in trace:
+        if event.get("cat") == "Node" and event["name"].endswith(KERNEL_TIME):
+            name = event["name"].removesuffix(KERNEL_TIME)
+            samples.setdefault(name, []).append(event["dur"] / 1e3)
+            details.setdefault(name, event.get("args", {}))
+    records = []
+    for name, times in samples.items():
+        args = details[name]
+        timed = times[1:] or times
+        outputs = args.get("output_type_shape") or [{}]
+        element = next(iter(outputs[0]), None)
+        node = producers.get(name.removesuffix(NCHWC), name)
+        records.append(LayerRecord(
+            name, blocks.of(node), args.get("op_name", ""), "measured", time_ms=float(np.median(timed)),
+            memory_bytes=int(args["output_size"]) if "output_size" in args else None, exec_type=args.get("provider"),
+            precision=ELEMENT_PRECISION.get(element, element)))
+    return records

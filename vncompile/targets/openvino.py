@@ -7,7 +7,8 @@ without fp16 arithmetic, which we refuse instead.
 
 Every other property of the Core and of ``compile_model`` is the runtime profile's
 (``COMPILE_SETTINGS``), recorded in the manifest with the pinned hint and applied by the
-bundle's ``load_model.py``, which ``load`` goes through too.
+bundle's ``load_model.py``, which ``load`` goes through too, and so does ``layer_profile``, with the
+performance counters on (``PERF_COUNT``): per layer, its real time, kernel and precision.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ import numpy as np
 
 from ..api.options import RUNTIME_PROFILES
 from ..api.request import BuildRequest
-from ..api.target import Artifact, Availability, CompileContext, CompileResult, Session, Target
+from ..api.target import Artifact, Availability, CompileContext, CompileResult, LayerRecord, Session, Target
 from ..core.errors import InputError, VerificationError
 from ..core.host import package_version
+from ..onnxtools.blocks import Blocks
 from .bundle_loader import loader_artifact
 
 # Int8 lives in the graph as Q/DQ nodes; what is not quantized computes in f32.
 PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 CAPABILITY = {"fp16": "FP16", "bf16": "BF16", "int8": "INT8"}
 IR_XML, IR_BIN = "model.xml", "model.bin"
+# The precision an executed kernel's name ends in (``brgconv_avx512_1x1_f32``), in vncompile's names.
+KERNEL_PRECISION = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "i8": "int8", "u8": "int8"}
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,29 @@ class OpenVinoTarget(Target):
                               loader_artifact(ctx.build_dir)], facts=facts, notice=notice)
 
     def load(self, build_dir: Path, manifest: dict[str, Any]) -> Session:
+        return OpenVinoSession(self._compiled(build_dir, manifest))
+
+    def layer_profile(self, build_dir: Path, manifest: dict[str, Any], x: np.ndarray,
+                      runs: int) -> list[LayerRecord]:
+        """OpenVINO's performance counters over ``runs`` runs after one warm-up: each executed layer's median real
+        time, its kernel (exec type) and the precision that kernel computes in; fused layers do not run."""
+        import openvino as ov
+
+        request = self._compiled(build_dir, manifest, perf_count=True).create_infer_request()
+        request.infer({0: x})
+        layers: dict[str, tuple[Any, list[float]]] = {}  # layer -> (its profiling info, ms per run)
+        for _ in range(runs):
+            request.infer({0: x})
+            for info in request.get_profiling_info():
+                if info.status == ov.ProfilingInfo.Status.EXECUTED:
+                    layers.setdefault(info.node_name, (info, []))[1].append(info.real_time.total_seconds() * 1e3)
+        blocks = Blocks.of_build(build_dir)
+        return [LayerRecord(name, blocks.of(name), info.node_type, "measured", time_ms=float(np.median(times)),
+                            exec_type=info.exec_type,
+                            precision=KERNEL_PRECISION.get(info.exec_type.rsplit("_", 1)[-1].lower()))
+                for name, (info, times) in layers.items()]
+
+    def _compiled(self, build_dir: Path, manifest: dict[str, Any], perf_count: bool = False) -> Any:
         from .load_model import PrecisionNotHonoured, openvino_compiled_model
 
         target = manifest["target"]
@@ -165,6 +192,6 @@ class OpenVinoTarget(Target):
                       "facts": {**target["facts"], "session_settings": {**settings,
                                                                         "compile_properties": compile_properties}}}
         try:
-            return OpenVinoSession(openvino_compiled_model(build_dir / IR_XML, target))
+            return openvino_compiled_model(build_dir / IR_XML, target, perf_count)
         except PrecisionNotHonoured as exc:
             raise VerificationError(str(exc)) from None

@@ -24,11 +24,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..api.request import BuildRequest
-from ..api.target import Artifact, Availability, CompileContext, CompileResult, MemoryFigure, OnnxForm, Session, Target
+from ..api.target import (
+    Artifact,
+    Availability,
+    CompileContext,
+    CompileResult,
+    LayerRecord,
+    MemoryFigure,
+    OnnxForm,
+    Session,
+    Target,
+)
 from ..core.errors import InputError, VncompileError
 from ..core.host import package_version
 from ..core.schema import Text, setting
 from ..core.units import kb
+from ..onnxtools.blocks import Blocks
 from .onnxruntime import OnnxRuntimeSession
 
 if TYPE_CHECKING:  # the ONNX tools load onnx: imported where a build uses them, not when the CLI starts
@@ -174,6 +185,24 @@ class QnnTarget(Target):
         binary = manifest["target"]["facts"]["context_binary_kb"]
         return MemoryFigure(plan.max_kb, "estimated", plan.weights_kb, plan.activations_kb,
                             f"{plan.detail}; QNN reports no memory figure; context binary {binary:,.0f} KB")
+
+    def layer_profile(self, build_dir: Path, manifest: dict[str, Any], x: np.ndarray,
+                      runs: int) -> list[LayerRecord]:
+        """Where each compute node of the Q/DQ graph QNN compiled runs: in a quantized unit, or in float between a
+        Dequantize and a Quantize (``onnxtools.quantized``: read from the graph, ``estimated``); QNN itself reports
+        no per-layer time or memory."""
+        import onnx
+
+        from ..onnxtools.quantized import NOT_COMPUTE, qdq_placement
+
+        model = onnx.load(str(build_dir / QDQ_MODEL), load_external_data=False)
+        quantized = set(qdq_placement(model).quantized)
+        blocks, precision = Blocks.of_build(build_dir), manifest["target"]["precision"]
+        names = [(node.name or node.op_type, node.op_type) for node in model.graph.node
+                 if node.op_type not in NOT_COMPUTE]
+        return [LayerRecord(name, blocks.of(name), op, "estimated", exec_type="quantized" if name in quantized
+                            else "float", precision=precision if name in quantized else "fp32")
+                for name, op in names]
 
 
 def _type_name(quant_type: str) -> str:

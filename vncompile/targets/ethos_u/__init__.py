@@ -13,6 +13,7 @@ is vela's plan (``compiler``: SRAM plus off-chip), latency vela's estimate (``es
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from ...api.target import (
     CompileContext,
     CompileResult,
     LatencyFigure,
+    LayerRecord,
     MemoryFigure,
     OnnxForm,
     Session,
@@ -33,10 +35,11 @@ from ...api.target import (
     facts,
 )
 from ...core.errors import InputError, VncompileError
+from ...onnxtools.blocks import Blocks
 from ...toolchains import Worker, WorkerRequestFailed, get_spec, locate, missing_message, start_worker
 from ..litert.interpreter import LiteRtInterpreterSession
 from ..rebuilt import check_rebuilt
-from .vela import EthosUOptions, VelaSettings, VelaSummary, cpu_operations
+from .vela import EthosUOptions, VelaSettings, VelaSummary, cpu_operations, vela_layers
 
 __all__ = ["EthosUTarget"]
 
@@ -135,6 +138,17 @@ class EthosUTarget(Target):
         return LatencyFigure([summary.inference_ms], "estimated",
                              f"vela's estimate: {summary.cycles:,} cycles at {summary.clock_hz / 1e6:g} MHz "
                              f"({target['accelerator']}, {target['system_config']})")
+
+    def layer_profile(self, build_dir: Path, manifest: dict[str, Any], x: np.ndarray,
+                      runs: int) -> list[LayerRecord]:
+        """vela's per-layer table (``vela_per_layer.csv``), lined up with the graph the TFLite was converted from."""
+        import onnx
+
+        blocks = Blocks.of_build(build_dir)
+        graph = onnx.load(str(build_dir / "model.onnx"), load_external_data=False).graph
+        with open(build_dir / LAYERS_CSV, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return vela_layers(rows, [(node.op_type, blocks.of(node.name)) for node in graph.node])
 
 
 def _request(worker: Worker, op: str, args: dict[str, Any], timeout: float, what: str) -> Any:

@@ -2,8 +2,9 @@
 
 The accelerators vela compiles for, each with the system configuration and memory mode of Arm's own
 ``vela.ini`` that a board with it most often has (overridable); the settings a build asks for; vela's
-summary (one CSV row: SRAM and off-chip memory used, cycles, estimated inference time) and the
-operators it leaves to the Cortex-M CPU (its ``--show-cpu-operations`` lines).
+summary (one CSV row: SRAM and off-chip memory used, cycles, estimated inference time), the
+operators it leaves to the Cortex-M CPU (its ``--show-cpu-operations`` lines) and its per-layer table
+as layer records.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ...api.target import facts
+from ...api.target import LayerRecord, facts
 from ...core.errors import InputError, VncompileError
 from ...core.schema import Text, TextList, setting
 from ...core.units import kb
@@ -150,3 +151,48 @@ class VelaSummary:
         vela = dict(facts(manifest)["vela"])
         vela.pop("total_kb")
         return cls(**vela)
+
+
+# What an operator computes, for lining vela's rows up with the ONNX graph's nodes: the ops both keep one for one,
+# in order (what moves values, quantizes or changes layout may be added, merged or dropped by the converter).
+ANCHORS = {"conv": "conv", "gemm": "conv", "matmul": "conv", "conv2d": "conv", "depthwiseconv2d": "conv",
+           "transposeconv": "conv", "fullyconnected": "conv", "maxpool": "max_pool", "maxpool2d": "max_pool",
+           "averagepool": "avg_pool", "globalaveragepool": "avg_pool", "reducemean": "avg_pool", "mean": "avg_pool",
+           "avgpool": "avg_pool", "averagepool2d": "avg_pool", "add": "add"}
+INTERMEDIATE = "_intermediate"  # vela's name for the first of the rows it splits one operator into
+
+
+def anchor(op: str) -> str | None:
+    return ANCHORS.get(op.replace("_", "").lower())
+
+
+def vela_layers(rows: list[dict[str, str]], graph_ops: list[tuple[str, str]]) -> list[LayerRecord]:
+    """vela's per-layer rows as layer records: its cycles, the SRAM staging bytes the layer uses, where it runs.
+
+    Its names are the TFLite converter's, not the graph's, so the rows are lined up with ``graph_ops`` ((op type,
+    block) of the ONNX nodes in order): one TFLite operator (vela splits some into rows: a Conv2D and its Relu; a
+    Mean into a depthwise conv and a Mul) per compute node, in the same order. An operator between them (a
+    transpose, a requantization) belongs to the block it feeds. Where the two orders differ, no block is claimed.
+    """
+    operators: list[list[dict[str, str]]] = []
+    for row in rows:
+        key = (row["Original Operator"], row["Name"].removesuffix(INTERMEDIATE))
+        previous = operators[-1][0] if operators else None
+        if previous is not None and (previous["Original Operator"],
+                                     previous["Name"].removesuffix(INTERMEDIATE)) == key:
+            operators[-1].append(row)
+        else:
+            operators.append([row])
+    graph_anchors = [(kind, block) for kind, block in ((anchor(op), block) for op, block in graph_ops) if kind]
+    anchored = [i for i, group in enumerate(operators) if anchor(group[0]["Original Operator"])]
+    blocks = [""] * len(operators)
+    if [anchor(operators[i][0]["Original Operator"]) for i in anchored] == [kind for kind, _ in graph_anchors]:
+        for i, (_, block) in zip(anchored, graph_anchors, strict=True):
+            blocks[i] = block
+        following = graph_anchors[-1][1] if graph_anchors else ""
+        for i in reversed(range(len(operators))):  # the rest: the block of the next anchored operator
+            following = blocks[i] = blocks[i] or following
+    return [LayerRecord(row["Name"], block, f"{row['Original Operator']}/{row['NNG Operator']}", "compiler",
+                        memory_bytes=int(float(row["Staging Usage"])), cycles=int(float(row["Op Cycles"])),
+                        exec_type=row["Target"], precision="int8")
+            for group, block in zip(operators, blocks, strict=True) for row in group]

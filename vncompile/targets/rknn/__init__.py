@@ -28,6 +28,7 @@ from ...api.target import (
     CompileContext,
     CompileResult,
     LatencyFigure,
+    LayerRecord,
     MemoryFigure,
     OnnxForm,
     Session,
@@ -35,9 +36,10 @@ from ...api.target import (
     facts,
 )
 from ...core.errors import InputError
+from ...onnxtools.blocks import Blocks
 from ...toolchains import get_spec, locate, missing_message, start_worker
 from .board import board_latency, board_memory
-from .compiler_output import LAYER_TABLE, read_layer_cycles, write_layer_table
+from .compiler_output import LAYER_TABLE, layer_records, read_layer_cycles, read_layer_table, write_layer_table
 from .platforms import DEFAULT_PLATFORM, INT8_ONLY, MAX_OPSET, NPU_CLOCKS, PLATFORMS, QUANT_ALGORITHMS
 from .simulator import RknnSimulatorSession
 from .toolkit import RKNN_MODEL, RknnOptions, RknnSettings, calibration_identity, compile_onnx, write_dataset
@@ -174,6 +176,11 @@ class RknnTarget(Target):
         detail = (f"sum of {len(cycles)} layers' total cycles from the rknn compiler at {clock.mhz:g} MHz "
                   f"({target['platform']}: {clock.source}); one pass through the layers in order, no overlap")
         return LatencyFigure([clock.milliseconds(sum(cycles))], "estimated", detail)
+
+    def layer_profile(self, build_dir: Path, manifest: dict[str, Any], x: np.ndarray,
+                      runs: int) -> list[LayerRecord]:
+        """The compiler's per-layer table (``rknn_layers.csv``): cycles and data moved per layer, unrun."""
+        return layer_records(read_layer_table(build_dir / LAYER_TABLE), Blocks.of_build(build_dir))
 
 
 def _plan_figure(plan: dict[str, float], toolkit: str, platform: str, precision: str) -> MemoryFigure:

@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ...api.target import LayerRecord
 from ...core.errors import VncompileError
 from ...core.units import unit_kb
+from ...onnxtools.blocks import Blocks
 
 LAYER_TABLE = "rknn_layers.csv"
 
@@ -24,6 +26,7 @@ LAYER_HEADER = "Cycles(DDR/NPU/Total)"
 COLUMN_NAMES = {"ID": "id", "OpType": "op_type", "DataType": "data_type", "Target": "target",
                 "InputShape": "input_shape", "OutputShape": "output_shape", "SparseRatio": "sparse_ratio",
                 "RW(KB)": "rw_kb", "FullName": "full_name"}
+DATA_TYPES = {"FLOAT16": "fp16", "FLOAT32": "fp32", "INT8": "int8", "UINT8": "int8", "INT16": "int16"}
 
 
 
@@ -104,7 +107,21 @@ def write_layer_table(layers: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(layers)
 
 
-def read_layer_cycles(path: Path) -> list[int]:
+def read_layer_table(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
-        return [int(row["cycles_total"]) for row in csv.DictReader(f)]
+        return list(csv.DictReader(f))
+
+
+def read_layer_cycles(path: Path) -> list[int]:
+    return [int(row["cycles_total"]) for row in read_layer_table(path)]
+
+
+def layer_records(table: list[dict[str, str]], blocks: Blocks) -> list[LayerRecord]:
+    """The compiler's table as layer records: its cycles (total of DDR and NPU, as it estimates them), the data
+    it reads and writes (``RW(KB)``, KB = 1024 bytes) and where it runs (NPU or CPU). Its names are
+    ``Op:node``, the ONNX node it compiled (or one it derived: ``node_mean#1_rs#1``)."""
+    return [LayerRecord(row["full_name"], blocks.of(row["full_name"].split(":", 1)[-1]), row["op_type"], "compiler",
+                        memory_bytes=round(float(row["rw_kb"]) * 1024), cycles=int(row["cycles_total"]),
+                        exec_type=row["target"], precision=DATA_TYPES.get(row["data_type"], row["data_type"]))
+            for row in table]
 
