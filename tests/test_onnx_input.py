@@ -234,6 +234,11 @@ def test_an_int8_detector_is_judged_by_map_with_its_head_on_the_host(run_cli, tm
     assert accuracy["reference"]["map50"] >= 50
     assert accuracy["reference"]["map50_95"] - accuracy["target"]["map50_95"] <= 1.0  # --max-map-drop's default
     assert "mAP50" in result.err
+    import subprocess
+    import sys
+
+    ran = subprocess.run([sys.executable, "load_model.py"], cwd=tmp_path / "out", capture_output=True, text=True)
+    assert "output0: 1x7x336 float32" in ran.stdout, ran.stderr  # the bundle's loader applies the host tail
 
 
 def test_detect_head_applies_to_detectors_only(run_cli, tmp_path, dynamic_vanillanet):
@@ -263,3 +268,40 @@ def test_an_op_no_reference_runs_is_one_line(run_cli, tmp_path):
     assert result.code == 2
     line = one_line_error(result)
     assert "no reference can run this graph" in line and "Mystery" in line
+
+
+class _AttentionThenHead(torch.nn.Module):
+    """A backbone with an attention block (reshapes of its own, as YOLO11's C2PSA) before a DFL head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.qkv, self.proj = (torch.nn.Conv2d(3, 8, 8, stride=8), torch.nn.Conv2d(8, 24, 1),
+                                          torch.nn.Conv2d(8, 8, 1))
+        self.box, self.cls, self.dfl = torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(8, 2, 1), torch.nn.Conv2d(2, 1, 1)
+        self.dfl.weight.data[:] = torch.arange(2.0).view(1, 2, 1, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(x).view(b, 3, c, h * w).unbind(1)
+        y = (v @ (q.transpose(1, 2) @ k).softmax(-1).transpose(1, 2)).view(b, c, h, w)
+        x = x + self.proj(y)
+        box, cls = self.box(x).flatten(2), self.cls(x).flatten(2)
+        distances = self.dfl(box.view(b, 4, 2, h * w).transpose(2, 1).softmax(1)).view(b, 4, h * w)
+        return torch.cat([distances, cls.sigmoid()], 1)
+
+
+def test_the_head_is_cut_after_the_networks_own_reshapes(tmp_path):
+    """An attention block's reshapes inside the network are not the head: the cut is at the box and class maps."""
+    from vncompile.onnxtools.detect_head import cut_host_tail, run_with_tail
+    from vncompile.onnxtools.run import run_onnx
+
+    path = tmp_path / "attention.onnx"
+    export_onnx(_AttentionThenHead().eval(), InputShape.square(64), path, label="attention", output_names=["output0"],
+                opset=18, dynamic=False)
+    cut = cut_host_tail(path, tmp_path / "device.onnx", tmp_path / "tail.onnx")
+    assert cut is not None and len(cut.cuts) == 2
+    x = np.random.default_rng(0).standard_normal((1, 1, 3, 64, 64)).astype(np.float32)
+    whole = run_onnx(path, x)[0]
+    rejoined = run_with_tail(tmp_path / "tail.onnx")(run_onnx(tmp_path / "device.onnx", x)[0])
+    assert np.allclose(rejoined[0], whole[0], atol=1e-6)

@@ -465,7 +465,14 @@ def profile(checkpoints, models, width, act_num, target_list, sizes, features, p
     from .api.request import ModelSource
     from .core.io import refuse_existing
     from .pipeline.plan import graph_sizes
-    from .profiling.profile import BACKBONE_SIZES, DEFAULT_MODELS, ProfileRequest, backbone_features, profilable_targets
+    from .profiling.profile import (
+        BACKBONE_SIZES,
+        DEFAULT_MODELS,
+        ProfileRequest,
+        backbone_features,
+        label_of,
+        profilable_targets,
+    )
     from .profiling.reports import cell_label, is_profile_output
     from .vanillanet.features import parse_features
 
@@ -486,7 +493,14 @@ def profile(checkpoints, models, width, act_num, target_list, sizes, features, p
         memory_limit = memory_limit or config.memory_limit
         if "batch" in given:
             config = dataclasses.replace(config, batch=batch)
-    sizes = graph_sizes(sources, tuple(sizes), "sizes" in given or config is not None, BACKBONE_SIZES)
+    # As build does: a fixed-size graph at its own size unless --sizes asks for others (a config's sizes are not
+    # the user's words about this graph)
+    sizes = graph_sizes(sources, tuple(sizes), "sizes" in given, BACKBONE_SIZES)
+    labels = [label_of(source) for source in sources]
+    shared = sorted({label for label in labels if labels.count(label) > 1})
+    if shared:
+        raise InputError(f"two models would share the label {shared[0]} in the tables (the file name's stem): "
+                         "copy or link one under another name")
     targets = _names(target_list) if target_list else profilable_targets()
     from .targets import get_target
 

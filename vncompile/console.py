@@ -327,8 +327,8 @@ def _layer_figure(record: LayerRecord, by: str) -> float:
 
 
 def render_top_layers(title: str, records: list[LayerRecord], console: Console = stderr) -> None:
-    """The layers with the most time (cycles where the reporter times none) and the most memory, with their share
-    of the whole and the figure's source."""
+    """The layers with the most time (cycles where the reporter times none), with their share of the whole, and the
+    most memory (a figure per layer that does not add up across layers: no share), each with its source."""
     for by in ("time", "memory"):
         top = top_layers(records, by)
         if not top:
@@ -338,13 +338,14 @@ def render_top_layers(title: str, records: list[LayerRecord], console: Console =
         total = sum(_layer_figure(r, by) for r in records) or 1
         table = Table(title=f"{title} · top {len(top)} by {'time' if unit == 'ms' else unit}",
                       caption=f"{top[0].source} (README: what each target reports per layer)")
-        for column in ("block", "layer", "op", unit, "share"):
+        shares = by == "time"
+        for column in ("block", "layer", "op", unit, *(("share",) if shares else ())):
             table.add_column(column, justify="right" if column in (unit, "share") else "left")
         for record in top:
             value = _layer_figure(record, by)
             text = f"{value:.3f}" if unit == "ms" else f"{value:,.0f}"
             table.add_row(escape(record.block or "-"), escape(record.name), escape(record.op), text,
-                          f"{100 * value / total:.1f}%")
+                          *((f"{100 * value / total:.1f}%",) if shares else ()))
         console.print(table)
 
 

@@ -210,7 +210,17 @@ def _nonempty(dataset: DetectionSet) -> DetectionSet:
 
 
 def _coco_files(directory: Path) -> list[Path]:
-    return sorted(directory.glob("*.json")) + sorted(directory.glob("annotations/*.json"))
+    """The COCO jsons of a folder (at its top or in annotations/): json files whose opening names "images" (a
+    classification folder's class_index.json does not)."""
+    def looks_coco(path: Path) -> bool:
+        try:
+            with open(path, "rb") as f:
+                return b'"images"' in f.read(1 << 20)
+        except OSError:
+            return False
+
+    return [p for p in sorted(directory.glob("*.json")) + sorted(directory.glob("annotations/*.json"))
+            if looks_coco(p)]
 
 
 def _detection_source(path: Path) -> tuple[str, Path] | None:
@@ -387,12 +397,15 @@ def ultralytics_metadata(properties: Mapping[str, str]) -> DetectorMetadata:
     are Python literals, read without evaluating anything."""
     def literal(key: str):
         try:
-            return ast.literal_eval(properties[key]) if key in properties else None
-        except (ValueError, SyntaxError):
+            return ast.literal_eval(properties[key][:1_000_000]) if key in properties else None
+        except Exception:  # noqa: BLE001 - an untrusted file's text: anything malformed is no value
             return None
 
+    def positive(value) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 65536 else None
+
     names, imgsz, stride = literal("names"), literal("imgsz"), literal("stride")
-    if isinstance(names, dict):
+    if isinstance(names, dict) and all(isinstance(k, int) for k in names):
         names = tuple(str(names[k]) for k in sorted(names))
     elif isinstance(names, (list, tuple)):
         names = tuple(str(n) for n in names)
@@ -400,9 +413,11 @@ def ultralytics_metadata(properties: Mapping[str, str]) -> DetectorMetadata:
         names = None
     if isinstance(imgsz, int):
         imgsz = (imgsz, imgsz)
-    imgsz = tuple(int(v) for v in imgsz) if isinstance(imgsz, (list, tuple)) and len(imgsz) == 2 else None
-    stride = int(stride) if isinstance(stride, (int, float)) else None
-    return DetectorMetadata(properties.get("task"), names, imgsz, stride)  # type: ignore[arg-type]
+    sides = tuple(positive(v) for v in imgsz) if isinstance(imgsz, (list, tuple)) and len(imgsz) == 2 else None
+    imgsz = sides if sides and None not in sides else None
+    task = properties.get("task")
+    return DetectorMetadata(task if isinstance(task, str) else None, names, imgsz,  # type: ignore[arg-type]
+                            positive(stride))
 
 
 # ---------------------------------------------------------------------------------------------- accuracy

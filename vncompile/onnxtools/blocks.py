@@ -30,7 +30,12 @@ def module_scopes(model) -> dict[str, str]:
         recorded = next((p.value for p in node.metadata_props if p.key == SCOPES_KEY), None)
         if recorded is None:
             continue
-        path = ast.literal_eval(recorded)  # ['', 'stages.0', 'stages.0.conv', 'conv2d_2']: modules, then the op
+        try:  # ['', 'stages.0', 'stages.0.conv', 'conv2d_2']: modules, then the op
+            path = ast.literal_eval(recorded)
+        except Exception:  # noqa: BLE001 - an untrusted graph's text: a malformed scope is no scope
+            continue
+        if not isinstance(path, (list, tuple)) or not all(isinstance(name, str) for name in path):
+            continue
         module = next((name for name in reversed(path[:-1]) if name), "")
         if module:
             for name in (node.name, *node.output):

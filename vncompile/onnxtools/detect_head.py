@@ -1,10 +1,15 @@
-"""The YOLOv8/YOLO11 Detect output split into box and class-score outputs, for int8 NPUs.
+"""A detector's head kept off an int8 NPU: the device graph ends at each level's maps, the host runs the rest.
 
-The exported head ends in Concat(boxes [B, 4, A], Sigmoid(logits) [B, nc, A]) along the channels: one int8
-output then carries pixel coordinates (up to the input size) and scores (0..1) with one scale, and the
+The exported YOLOv8/YOLO11 head ends in Concat(boxes [B, 4, A], Sigmoid(logits) [B, nc, A]) along the channels:
+one int8 output then carries pixel coordinates (up to the input size) and scores (0..1) with one scale, and the
 scores round to zero (Rockchip's NPUs: all-zero class scores; Rockchip's model zoo splits the outputs).
-``split_detect_head`` makes the two tensors the graph's outputs instead; ``join_detect_head`` puts a run's
-two outputs back together for decoding (``data.detection.decode_yolo``).
+
+``cut_host_tail`` (what builds use) cuts the graph where the head leaves the feature maps: the device computes
+each level's box and class maps as separate outputs, each quantized on its own scale, and ``head_tail.onnx``
+(the reshapes, the DFL, anchors, sigmoid, concat, any NMS) runs on the host in float32 (``run_with_tail``).
+``split_detect_head`` / ``join_detect_head`` split only the final concat into boxes and scores: the
+alternative ``benchmarks/detector_head_split.py`` measures against it (rknn int8, mAP50-95: 31.5 split,
+32.9 cut at the maps, 11.4 concatenated, fp32 32.3).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import onnx
 from onnx import helper
 
 from .files import save_onnx
+from .graph_file import declared_dims
 
 
 def split_detect_head(model: onnx.ModelProto) -> tuple[str, str] | None:
@@ -77,30 +83,37 @@ class HostTail:
 HEAD_TAIL = "head_tail.onnx"
 
 
-def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
-    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
-
-
 def _head_cuts(model: onnx.ModelProto) -> list[str]:
-    """The tensors where the head leaves the maps: 4-D NCHW inputs (H*W > 1) of the first Reshape/Flatten on each
-    path to the outputs, those downstream of another left out, and a per-level Concat of box and class maps
-    along the channels taken apart (one int8 scale per map: box distributions and class logits differ)."""
+    """The tensors where the head leaves the maps: 4-D NCHW inputs (H*W > 1) of Reshape/Flatten nodes with no
+    learned layer after them (an attention block's reshapes inside the network are not the head's), those
+    downstream of another left out, and a per-level Concat of box and class maps along the channels taken apart
+    (one int8 scale per map: box distributions and class logits differ)."""
     graph = model.graph
-    shapes = {v.name: _dims(v) for v in (*graph.value_info, *graph.input, *graph.output)}
+    shapes = {v.name: declared_dims(v) for v in (*graph.value_info, *graph.input, *graph.output)}
     producer = {name: node for node in graph.node for name in node.output}
-    constants = {t.name for t in graph.initializer}
+    weights = {t.name: t for t in graph.initializer}
+    constants = set(weights)
 
     def spatial(name: str) -> bool:
         dims = shapes.get(name, [])
         return (len(dims) == 4 and all(isinstance(d, int) for d in dims) and dims[2] * dims[3] > 1  # type: ignore
                 and name not in constants and name in producer)
 
-    candidates = [node.input[0] for node in graph.node
-                  if node.op_type in ("Reshape", "Flatten") and spatial(node.input[0])]
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
+    # Whether a learned layer (a conv other than the DFL's fixed one, a Gemm or MatMul with constant weights) lies
+    # after each tensor: nodes in reverse order (the graph is topologically sorted).
+    learned_after: dict[str, bool] = {}
+    for node in reversed(graph.node):
+        learned = (node.op_type == "Conv" and not _is_fixed_conv(node, weights)) or (
+            node.op_type in ("Gemm", "MatMul") and any(name in constants for name in node.input))
+        below = learned or any(learned_after.get(out, False) for out in node.output)
+        for name in node.input:
+            learned_after[name] = learned_after.get(name, False) or below
+    candidates = [node.input[0] for node in graph.node if node.op_type in ("Reshape", "Flatten")
+                  and spatial(node.input[0]) and not learned_after.get(node.output[0], False)]
 
     def downstream(start: str) -> set[str]:
         seen, stack = set(), [start]
@@ -137,7 +150,9 @@ def cut_host_tail(path: Path, device_path: Path, tail_path: Path) -> HostTail | 
     outputs = [o.name for o in model.graph.output]
     extractor = Extractor(model)
     device, tail = extractor.extract_model(inputs, cuts), extractor.extract_model(cuts, outputs)
-    if not tail.graph.node or any(n.op_type == "Conv" and not _is_fixed_conv(n, tail) for n in tail.graph.node):
+    tail_weights = {t.name: t for t in tail.graph.initializer}
+    if not tail.graph.node or any(n.op_type == "Conv" and not _is_fixed_conv(n, tail_weights)
+                                  for n in tail.graph.node):
         return None  # the cut would leave learned layers on the host: not a head this understands
     for part in (device, tail):
         part.metadata_props.extend(model.metadata_props)
@@ -146,10 +161,9 @@ def cut_host_tail(path: Path, device_path: Path, tail_path: Path) -> HostTail | 
     return HostTail(tuple(cuts), len(device.graph.node), len(tail.graph.node))
 
 
-def _is_fixed_conv(node: onnx.NodeProto, tail: onnx.ModelProto) -> bool:
+def _is_fixed_conv(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> bool:
     """The DFL's conv (weights 0..reg_max-1, the expectation of a distribution): decoding, not a learned layer."""
-    weights = {t.name: t for t in tail.graph.initializer}
-    if node.input[1] not in weights:
+    if len(node.input) < 2 or node.input[1] not in weights:
         return False
     from onnx import numpy_helper
 

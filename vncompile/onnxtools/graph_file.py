@@ -4,8 +4,8 @@ anything, its declared input and outputs, opset, metadata and external-data file
 Nothing in an ONNX file runs when it is read: it is a protobuf. What can go wrong is one line each: not an
 ONNX file, a graph the checker refuses, an external-data file that is missing or points outside the model's
 folder (a path such as ``../../etc/passwd`` is refused, not followed), a graph without exactly one image
-input. ``read_graph_file`` reads the structure only (no weights), so a plan resolves in milliseconds even for
-a large model; ``load_graph`` reads the weights too.
+input. ``read_graph_file`` reads the structure (external weights are not loaded, though the checker reads the
+whole file); ``load_graph`` reads the weights too.
 
 A graph is *fixed-size* when its input's height and width are numbers: it builds at that size only (its
 reshapes and its head's anchor count were traced at it). Symbolic dims (``height``, ``-1``/empty) take any
@@ -68,16 +68,19 @@ class GraphFile:
         return digest.hexdigest()
 
 
-def _dims(value: onnx.ValueInfoProto) -> tuple[Dim, ...]:
+def declared_dims(value: onnx.ValueInfoProto) -> tuple[Dim, ...]:
+    """A value's dims as declared: numbers, or the symbolic dims' names ("?" where they have none)."""
     return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
                  for d in value.type.tensor_type.shape.dim)
 
 
 def _external_files(model: onnx.ModelProto, path: Path) -> tuple[Path, ...]:
     """The external-data files the graph's tensors name, each inside the model's folder and present."""
+    from onnx.external_data_helper import _get_all_tensors
+
     folder = path.resolve().parent
     found: dict[Path, None] = {}
-    for tensor in model.graph.initializer:
+    for tensor in _get_all_tensors(model):  # initializers and Constant nodes' values, subgraphs included
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -115,14 +118,14 @@ def read_graph_file(path: Path) -> GraphFile:
     if len(inputs) != 1:
         raise InputError(f"{path}: the graph has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
                          "vncompile builds graphs with one image input")
-    dims = _dims(inputs[0])
+    dims = declared_dims(inputs[0])
     if len(dims) != 4:
         raise InputError(f"{path}: input '{inputs[0].name}' has {len(dims)} dims; an NCHW image input (4 dims) "
                          "expected")
     if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise InputError(f"{path}: input '{inputs[0].name}' is not float32; export the graph with a float32 input")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return GraphFile(path, inputs[0].name, dims, tuple((o.name, _dims(o)) for o in model.graph.output), opset,
+    return GraphFile(path, inputs[0].name, dims, tuple((o.name, declared_dims(o)) for o in model.graph.output), opset,
                      {p.key: p.value for p in model.metadata_props}, model.producer_name, external,
                      len(model.graph.node))
 
@@ -148,8 +151,7 @@ def at_input_shape(model: onnx.ModelProto, shape: tuple[int, ...] | None) -> onn
     for output in fixed.graph.output:
         output.type.tensor_type.ClearField("shape")
     inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
-    known = {v.name: _dims(v) for v in (*inferred.graph.value_info, *inferred.graph.input)}
-    folded = 0
+    known = {v.name: declared_dims(v) for v in (*inferred.graph.value_info, *inferred.graph.input)}
     for node in fixed.graph.node:
         if node.op_type != "Shape" or not all(isinstance(d, int) for d in known.get(node.input[0], ("?",))):
             continue
@@ -160,5 +162,4 @@ def at_input_shape(model: onnx.ModelProto, shape: tuple[int, ...] | None) -> onn
         del node.input[:]
         del node.attribute[:]
         node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(dims, node.output[0])))
-        folded += 1
-    return onnx.shape_inference.infer_shapes(fixed, data_prop=True) if folded or shape is not None else fixed
+    return onnx.shape_inference.infer_shapes(fixed, data_prop=True)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..api.request import BuildRequest
 from ..api.target import Artifact, CompileContext, CompileResult, MemoryFigure, ReferenceIO, Target
+from ..api.tolerance import QUANTIZED
 from ..core.errors import OutputExists, VerificationError
 from ..core.io import atomic_directory, refuse_foreign, work_directory, write_json
 from ..data.evaluation import EvalSet
@@ -239,6 +240,8 @@ def _check_accuracy(plan: BuildPlan, accuracy: dict[str, Any] | None, prepared: 
     options, what = request.options, f"{target} {request.precision}"
     hint = _worst_layers(prepared) if request.precision == "int8" else ""
     if "map50_95" in accuracy["reference"]:
+        if request.precision in QUANTIZED and not plan.host_head:  # the usual cause: scores rounded with the boxes
+            hint += "; or run the detector's head on the host: --detect-head host"
         log.info("mAP50-95 on %d images: reference %.2f%%, %s %.2f%%", accuracy["images"],
                  accuracy["reference"]["map50_95"], what, accuracy["target"]["map50_95"])
         check_map_drop(accuracy, "target", options.max_map_drop, what, options.eval_data, hint)

@@ -47,6 +47,7 @@ class DetectionEval:
     settings: DecodeSettings
     inputs: np.ndarray  # (N, 3, H, W) float32, letterboxed
     geometries: tuple[Geometry, ...]  # per image: where it lies in its input
+    kind: str | None = None  # how the model's output decodes, as its family says ("yolo", "nms"); None: by shape
 
     def batches(self, batch: int) -> list[np.ndarray]:
         return padded_batches(self.inputs, batch)
@@ -56,7 +57,8 @@ def decode_settings_of(options: TargetOptions) -> DecodeSettings:
     return DecodeSettings(conf=options.conf, iou=options.iou, max_det=options.max_det)
 
 
-def load_detection_eval(options: TargetOptions, shape: InputShape, num_classes: int | None) -> DetectionEval | None:
+def load_detection_eval(options: TargetOptions, shape: InputShape, num_classes: int | None,
+                        kind: str | None = None) -> DetectionEval | None:
     """The detector's evaluation set (None without --eval-data): a YOLO-layout folder or a COCO json, checked
     against the model's ``num_classes``, letterboxed at ``shape``'s size."""
     if options.eval_data is None:
@@ -70,7 +72,7 @@ def load_detection_eval(options: TargetOptions, shape: InputShape, num_classes: 
     loaded = [letterbox.load_with_geometry(path, shape.height, shape.width) for path in dataset.paths]
     inputs = np.stack([array for array, _ in loaded]).astype(np.float32)
     return DetectionEval(dataset, letterbox, decode_settings_of(options), inputs,
-                         tuple(geometry for _, geometry in loaded))
+                         tuple(geometry for _, geometry in loaded), kind)
 
 
 def _described(outputs: Sequence[np.ndarray], output_names: Sequence[str]) -> str:
@@ -79,13 +81,13 @@ def _described(outputs: Sequence[np.ndarray], output_names: Sequence[str]) -> st
 
 
 def detections(outputs: Sequence[np.ndarray], output_names: Sequence[str],
-               settings: DecodeSettings = DecodeSettings()) -> list[Detections]:
+               settings: DecodeSettings = DecodeSettings(), kind: str | None = None) -> list[Detections]:
     """One run's outputs -> per image of the batch, its detections in input pixels. The outputs: the Detect output
     ``[B, 4 + nc, A]`` or an NMS output ``[B, N, 6]`` alone, or the split head's boxes ``[B, 4, A]`` and scores
     ``[B, nc, A]`` (told apart by their 4 channels; both 4: in ``split_detect_head``'s order, boxes first)."""
     arrays = [np.asarray(o) for o in outputs]
     if len(arrays) == 1:
-        return decode_detections(arrays[0], settings)
+        return decode_detections(arrays[0], settings, kind)
     if len(arrays) == 2 and all(a.ndim == 3 for a in arrays) and arrays[0].shape[::2] == arrays[1].shape[::2]:
         boxes, scores = arrays if arrays[0].shape[1] == 4 else arrays[::-1]
         if boxes.shape[1] == 4:
@@ -99,7 +101,8 @@ def map_of(evaluation: DetectionEval, per_batch_outputs: BatchOutputs,
            output_names: Sequence[str]) -> dict[str, float]:
     """``map50_95`` and ``map50`` (percent) of one stage's run over ``evaluation.batches``: the padding of the last
     batch dropped, the boxes mapped back to the original images."""
-    found = [d for outputs in per_batch_outputs for d in detections(outputs, output_names, evaluation.settings)]
+    found = [d for outputs in per_batch_outputs
+             for d in detections(outputs, output_names, evaluation.settings, evaluation.kind)]
     if len(found) < len(evaluation.geometries):
         raise ValueError(f"{len(found)} images' detections for {len(evaluation.geometries)} images")
     return coco_map(evaluation.dataset, [d.to_original(g) for d, g in zip(found, evaluation.geometries,

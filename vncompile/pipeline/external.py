@@ -18,7 +18,7 @@ Runtime's float32 run of the given graph, and the manifest says so (``model.refe
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -39,6 +39,7 @@ class LoadedGraph:
     family: ExternalGraphFamily
     model: onnx.ModelProto  # the whole graph, weights read in
     reference: str  # FLOAT64_REBUILD, or why the reference is ONNX Runtime's fp32 run
+    rebuilt_at: dict = field(default_factory=dict, compare=False, repr=False)  # input shape -> the float64 rebuild
 
     features = ()  # the outputs are the graph's own, not selected feature maps
 
@@ -46,12 +47,15 @@ class LoadedGraph:
     def output_names(self) -> list[str]:
         return self.graph.output_names
 
-    def _rebuilt(self, shape: tuple[int, ...] | None):
+    def _rebuilt(self, shape: tuple[int, ...]):
+        """The float64 rebuild of the graph at ``shape``, built once per shape."""
         import torch
 
         from ..toolchains.workers.onnx_as_torch import OnnxAsTorch
 
-        return OnnxAsTorch(at_input_shape(self.model, shape), dtype=torch.float64).eval()
+        if shape not in self.rebuilt_at:
+            self.rebuilt_at[shape] = OnnxAsTorch(at_input_shape(self.model, shape), dtype=torch.float64).eval()
+        return self.rebuilt_at[shape]
 
     def at_shape(self, shape: InputShape | None) -> onnx.ModelProto:
         """The given graph at ``shape`` (None: as declared, dynamic dims kept)."""
@@ -96,12 +100,15 @@ class LoadedGraph:
 
 def load_external(graph: GraphFile, family: ExternalGraphFamily, shape: InputShape) -> LoadedGraph:
     """The graph with its weights, and which reference it gets (tried at the build's ``shape``)."""
+    import torch
+
     model = load_graph(graph)
     loaded = LoadedGraph(graph, family, model, FLOAT64_REBUILD)
-    try:
-        loaded._rebuilt(shape.as_tuple())
-    except ValueError as exc:
-        first = str(exc).split(";")[0]
+    try:  # built and run once on zeros: any op or attribute the rebuild does not take shows here
+        with torch.no_grad():
+            loaded._rebuilt(shape.as_tuple())(torch.zeros(shape.as_tuple(), dtype=torch.float64))
+    except Exception as exc:  # noqa: BLE001 - whatever the rebuild stumbles on, ONNX Runtime is the reference
+        first = " ".join(str(exc).split(";")[0].split())[:300] or type(exc).__name__
         _check_onnx_runtime_runs(loaded.at_shape(shape), graph, first)
         log.warning("the float64 rebuild cannot run %s (%s): the reference is ONNX Runtime's fp32 run of the given "
                     "graph", graph.path.name, first)

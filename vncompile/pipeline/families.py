@@ -124,8 +124,9 @@ class ExternalGraphFamily(ModelFamily):
     metadata: DetectorMetadata = DetectorMetadata()
     classes: int | None = None  # a classifier's or a detector's classes, where the graph says
 
-    def check_graph_input(self, graph: GraphFile, shape: InputShape, dynamic: bool, given_size: bool = True) -> None:
-        """A fixed-size graph builds at its own size only; channels as declared; --dynamic needs dynamic dims."""
+    def check_graph_input(self, graph: GraphFile, shape: InputShape, dynamic: bool) -> None:
+        """A fixed-size graph builds at its own size only; a detector's sides are multiples of its deepest stride;
+        channels as declared; --dynamic needs dynamic dims."""
         fixed = graph.fixed_size
         if fixed is not None and (shape.height, shape.width) != fixed:
             raise InputError(
@@ -133,6 +134,12 @@ class ExternalGraphFamily(ModelFamily):
                 f"at it), so it cannot build at {shape.height}x{shape.width}; drop --size/--sizes, or re-export it "
                 "with dynamic height and width (Ultralytics: yolo export ... dynamic=True; torch.onnx.export: "
                 "dynamic_axes / dynamic_shapes)")
+        stride = self.metadata.stride or 32  # Ultralytics' default: the deepest level of P3-P5
+        if fixed is None and self.detector and (shape.height % stride or shape.width % stride):
+            padded = "x".join(str(-(-side // stride) * stride) for side in (shape.height, shape.width))
+            raise InputError(f"{graph.path.name} is a detector with stride {stride}: input sides must be multiples of "
+                             f"{stride} (its levels' maps would not line up), got {shape.height}x{shape.width}; use "
+                             f"{padded}")
         if graph.channels is not None and graph.channels != shape.channels:
             raise InputError(f"{graph.path.name} takes {graph.channels} input channels, not {shape.channels}")
         batch = graph.input_dims[0]

@@ -272,8 +272,11 @@ def _default(options_class: type, name: str) -> Any:
 
 def _model_identity(plan: BuildPlan) -> dict[str, Any]:
     request = plan.request
-    return {"vncompile": __version__, "source": request.source.identity(plan.checkpoint_sha256),
-            "shape": request.shape.as_tuple(), "dynamic": request.dynamic}
+    identity = {"vncompile": __version__, "source": request.source.identity(plan.checkpoint_sha256),
+                "shape": request.shape.as_tuple(), "dynamic": request.dynamic}
+    if plan.graph is not None:  # ONNX Runtime is an ONNX file's reference where the float64 rebuild lacks an op
+        identity["onnxruntime"] = toolchain_versions("onnxruntime")
+    return identity
 
 
 def _reference_key(plan: BuildPlan) -> str:

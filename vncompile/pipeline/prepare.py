@@ -70,13 +70,20 @@ def verify_inputs(shape: InputShape, real: np.ndarray | None = None) -> VerifyIn
 
 def load_evaluation(plan: BuildPlan):
     """--eval-data as the model is judged: a detector's set (mAP), else a classifier's labelled images (top-1)."""
+    from ..data.detection import is_detection_set
     from ..data.evaluation import load_eval_set
 
     family = plan.graph_family
     if family is not None and family.detector:
         from .detection_accuracy import load_detection_eval
 
-        return load_detection_eval(plan.options, plan.request.shape, family.classes)
+        return load_detection_eval(plan.options, plan.request.shape, family.classes, family.detector)
+    eval_data = plan.options.eval_data
+    if family is not None and eval_data is not None and is_detection_set(eval_data):
+        raise InputError(f"{eval_data} is a detection set, but {plan.graph.path.name} is not recognised as a detector "
+                         "(a YOLO Detect output [1, 4+classes, anchors] or NMS rows [1, N, 6] with Ultralytics' "
+                         "metadata task=detect and names): export it with Ultralytics' exporter, or add those "
+                         "metadata_props to the ONNX")
     return load_eval_set(plan.options, plan.request.shape)
 
 
@@ -284,7 +291,7 @@ def _record(record: dict[str, Any], loaded, directory: Path, names: list[str], c
         "classifier": classifier,
         "output_names": names,
         "accuracy": accuracy_section,
-        "outputs": _outputs(loaded, directory / "model.onnx"),
+        "outputs": _outputs(loaded, directory / "simplified.onnx"),  # the whole graph's (not a device graph's)
         "verification": [e.as_dict() for e in errors],
         "stages": list(timings.records),
         "artifacts": [_artifact(directory, name, role) for name, role in FILES.items()],
@@ -356,8 +363,6 @@ def _run_external(plan: BuildPlan, directory: Path, cache: BuildCache, work: Pat
         log.info("%s", fusion.summary())
         if fusion.finding():
             log.warning("%s", fusion.finding())
-        if plan.form == "fp16":
-            _to_fp16(simplified_onnx)
         host_tail = None
         if plan.host_head:
             from ..onnxtools.detect_head import cut_host_tail
@@ -368,6 +373,10 @@ def _run_external(plan: BuildPlan, directory: Path, cache: BuildCache, work: Pat
             else:
                 log.info("head on the host: the device graph ends at %d maps (%s); %d nodes run on the host",
                          len(host_tail.cuts), ", ".join(host_tail.cuts), host_tail.tail_nodes)
+        if plan.form == "fp16":  # after the cut: the tail stays float32, fed float32 (the device graph's I/O)
+            _to_fp16(simplified_onnx)
+            if host_tail is not None:
+                _to_fp16(directory / DEVICE_GRAPH)
     _target_form(plan, directory, timings, eval_set, DEVICE_GRAPH if host_tail else "simplified.onnx")
     errors, accuracy_section = _checked(plan, loaded, loaded, directory, cache, work, timings, eval_set, real)
     graph = plan.graph
@@ -486,12 +495,13 @@ def _outputs(loaded, onnx_path: Path) -> list[dict[str, Any]]:
     channels and stride."""
     import onnx
 
+    from ..onnxtools.graph_file import declared_dims
+
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     maps = {m.name: m for m in loaded.features}
     outputs = []
     for output in graph.output:
-        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in output.type.tensor_type.shape.dim]
-        record: dict[str, Any] = {"name": output.name, "shape": dims}
+        record: dict[str, Any] = {"name": output.name, "shape": list(declared_dims(output))}
         if output.name in maps:
             record.update(channels=maps[output.name].channels, stride=maps[output.name].stride)
         outputs.append(record)

@@ -236,9 +236,12 @@ def _timeline_section(doc: dict[str, Any], directory: Path, colours: dict[str, s
 
 
 def _top(layers: list[dict[str, Any]], key: str, colour: str) -> str:
-    """The layers that take the most of ``key`` (time_ms, cycles or memory_bytes), with their share of the whole."""
+    """The layers that take the most of ``key`` (time_ms, cycles or memory_bytes): time and cycles with their share
+    of the whole; memory (per layer, not a quantity that adds up across layers) against the largest layer's."""
     ranked = sorted((r for r in layers if r[key] is not None), key=lambda r: -r[key])[:TOP_LAYERS]
-    total = sum(r[key] for r in layers if r[key] is not None) or 1
+    adds_up = key != "memory_bytes"
+    total = (sum(r[key] for r in layers if r[key] is not None) if adds_up else max((r[key] for r in ranked),
+                                                                                   default=0)) or 1
     rows = []
     for r in ranked:
         share = 100.0 * r[key] / total
@@ -249,8 +252,9 @@ def _top(layers: list[dict[str, Any]], key: str, colour: str) -> str:
                           f"{share:.1f}%", escape(r.get("exec_type") or "-"), escape(r.get("precision") or "-"),
                           escape(r.get("source") or "-")]))
     what = {"time_ms": "time", "cycles": "cycles", "memory_bytes": "memory"}[key]
-    return _table(["layer", "block", "op", "time (ms)" if key == "time_ms" else what, "share", "exec type", "precision",
-                   "source"], rows, caption=f"top {len(ranked)} of {len(layers)} layers by {what}",
+    return _table(["layer", "block", "op", "time (ms)" if key == "time_ms" else what,
+                   "share" if adds_up else "vs largest", "exec type", "precision", "source"], rows,
+                  caption=f"top {len(ranked)} of {len(layers)} layers by {what}",
                   attrs=f' class="layers" data-by="{what}"')
 
 

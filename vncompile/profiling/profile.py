@@ -108,13 +108,14 @@ def profilable_targets() -> list[str]:
 def _row(source: ModelSource, target: str, size: int, request: ProfileRequest) -> dict[str, Any]:
     """A row before measuring: an error until proven otherwise."""
     return {
-        "model": _label(source), "network": source.model_name, "target": target, "precision": request.precision,
+        "model": label_of(source), "network": source.model_name, "target": target, "precision": request.precision,
         "size": size, "batch": request.batch_size, "status": "error", "reason": None, "latency": None,
         "memory": None, "artifact_sha256": None, "top1": None, "fit_memory": None, "layers": None, "timeline": None,
     }
 
 
-def _label(source: ModelSource) -> str:
+def label_of(source: ModelSource) -> str:
+    """A model's name in the tables, the files and the progress: the checkpoint's stem, else the network's label."""
     label = Path(source.checkpoint).stem if source.checkpoint is not None else source.spec_without_checkpoint().label
     return label + (f"[{source.features}]" if source.features else "")
 
@@ -216,6 +217,9 @@ def _add_timeline(row: dict[str, Any], directory: Path, files: ProfileFiles) -> 
                 files.timelines[path] = memory_timeline(directory / "model.onnx", row["precision"], directory)
         except VncompileError:  # a dynamic graph has no static plan
             return
+        except Exception as exc:  # noqa: BLE001 - a timeline is a report: its failure is a note, never the profile's end
+            row["timeline_note"] = f"no memory timeline: {type(exc).__name__}: {exc}"
+            return
     row["timeline"] = path
 
 
@@ -264,7 +268,7 @@ def run_profile(request: ProfileRequest, on_row: Callable[[dict[str, Any]], None
     with BuildCache().in_use(), BuildWorker(timeout_s=request.timeout_s) as builder:
         for source, target, size in request.cells():
             if on_start is not None:
-                on_start(cell_label(_label(source), target, size))
+                on_start(cell_label(label_of(source), target, size))
             row = profile_cell(source, targets[target], size, request, builder, files)
             rows.append(row)
             if on_row is not None:

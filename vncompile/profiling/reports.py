@@ -220,6 +220,10 @@ def write_profile(doc: dict[str, Any], directory: Path, force: bool = False,
             written += write_plots(doc, tmp)
         except ImportError:
             notes.append("plots skipped: matplotlib is not installed (pip install 'vncompile[plot]')")
-        (tmp / REPORT).write_text(to_html(doc, tmp))
-        written.append(REPORT)
+        try:
+            (tmp / REPORT).write_text(to_html(doc, tmp))
+            written.append(REPORT)
+        except Exception as exc:  # noqa: BLE001 - the page is a view of the files above: never the cost of them
+            notes.append(f"report.html not written ({type(exc).__name__}: {exc}); the data files are: try "
+                         f"vncompile report {directory}")
     return written, notes

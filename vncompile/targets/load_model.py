@@ -4,8 +4,9 @@ vncompile writes this file into every onnxruntime and openvino bundle as ``load_
 loads its own sessions through it, so what ``vncompile profile`` measures is what a device
 loads. It needs the bundle's runtime (onnxruntime or openvino) and numpy, never vncompile:
 
-    from load_model import load
+    from load_model import load, run
     model = load()  # the bundle this file is in: an onnxruntime.InferenceSession or an openvino.CompiledModel
+    outputs = run(x)  # one run, by output name; a detector whose head runs on the host: through head_tail.onnx
 
     python load_model.py [INPUT.npy] [-o OUTPUTS.npz]  # one run; default input: seeded N(0, 1) noise
 """
@@ -93,6 +94,32 @@ def load(bundle: Path = HERE) -> Any:
     return loader(Path(bundle) / primary, target)
 
 
+def with_head_tail(outputs: dict[str, np.ndarray], bundle: Path = HERE) -> dict[str, np.ndarray]:
+    """A detector built with its head on the host (``head_tail.onnx`` in the bundle): the device graph's per-level
+    maps through the tail, float32 on the CPU, giving the whole graph's outputs; other bundles' outputs as they are."""
+    tail = Path(bundle) / "head_tail.onnx"
+    if not tail.is_file():
+        return outputs
+    try:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(tail), providers=["CPUExecutionProvider"])
+        feed = {i.name: np.asarray(outputs[i.name], np.float32) for i in session.get_inputs()}
+        return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed), strict=True))
+    except ImportError:  # an OpenVINO bundle on a machine without onnxruntime: OpenVINO runs the tail
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(tail), "CPU")
+        results = compiled.create_infer_request().infer({i.any_name: outputs[i.any_name] for i in compiled.inputs})
+        return {min(o.get_names()): np.asarray(results[o]) for o in compiled.outputs}
+
+
+def run(x: np.ndarray, bundle: Path = HERE) -> dict[str, np.ndarray]:
+    """One run of the bundle's model on ``x``, its outputs by name (a host head applied)."""
+    _, outputs_of = RUNTIMES[read_manifest(bundle)["target"]["name"]]
+    return with_head_tail(outputs_of(load(bundle), x), bundle)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run this bundle's model once, loaded as its manifest says.")
     parser.add_argument("input", nargs="?", help="an NCHW float32 .npy input (default: seeded N(0, 1) noise of "
@@ -104,8 +131,7 @@ def main() -> None:
         x = np.load(arguments.input)
     else:
         x = np.random.default_rng(0).standard_normal(manifest["input_shape"], dtype=np.float32)
-    _, outputs_of = RUNTIMES[manifest["target"]["name"]]
-    outputs = outputs_of(load(), x)
+    outputs = run(x)
     for name, value in outputs.items():
         print(f"{name}: {'x'.join(map(str, value.shape))} {value.dtype}")
     if arguments.output:
