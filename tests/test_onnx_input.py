@@ -305,3 +305,26 @@ def test_the_head_is_cut_after_the_networks_own_reshapes(tmp_path):
     whole = run_onnx(path, x)[0]
     rejoined = run_with_tail(tmp_path / "tail.onnx")(run_onnx(tmp_path / "device.onnx", x)[0])
     assert np.allclose(rejoined[0], whole[0], atol=1e-6)
+
+
+def test_a_dynamic_detectors_sides_must_be_multiples_of_its_stride(tmp_path):
+    from vncompile.core.errors import InputError
+    from vncompile.onnxtools.graph_file import GraphFile
+    from vncompile.pipeline.families import graph_family
+
+    graph = GraphFile(tmp_path / "yolo.onnx", "images", (1, 3, "height", "width"), (("output0", (1, 84, "anchors")),),
+                      19, {"task": "detect", "stride": "32", "names": str({i: str(i) for i in range(80)})})
+    family = graph_family(graph)
+    assert family.detector == "yolo" and family.classes == 80
+    family.check_graph_input(graph, InputShape.square(640), dynamic=False)
+    with pytest.raises(InputError, match="multiples of 32.*use 608x608"):
+        family.check_graph_input(graph, InputShape.square(600), dynamic=False)
+
+
+def test_malformed_metadata_reads_as_none():
+    from vncompile.data.detection import ultralytics_metadata
+
+    meta = ultralytics_metadata({"imgsz": "['a', 1]", "names": "{'a': 1, 2: 'b'}", "stride": "1e999",
+                                 "task": "detect"})
+    assert (meta.task, meta.names, meta.imgsz, meta.stride) == ("detect", None, None, None)
+    assert ultralytics_metadata({"imgsz": "[0, 0]", "names": "{[1]: 2}"}).imgsz is None
