@@ -10,8 +10,8 @@ Prints four markdown tables, each as soon as its part is done:
    test detector and a YOLO-style detector with a full-width VanillaNet-5 backbone at 640.
 2. **Latency**, exporter's graph vs vncompile's: the full-width detector at 640 built for ONNX Runtime and
    OpenVINO with ``--graph-passes none --simplifier none`` (the graph as given) and by default (simplified and
-   deploy-fused); each build measured by ``vncompile.profiling.measure`` (one process per cell) in interleaved
-   rounds, each cell keeping its best round's median.
+   deploy-fused), ``--no-verify``; each build measured by ``vncompile.profiling.measure`` (one process per cell) in
+   interleaved rounds; the ratio is the median of the rounds' ratios (the machine is shared: see the table).
 3. **Max memory** per target (``vncompile profile --no-verify``: analytic, the rknn compiler's plan, ONNX Runtime
    and OpenVINO measured) at 640 and 1280, VanillaNet-5 against the same detector with a ResNet-50 backbone
    (C3-C5), each figure with its source label as profile.json gives it.
@@ -35,6 +35,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -196,11 +197,14 @@ def latency_builds(onnx_path: Path, work: Path, env: dict[str, str],
 
 def latency_table(builds: dict[tuple[str, str], tuple[Path, dict[str, Any]] | str], size: int, warmup: int,
                   runs: int, rounds: int, timeout_s: float) -> str:
+    """Each round measures every cell once, the two graphs of a target back to back: on a shared machine a
+    round's pair sees the same load, so the ratio is taken per round and the table gives the median over rounds
+    (and each cell's median of its rounds' medians, with their range)."""
     from vncompile.profiling.measure import measure
 
-    best: dict[tuple[str, str], float] = {}
+    medians: dict[tuple[str, str], list[float]] = {}
     errors: dict[tuple[str, str], str] = {k: v for k, v in builds.items() if isinstance(v, str)}
-    for round_index in range(rounds):  # interleaved, so a busy moment of the shared machine hits every cell alike
+    for round_index in range(rounds):
         for key, built in builds.items():
             if isinstance(built, str) or key in errors:
                 continue
@@ -212,17 +216,20 @@ def latency_table(builds: dict[tuple[str, str], tuple[Path, dict[str, Any]] | st
                 errors[key] = str(exc)
                 continue
             assert latency["source"] == "measured", latency
-            best[key] = min(best.get(key, float("inf")), latency["median_ms"])
+            medians.setdefault(key, []).append(latency["median_ms"])
             log(f"latency round {round_index + 1}: {key[0]} {key[1]} median {latency['median_ms']:.1f} ms")
-    lines = [f"| target (fp32, {size}x{size}) | exporter's graph: median ms | vncompile's: median ms | "
-             "exporter's / vncompile's |", "|---|---|---|---|"]
+    lines = [f"| target (fp32, {size}x{size}) | exporter's graph: median ms (rounds' range) | vncompile's: median ms "
+             "(rounds' range) | exporter's / vncompile's (median of the rounds' ratios) |", "|---|---|---|---|"]
     for target in LATENCY_TARGETS:
         cells = []
         for graph in GRAPHS:
             key = (target, graph)
-            cells.append(f"{best[key]:.1f} (measured)" if key in best else f"failed: {errors.get(key, '?')}")
-        given, ours = best.get((target, "exporter's graph")), best.get((target, "vncompile's"))
-        ratio = f"{given / ours:.2f}x" if given and ours else "-"
+            values = medians.get(key)
+            cells.append(f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f}, measured)"
+                         if values and key not in errors else f"failed: {errors.get(key, '?')}")
+        pairs = list(zip(medians.get((target, "exporter's graph"), []), medians.get((target, "vncompile's"), []),
+                         strict=False))
+        ratio = f"{statistics.median(given / ours for given, ours in pairs):.2f}x" if pairs else "-"
         lines.append(f"| {target} | {cells[0]} | {cells[1]} | {ratio} |")
     return "\n".join(lines)
 
@@ -318,7 +325,7 @@ def main() -> None:
     parser.add_argument("--neck", type=int, help="neck and head channels [default: 256; --quick: 32]")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds; each cell keeps its best")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds")
     parser.add_argument("--memory-targets", default="analytic,rknn,onnxruntime,openvino")
     parser.add_argument("--memory-runs", type=int, default=5)
     parser.add_argument("--map-builds", default=MAP_BUILDS, help="comma-separated target:precision")
@@ -360,7 +367,8 @@ def main() -> None:
                                env, options.timeout) + "\n", flush=True)
         if "latency" in parts:
             print(f"## 2. Latency of the {detector.title} at {detector.size}: the exporter's graph vs vncompile's "
-                  f"(batch 1, best of {options.rounds} interleaved rounds' medians of {options.runs} runs)\n")
+                  f"(batch 1, {options.rounds} interleaved rounds of {options.runs} runs after {options.warmup} "
+                  "warm-up)\n")
             print(latency_table(builds, detector.size, options.warmup, options.runs, options.rounds,
                                 options.timeout) + "\n", flush=True)
         if "memory" in parts:
