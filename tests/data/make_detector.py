@@ -19,6 +19,10 @@ Ultralytics-style metadata (task, names, imgsz, stride), as ``detector_train_for
 measuring it: mAP on val (ONNX Runtime, letterboxed as Ultralytics validates), deploy fusion, and the float64
 rebuild's agreement.
 
+``Detector`` also takes another backbone (``vanillanet_5`` at any width, or ``resnet50``: C3-C5), input size and
+neck width, and ``export`` writes any of them the same way: ``benchmarks/detectors.py`` exports full-width
+detectors, untrained, at 640 and 1280 for its memory and latency tables.
+
     python tests/data/make_detector.py        # a few CPU minutes
 """
 
@@ -111,6 +115,20 @@ def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
 
+# Each backbone's maps at strides 8, 16, 32 (its out_indices): VanillaNet-5's three stages, ResNet-50's C3-C5.
+BACKBONE_OUTPUTS = {"vanillanet_5": (1, 2, 3), "resnet50": (2, 3, 4)}
+DESCRIPTION = "vncompile test detector: VanillaNet-5 (1/16 width, training form) + neck + anchor-free head"
+
+
+def make_backbone(name: str, width: float) -> tuple[nn.Module, list[int]]:
+    """The backbone in training form and its three maps' channels."""
+    backbone = create_model(ModelSpec(name, width=width, num_classes=0, form="train"),
+                            out_indices=BACKBONE_OUTPUTS[name])
+    with torch.no_grad():  # the channels, whatever the family: a small probe (it draws no random numbers)
+        dims = [f.shape[1] for f in backbone(torch.zeros(1, 3, 64, 64))]
+    return backbone, dims
+
+
 def anchor_points(size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """Every level's cell centres in grid units, (2, A), and each one's stride, (A,)."""
     points, strides = [], []
@@ -123,22 +141,23 @@ def anchor_points(size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Detector(nn.Module):
-    def __init__(self, classes: int = len(NAMES)) -> None:
+    """The defaults are the committed test detector; the anchor points are buffers for one input ``size``."""
+
+    def __init__(self, classes: int = len(NAMES), *, backbone: str = "vanillanet_5", width: float = WIDTH,
+                 size: int = SIZE, neck: int = NECK) -> None:
         super().__init__()
-        self.classes = classes
-        self.backbone = create_model(ModelSpec("vanillanet_5", width=WIDTH, num_classes=0, form="train"),
-                                     out_indices=(1, 2, 3))
-        dims = self.backbone.arch.dims[1:4]
-        self.laterals = nn.ModuleList(nn.Conv2d(d, NECK, 1) for d in dims)
-        self.smooth = nn.ModuleList(conv_bn_relu(NECK, NECK) for _ in dims)
-        self.box = nn.ModuleList(nn.Sequential(conv_bn_relu(NECK, NECK), nn.Conv2d(NECK, 4 * BINS, 1)) for _ in dims)
-        self.cls = nn.ModuleList(nn.Sequential(conv_bn_relu(NECK, NECK), nn.Conv2d(NECK, classes, 1)) for _ in dims)
+        self.classes, self.size = classes, size
+        self.backbone, dims = make_backbone(backbone, width)
+        self.laterals = nn.ModuleList(nn.Conv2d(d, neck, 1) for d in dims)
+        self.smooth = nn.ModuleList(conv_bn_relu(neck, neck) for _ in dims)
+        self.box = nn.ModuleList(nn.Sequential(conv_bn_relu(neck, neck), nn.Conv2d(neck, 4 * BINS, 1)) for _ in dims)
+        self.cls = nn.ModuleList(nn.Sequential(conv_bn_relu(neck, neck), nn.Conv2d(neck, classes, 1)) for _ in dims)
         for branch in self.cls:  # a low prior on every class, as detectors start
             nn.init.constant_(branch[-1].bias, -4.0)
         self.bins = nn.Conv2d(BINS, 1, 1, bias=False)  # the expectation over the bins, as a fixed conv
         self.bins.weight.data[:] = torch.arange(BINS, dtype=torch.float32).view(1, BINS, 1, 1)
         self.bins.requires_grad_(False)
-        points, strides = anchor_points()
+        points, strides = anchor_points(size)
         self.register_buffer("points", points[None])
         self.register_buffer("strides", strides[None, None])
 
@@ -283,18 +302,18 @@ def train(model: Detector, images: torch.Tensor, targets: list[torch.Tensor], ep
 # ---------------------------------------------------------------------------------------------- export, measure
 
 
-def export(model: Detector, path: Path) -> None:
+def export(model: Detector, path: Path, description: str = DESCRIPTION) -> None:
+    """At the model's own size (a fixed-size graph), with the metadata Ultralytics' exporter writes."""
     import onnx
 
     from vncompile.api.request import InputShape
     from vncompile.onnxtools.export import export_onnx
 
-    export_onnx(model.eval(), InputShape.square(SIZE), path, label="detector", output_names=["output0"], opset=18,
-                dynamic=False)
+    export_onnx(model.eval(), InputShape.square(model.size), path, label="detector", output_names=["output0"],
+                opset=18, dynamic=False)
     graph = onnx.load(str(path))
-    metadata = {"description": "vncompile test detector: VanillaNet-5 (1/16 width, training form) + neck + "
-                               "anchor-free head", "task": "detect", "stride": str(max(STRIDES)),
-                "imgsz": str([SIZE, SIZE]), "names": str(dict(enumerate(NAMES)))}
+    metadata = {"description": description, "task": "detect", "stride": str(max(STRIDES)),
+                "imgsz": str([model.size, model.size]), "names": str(dict(enumerate(NAMES)))}
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(path))
