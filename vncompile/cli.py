@@ -198,12 +198,10 @@ def inspect(checkpoint, model_name, width, act_num, weights, features, prefix, s
 
     source = _source(checkpoint, model_name, width, act_num, weights, features=features, prefix=prefix)
     if source.is_onnx:
-        from .onnxtools.graph_file import read_graph_file
         from .pipeline.external import describe_graph
-        from .pipeline.families import graph_family
+        from .pipeline.plan import external_graph
 
-        graph = read_graph_file(source.checkpoint)
-        facts = describe_graph(graph, graph_family(graph))
+        facts = describe_graph(*external_graph(source))
         render = render_graph_description
     else:
         facts = describe(load_model(source), size)

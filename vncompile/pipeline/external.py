@@ -65,18 +65,14 @@ class LoadedGraph:
         """The reference: each batch through the given graph at ``shape``, in float64 where the rebuild runs it."""
         import torch
 
+        from .stages import run_torch
+
         if self.reference != FLOAT64_REBUILD:
             from ..onnxtools.run import run_onnx_model
 
             return [[o.astype(np.float64) for o in outputs]
                     for outputs in run_onnx_model(self.at_shape(shape), batches)]
-        network = self._rebuilt(shape.as_tuple())
-        results = []
-        with torch.no_grad():
-            for batch in batches:
-                out = network(torch.from_numpy(batch))
-                results.append([o.double().numpy() for o in (out if isinstance(out, tuple) else (out,))])
-        return results
+        return run_torch(self._rebuilt(shape.as_tuple()), batches, dtype=torch.float64)
 
     def description(self) -> dict:
         """What the manifest and ``inspect`` say of the graph."""

@@ -96,8 +96,7 @@ def resolve(request: BuildRequest) -> BuildPlan:
     request = dataclasses.replace(request, precision=precision)
     graph = family = None
     if request.source.is_onnx:
-        graph = read_graph_file(request.source.checkpoint)  # type: ignore[arg-type]
-        family = graph_family(graph)
+        graph, family = external_graph(request.source)
         request = _with_graph_opset(request, graph)
     # Real images' preprocessing, resolved once: what the keys, calibration and evaluation all see.
     options = request.options.with_default_preprocess(family.preprocess if family else "center-crop")
@@ -119,11 +118,16 @@ def resolve(request: BuildRequest) -> BuildPlan:
     return dataclasses.replace(plan, reference_key=reference, onnx_key=onnx, build_key=_build_key(plan, onnx))
 
 
+def external_graph(source: ModelSource) -> tuple[GraphFile, ExternalGraphFamily]:
+    """An ONNX file given as the model, read and checked, and what it is."""
+    graph = read_graph_file(source.checkpoint)  # type: ignore[arg-type]
+    return graph, graph_family(graph)
+
+
 def graph_input_shape(source: ModelSource, batch: int = 1) -> InputShape:
     """An ONNX file's size when none is given: its own (fixed), else the size its exporter recorded (Ultralytics'
     ``imgsz``), else a detector's 640 or a classifier's 224."""
-    graph = read_graph_file(source.checkpoint)  # type: ignore[arg-type]
-    family = graph_family(graph)
+    graph, family = external_graph(source)
     height, width = graph.fixed_size or family.metadata.imgsz or ((640, 640) if family.detector else (224, 224))
     return InputShape(batch, graph.channels or 3, height, width)
 
@@ -132,23 +136,23 @@ def graph_sizes(sources: list[ModelSource], sizes: tuple[int, ...], given: bool,
                 detection_sizes: tuple[int, ...] = (640, 1280)) -> tuple[int, ...]:
     """The sizes to build ONNX files at (profile, ci): a fixed-size graph at its own size (other sizes, given, are
     refused in one line); graphs that take any size at the sizes given, else a detector's ``detection_sizes``."""
-    graphs = [read_graph_file(s.checkpoint) for s in sources if s.is_onnx]  # type: ignore[arg-type]
+    graphs = [external_graph(s) for s in sources if s.is_onnx]
     if not graphs:
         return sizes
-    for graph in graphs:
+    for graph, _ in graphs:
         fixed = graph.fixed_size
         if fixed is not None and fixed[0] != fixed[1]:
-            raise InputError(f"{graph.path.name} is fixed at {fixed[0]}x{fixed[1]}; profile takes square sizes: "
+            raise InputError(f"{graph.path.name} is fixed at {fixed[0]}x{fixed[1]}; these sizes are square: "
                              "re-export it square or with dynamic height and width")
-    own = sorted({g.fixed_size[0] for g in graphs if g.fixed_size})
+    own = sorted({g.fixed_size[0] for g, _ in graphs if g.fixed_size})
     if given or len(own) > 1 or (own and len(graphs) < len(sources)):
-        for graph in graphs:
+        for graph, family in graphs:
             for size in sizes:
-                graph_family(graph).check_graph_input(graph, InputShape.square(size), dynamic=False)
+                family.check_graph_input(graph, InputShape.square(size), dynamic=False)
         return sizes
     if own:
         return (own[0],)
-    return detection_sizes if all(graph_family(g).detector for g in graphs) else sizes
+    return detection_sizes if all(family.detector for _, family in graphs) else sizes
 
 
 # ---------------------------------------------------------------------------- options and checks

@@ -345,6 +345,8 @@ def _checked(plan: BuildPlan, loaded, exported, directory: Path, cache: BuildCac
 def _run_external(plan: BuildPlan, directory: Path, cache: BuildCache, work: Path, timings: StageTimings,
                   eval_set: EvalSet | None, real: np.ndarray | None) -> dict[str, Any]:
     """The stages of an ONNX file (``external``): the given graph at the build's shape is the export."""
+    import onnx
+
     from ..onnxtools.deploy_fusion import DEPLOY_FUSION, deploy_fusion_report
     from ..onnxtools.files import save_onnx
 
@@ -356,8 +358,6 @@ def _run_external(plan: BuildPlan, directory: Path, cache: BuildCache, work: Pat
         save_onnx(loaded.at_shape(None if request.dynamic else request.shape), exported_onnx)
     with timings.stage("simplify"):
         rewritten = _simplified(plan, exported_onnx, simplified_onnx, check=True)
-        import onnx
-
         fusion = deploy_fusion_report(loaded.model, onnx.load(str(simplified_onnx), load_external_data=False),
                                       {name: rewritten.get(name, 0) for name in DEPLOY_FUSION})
         log.info("%s", fusion.summary())
@@ -457,27 +457,16 @@ def _stage_accuracy(plan: BuildPlan, loaded, exported, directory: Path, classifi
     from . import stages
     from .detection_accuracy import DetectionEval, detection_section
 
-    if isinstance(eval_set, DetectionEval):
-        batches = np.stack(eval_set.batches(plan.request.shape.batch))
-        runs = {"reference": loaded.float64_outputs(plan.request.shape, batches),
-                "onnx exported": run_onnx(directory / "exported.onnx", batches),
-                "onnx simplified": run_onnx(directory / "simplified.onnx", batches)}
-        if plan.quantizes_graph:
-            runs["onnx int8 qdq"] = run_target_graph(directory, batches)
-        return detection_section(eval_set, runs, loaded.output_names)
-    if not classifier:
+    detector = isinstance(eval_set, DetectionEval)
+    if not detector and not classifier:
         raise InputError("--eval-data measures a classifier's accuracy; this network has no classifier head")
     batches = np.stack(eval_set.batches(plan.request.shape.batch))
-    reference = eval_set.logits(loaded.float64_outputs(plan.request.shape, batches))
-    if reference.shape[1] <= int(eval_set.labels.max()):
-        raise InputError(f"{eval_set.images.root}: labels go up to {int(eval_set.labels.max())} but the network has "
-                         f"{reference.shape[1]} classes")
-    top1 = np.argmax(reference, axis=1)
-    np.savez(directory / EVAL_REFERENCE, top1=top1)
-    section: dict[str, Any] = {"images": len(eval_set.labels), "classes": len(eval_set.images.classes),
-                               "layout": eval_set.images.layout,
-                               "preprocessing": plan.options.preprocessing() or "imagenet defaults",
-                               "reference": accuracy(reference, eval_set.labels)}
+    reference_outputs = loaded.float64_outputs(plan.request.shape, batches)
+    if not detector:
+        reference = eval_set.logits(reference_outputs)
+        if reference.shape[1] <= int(eval_set.labels.max()):
+            raise InputError(f"{eval_set.images.root}: labels go up to {int(eval_set.labels.max())} but the network "
+                             f"has {reference.shape[1]} classes")
     runs = {}
     if exported is not loaded:
         runs["torch fused"] = stages.run_torch(exported.network, batches)
@@ -485,6 +474,14 @@ def _stage_accuracy(plan: BuildPlan, loaded, exported, directory: Path, classifi
     runs["onnx simplified"] = run_onnx(directory / "simplified.onnx", batches)
     if plan.quantizes_graph:
         runs["onnx int8 qdq"] = run_target_graph(directory, batches)
+    if detector:
+        return detection_section(eval_set, {"reference": reference_outputs, **runs}, loaded.output_names)
+    top1 = np.argmax(reference, axis=1)
+    np.savez(directory / EVAL_REFERENCE, top1=top1)
+    section: dict[str, Any] = {"images": len(eval_set.labels), "classes": len(eval_set.images.classes),
+                               "layout": eval_set.images.layout,
+                               "preprocessing": plan.options.preprocessing() or "imagenet defaults",
+                               "reference": accuracy(reference, eval_set.labels)}
     for stage, outputs in runs.items():
         section[stage] = accuracy(eval_set.logits(outputs), eval_set.labels, top1)
     return section

@@ -144,11 +144,14 @@ def export_onnx(loaded: LoadedModel, shape: InputShape, path: Path, *, opset: in
 
 
 def run_torch(network: nn.Module, batches: np.ndarray, dtype: torch.dtype = torch.float32) -> list[list[np.ndarray]]:
-    net = copy.deepcopy(network).to(dtype) if dtype != torch.float32 else network
+    """Each batch through ``network`` in ``dtype`` (a copy cast to it, unless it computes in it already)."""
+    cast = dtype != torch.float32 and any(t.dtype != dtype for t in (*network.parameters(), *network.buffers())
+                                          if t.is_floating_point())
+    net = copy.deepcopy(network).to(dtype) if cast else network
     results = []
     with torch.no_grad():
         for batch in batches:
             out = net(torch.from_numpy(batch).to(dtype))
-            outs = out if isinstance(out, list) else [out]
+            outs = out if isinstance(out, (list, tuple)) else [out]
             results.append([o.double().numpy() if dtype == torch.float64 else o.float().numpy() for o in outs])
     return results

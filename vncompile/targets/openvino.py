@@ -32,7 +32,9 @@ PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 CAPABILITY = {"fp16": "FP16", "bf16": "BF16", "int8": "INT8"}
 IR_XML, IR_BIN = "model.xml", "model.bin"
 # The precision an executed kernel's name ends in (``brgconv_avx512_1x1_f32``), in vncompile's names.
-KERNEL_PRECISION = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "i8": "int8", "u8": "int8"}
+# Older releases and some ISAs spell it FP32/I8 (``jit_avx2_FP32``): compared lower-cased.
+KERNEL_PRECISION = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "i8": "int8", "u8": "int8",
+                    "fp32": "fp32", "fp16": "fp16", "int8": "int8"}
 
 
 @dataclass(frozen=True)
